@@ -1,0 +1,216 @@
+"""Latency predictors: price architectures of a space, saved as plain JSON that loads anywhere.
+
+``TablePredictor`` sums a device table over an architecture's blocks and corrects the sum for the
+whole-model overhead with ``a * sum + b`` fitted on a few end-to-end measurements. Other kinds
+(learned, few-shot transfer) register in ``PREDICTORS`` and share the file envelope.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from search_spaces import InputError, SearchSpace, TaskShape, get_space
+
+from .table import LatencyTable, write_atomic
+
+__all__ = [
+    "PREDICTOR_FORMAT",
+    "PREDICTOR_VERSION",
+    "PREDICTORS",
+    "LatencyPredictor",
+    "LinearCorrection",
+    "TablePredictor",
+    "load_predictor",
+]
+
+PREDICTOR_FORMAT = "edge-nas-latency-predictor"
+PREDICTOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LinearCorrection:
+    """``measured ~= scale * table_sum + offset_ms``: the whole-model overhead a table misses."""
+
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    n_measurements: int = 0
+
+    def __call__(self, raw: np.ndarray | float) -> Any:
+        return self.scale * np.asarray(raw, dtype=float) + self.offset_ms
+
+    @classmethod
+    def fit(cls, raw: Sequence[float], measured: Sequence[float]) -> LinearCorrection:
+        """Least squares in relative error (each model counts the same, large or small).
+
+        With one measurement only the offset is fitted; the scale stays 1.
+        """
+        x = np.asarray(raw, dtype=float)
+        y = np.asarray(measured, dtype=float)
+        if len(x) == 0:
+            return cls()
+        if len(x) == 1 or np.ptp(x) == 0:
+            return cls(1.0, float(np.mean(y - x)), len(x))
+        w = 1.0 / y
+        a = np.stack([x * w, w], axis=1)
+        (scale, offset), *_ = np.linalg.lstsq(a, y * w, rcond=None)
+        if scale <= 0:  # a degenerate fit would invert the ranking: keep the table's ranking
+            return cls(1.0, float(np.mean(y - x)), len(x))
+        return cls(float(scale), float(offset), len(x))
+
+
+@dataclass(frozen=True)
+class LatencyPredictor(ABC):
+    """Predicts end-to-end latency (ms) of architectures of one space on one device."""
+
+    kind: ClassVar[str]
+    space: str
+    device: str
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    @abstractmethod
+    def predict(self, archs: Sequence[Hashable]) -> np.ndarray:
+        """Latency in ms for each architecture (parsed arch objects of ``space``)."""
+
+    @abstractmethod
+    def _payload(self) -> dict[str, Any]:
+        """The kind-specific part of the JSON file."""
+
+    @classmethod
+    @abstractmethod
+    def _from_payload(cls, doc: Mapping[str, Any], where: str) -> LatencyPredictor:
+        """Inverse of ``_payload`` (``doc`` is the whole file)."""
+
+    def to_json(self) -> str:
+        doc = {
+            "format": PREDICTOR_FORMAT,
+            "version": PREDICTOR_VERSION,
+            "kind": self.kind,
+            "space": self.space,
+            "device": self.device,
+            "provenance": dict(self.provenance),
+            **self._payload(),
+        }
+        return json.dumps(doc, indent=1) + "\n"
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        write_atomic(path, self.to_json())
+
+
+@dataclass(frozen=True)
+class TablePredictor(LatencyPredictor):
+    """Sum of a per-block table, corrected for whole-model overhead."""
+
+    kind = "table"
+    table: LatencyTable | None = None
+    task: TaskShape | None = None
+    space_options: Mapping[str, Any] = field(default_factory=dict)
+    correction: LinearCorrection = field(default_factory=LinearCorrection)
+
+    def __post_init__(self) -> None:
+        if self.table is None or self.task is None:
+            raise InputError("table predictor: expected a latency table and a task shape, got none.")
+
+    def _space(self) -> SearchSpace:
+        return _cached_space(self.space, json.dumps(dict(self.space_options), sort_keys=True))
+
+    def raw(self, archs: Sequence[Hashable]) -> np.ndarray:
+        """Table sums before the overhead correction."""
+        space = self._space()
+        assert self.table is not None and self.task is not None
+        return np.array([self.table.price(space.blocks(a, self.task)) for a in archs], dtype=float)
+
+    def predict(self, archs: Sequence[Hashable]) -> np.ndarray:
+        return np.asarray(self.correction(self.raw(archs)), dtype=float)
+
+    def with_correction(self, archs: Sequence[Hashable], measured_ms: Sequence[float]) -> TablePredictor:
+        from dataclasses import replace
+
+        return replace(self, correction=LinearCorrection.fit(self.raw(archs), measured_ms))
+
+    def _payload(self) -> dict[str, Any]:
+        assert self.table is not None and self.task is not None
+        return {
+            "task": {"input_shape": list(self.task.input_shape), "num_classes": self.task.num_classes},
+            "space_options": dict(self.space_options),
+            "correction": {
+                "scale": self.correction.scale,
+                "offset_ms": self.correction.offset_ms,
+                "n_measurements": self.correction.n_measurements,
+            },
+            "table": json.loads(self.table.to_json()),
+        }
+
+    @classmethod
+    def _from_payload(cls, doc: Mapping[str, Any], where: str) -> TablePredictor:
+        try:
+            task = TaskShape(tuple(int(d) for d in doc["task"]["input_shape"]), int(doc["task"]["num_classes"]))
+            corr = doc.get("correction", {})
+            table = LatencyTable._from_json(json.dumps(doc["table"]), f"{where} (table)")
+            return cls(
+                space=str(doc["space"]),
+                device=str(doc["device"]),
+                provenance=dict(doc.get("provenance", {})),
+                table=table,
+                task=task,
+                space_options=dict(doc.get("space_options", {})),
+                correction=LinearCorrection(
+                    float(corr.get("scale", 1.0)), float(corr.get("offset_ms", 0.0)), int(corr.get("n_measurements", 0))
+                ),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{where}: malformed table predictor ({e.__class__.__name__}: {e}).") from None
+
+
+_SPACE_CACHE: dict[tuple[str, str], SearchSpace] = {}
+
+
+def _cached_space(name: str, options_json: str) -> SearchSpace:
+    key = (name, options_json)
+    if key not in _SPACE_CACHE:
+        _SPACE_CACHE[key] = get_space(name, json.loads(options_json))
+    return _SPACE_CACHE[key]
+
+
+# kind -> class; other modules add theirs (e.g. the few-shot transfer predictor).
+PREDICTORS: dict[str, Callable[..., Any]] = {"table": TablePredictor}
+
+
+def load_predictor(path: str | os.PathLike[str]) -> LatencyPredictor:
+    """Load any predictor file; unknown kinds and versions are named."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: predictor file not found.")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not a JSON predictor file ({e.__class__.__name__}).") from None
+    if not isinstance(doc, dict) or doc.get("format") != PREDICTOR_FORMAT:
+        raise InputError(f"{path}: expected a JSON object with \"format\": \"{PREDICTOR_FORMAT}\".")
+    if doc.get("version") != PREDICTOR_VERSION:
+        raise InputError(f"{path}: predictor format version {doc.get('version')!r} is not supported (expected {PREDICTOR_VERSION}).")
+    kind = doc.get("kind")
+    if kind not in PREDICTORS:
+        _load_plugins()
+    if kind not in PREDICTORS:
+        raise InputError(f"{path}: unknown predictor kind {kind!r}; valid kinds: {sorted(PREDICTORS)}.")
+    return PREDICTORS[kind]._from_payload(doc, str(path))
+
+
+def _load_plugins() -> None:
+    """Import the modules that register further predictor kinds."""
+    import importlib
+
+    for module in ("latency_models.transfer",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:  # a kind that is not built yet simply stays unknown
+            if e.name != module:
+                raise

@@ -1,0 +1,319 @@
+"""Device latency tables: per-block measured latency (and memory) with the device's metadata.
+
+The file format is versioned JSON (``format: edge-nas-latency-table``) or CSV with ``# key: value``
+metadata lines; both are validated on load and written atomically. Schema in the README.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from search_spaces import Block, InputError
+
+__all__ = ["FORMAT", "VERSION", "Entry", "LatencyTable", "MissingEntryError", "TableMeta", "write_atomic"]
+
+FORMAT = "edge-nas-latency-table"
+VERSION = 1
+DTYPES = ("int8", "fp32", "fp16")
+BLOCK_COLUMNS = ("kind", "in_h", "in_w", "in_c", "out_c", "kernel", "stride", "expand", "se", "act", "extra")
+VALUE_COLUMNS = ("mean_ms", "std_ms", "count", "memory_bytes")
+CSV_REQUIRED = (*BLOCK_COLUMNS[:-1], "mean_ms")
+
+
+class MissingEntryError(InputError):
+    """The table has no row for a block that an architecture needs."""
+
+
+def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What was measured for one block: latency statistics in ms, and optionally memory."""
+
+    mean_ms: float
+    std_ms: float = 0.0
+    count: int = 1
+    memory_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.mean_ms, (int, float)) and math.isfinite(self.mean_ms) and self.mean_ms > 0):
+            raise InputError(f"mean_ms: expected a finite number > 0, got {self.mean_ms!r}.")
+        if not (isinstance(self.std_ms, (int, float)) and math.isfinite(self.std_ms) and self.std_ms >= 0):
+            raise InputError(f"std_ms: expected a finite number >= 0, got {self.std_ms!r}.")
+        if not isinstance(self.count, int) or self.count < 1:
+            raise InputError(f"count: expected an int >= 1, got {self.count!r}.")
+        if self.memory_bytes is not None and (not isinstance(self.memory_bytes, int) or self.memory_bytes < 0):
+            raise InputError(f"memory_bytes: expected an int >= 0 or empty, got {self.memory_bytes!r}.")
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    """Where and how a table was measured."""
+
+    device: str
+    runtime: str = "unknown"
+    runtime_version: str = ""
+    dtype: str = "int8"
+    threads: int = 1
+    source: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not self.device.strip():
+            raise InputError(f"device: expected a non-empty name, got {self.device!r}.")
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype: expected one of {list(DTYPES)}, got {self.dtype!r}.")
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise InputError(f"threads: expected an int >= 1, got {self.threads!r}.")
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """A device's per-block latencies. ``lookup`` never treats a missing block as free."""
+
+    meta: TableMeta
+    entries: Mapping[Block, Entry]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, block: object) -> bool:
+        return block in self.entries
+
+    def lookup(self, block: Block) -> Entry:
+        try:
+            return self.entries[block]
+        except KeyError:
+            raise MissingEntryError(self._missing_message(block)) from None
+
+    def price(self, blocks: Iterable[Block]) -> float:
+        """Sum of mean latencies (ms)."""
+        return sum(self.lookup(b).mean_ms for b in blocks)
+
+    def memory(self, blocks: Iterable[Block]) -> int:
+        """Peak of per-block memory: blocks run one after another, so the largest arena wins."""
+        peak = 0
+        for b in blocks:
+            m = self.lookup(b).memory_bytes
+            if m is None:
+                raise MissingEntryError(f"table for {self.meta.device}: block {b.key} has no memory_bytes.")
+            peak = max(peak, m)
+        return peak
+
+    def missing(self, blocks: Iterable[Block]) -> list[Block]:
+        return [b for b in dict.fromkeys(blocks) if b not in self.entries]
+
+    def merged(self, more: Mapping[Block, Entry]) -> LatencyTable:
+        return replace(self, entries={**self.entries, **more})
+
+    def _missing_message(self, block: Block) -> str:
+        same_kind = [b for b in self.entries if b.kind == block.kind]
+
+        def distance(b: Block) -> float:
+            return sum(
+                abs(math.log(max(getattr(b, f), 1e-9)) - math.log(max(getattr(block, f), 1e-9)))
+                for f in ("in_h", "in_c", "out_c", "kernel", "stride", "expand")
+            ) + (b.se != block.se) + (b.act != block.act) + (b.extra != block.extra)
+
+        nearest = sorted(same_kind, key=distance)[:3]
+        hint = f"; nearest entries: {', '.join(b.key for b in nearest)}" if nearest else f"; the table has no {block.kind!r} blocks"
+        return f"latency table for {self.meta.device}: no entry for block {block.key}{hint}."
+
+    # -- files ---------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        rows = []
+        for block, entry in sorted(self.entries.items(), key=lambda kv: kv[0].key):
+            row: dict[str, Any] = asdict(block)
+            row.update({k: v for k, v in asdict(entry).items() if v is not None})
+            rows.append(row)
+        meta = asdict(self.meta)
+        doc = {"format": FORMAT, "version": VERSION, **meta, "unit": "ms", "entries": rows}
+        return json.dumps(doc, indent=1) + "\n"
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        path = Path(path)
+        if path.suffix.lower() == ".csv":
+            write_atomic(path, self.to_csv())
+        else:
+            write_atomic(path, self.to_json())
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        meta = asdict(self.meta)
+        buf.write(f"# format: {FORMAT}\n# version: {VERSION}\n")
+        for key in ("device", "runtime", "runtime_version", "dtype", "threads", "source"):
+            buf.write(f"# {key}: {meta[key]}\n")
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow((*BLOCK_COLUMNS, *VALUE_COLUMNS))
+        for block, entry in sorted(self.entries.items(), key=lambda kv: kv[0].key):
+            b, e = asdict(block), asdict(entry)
+            writer.writerow([*(b[c] if c != "se" else int(b[c]) for c in BLOCK_COLUMNS),
+                             *("" if e[c] is None else e[c] for c in VALUE_COLUMNS)])
+        return buf.getvalue()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LatencyTable:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: latency table file not found.")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: cannot read latency table ({e.__class__.__name__}).") from None
+        if path.suffix.lower() == ".csv":
+            return cls._from_csv(text, str(path))
+        return cls._from_json(text, str(path))
+
+    @classmethod
+    def _from_json(cls, text: str, where: str) -> LatencyTable:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: not valid JSON (line {e.lineno}: {e.msg}).") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise InputError(f"{where}: expected a JSON object with \"format\": \"{FORMAT}\".")
+        if doc.get("version") != VERSION:
+            raise InputError(f"{where}: table format version {doc.get('version')!r} is not supported (expected {VERSION}).")
+        meta = _meta(doc, where)
+        rows = doc.get("entries")
+        if not isinstance(rows, list) or not rows:
+            raise InputError(f"{where}: \"entries\" must be a non-empty list.")
+        return cls(meta, _entries(rows, where, "entry"))
+
+    @classmethod
+    def _from_csv(cls, text: str, where: str) -> LatencyTable:
+        meta_doc: dict[str, Any] = {}
+        lines = text.splitlines()
+        body_start = 0
+        for i, line in enumerate(lines):
+            if line.startswith("#"):
+                key, sep, value = line[1:].partition(":")
+                if sep:
+                    meta_doc[key.strip()] = value.strip()
+                body_start = i + 1
+            else:
+                break
+        if meta_doc.get("format", FORMAT) != FORMAT:
+            raise InputError(f"{where}: '# format:' must be {FORMAT}, got {meta_doc['format']!r}.")
+        if "version" in meta_doc and meta_doc["version"] != str(VERSION):
+            raise InputError(f"{where}: table format version {meta_doc['version']!r} is not supported (expected {VERSION}).")
+        if "threads" in meta_doc:
+            try:
+                meta_doc["threads"] = int(meta_doc["threads"])
+            except ValueError:
+                raise InputError(f"{where}: '# threads:' must be an integer, got {meta_doc['threads']!r}.") from None
+        meta = _meta(meta_doc, where)
+        reader = csv.DictReader(lines[body_start:])
+        header = reader.fieldnames or []
+        missing = [c for c in CSV_REQUIRED if c not in header]
+        if missing:
+            raise InputError(f"{where}: missing column(s) {missing}; the header must have {list(CSV_REQUIRED)}.")
+        rows = [dict(r) for r in reader]
+        if not rows:
+            raise InputError(f"{where}: the table has no rows.")
+        return cls(meta, _entries(rows, where, "line", first_line=body_start + 2))
+
+
+def _meta(doc: Mapping[str, Any], where: str) -> TableMeta:
+    if "device" not in doc:
+        raise InputError(f"{where}: missing metadata 'device'.")
+    try:
+        return TableMeta(
+            device=doc["device"],
+            runtime=str(doc.get("runtime", "unknown")),
+            runtime_version=str(doc.get("runtime_version", "")),
+            dtype=doc.get("dtype", "int8"),
+            threads=doc.get("threads", 1),
+            source=str(doc.get("source", "")),
+            extra=dict(doc.get("extra", {}) or {}),
+        )
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+
+
+def _number(row: Mapping[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    value = row.get(key, default)
+    if value is None or value == "":
+        if default is None and key in CSV_REQUIRED:
+            raise InputError(f"column {key!r} is empty.")
+        return default
+    if isinstance(value, bool):
+        raise InputError(f"{key}: expected a number, got {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{key}: expected a number, got {value!r}.") from None
+    if kind is int:
+        if not number.is_integer():
+            raise InputError(f"{key}: expected an integer, got {value!r}.")
+        return int(number)
+    return number
+
+
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() in ("1", "true", "yes"):
+        return True
+    if str(value).strip().lower() in ("0", "false", "no", ""):
+        return False
+    raise InputError(f"{key}: expected 0/1 or true/false, got {value!r}.")
+
+
+def _entries(rows: list[Any], where: str, unit: str, first_line: int = 0) -> dict[Block, Entry]:
+    entries: dict[Block, Entry] = {}
+    for i, row in enumerate(rows):
+        at = f"{where}: {unit} {first_line + i if first_line else i}"
+        if not isinstance(row, dict):
+            raise InputError(f"{at}: expected an object, got {type(row).__name__}.")
+        try:
+            missing = [c for c in CSV_REQUIRED if c not in row]
+            if missing:
+                raise InputError(f"missing field(s) {missing}.")
+            block = Block(
+                kind=str(row["kind"]),
+                in_h=_number(row, "in_h", int),
+                in_w=_number(row, "in_w", int),
+                in_c=_number(row, "in_c", int),
+                out_c=_number(row, "out_c", int),
+                kernel=_number(row, "kernel", int),
+                stride=_number(row, "stride", int),
+                expand=_number(row, "expand", float),
+                se=_bool(row["se"], "se"),
+                act=str(row["act"]),
+                extra=str(row.get("extra", "") or ""),
+            )
+            entry = Entry(
+                mean_ms=_number(row, "mean_ms", float),
+                std_ms=_number(row, "std_ms", float, 0.0),
+                count=_number(row, "count", int, 1),
+                memory_bytes=_number(row, "memory_bytes", int, None),
+            )
+        except InputError as e:
+            raise InputError(f"{at}: {str(e).rstrip('.')}.") from None
+        if block in entries and entries[block] != entry:
+            raise InputError(f"{at}: duplicate block {block.key} with a different value ({entries[block].mean_ms} ms before).")
+        entries[block] = entry
+    return entries

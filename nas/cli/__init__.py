@@ -1,0 +1,82 @@
+"""The ``nas`` command: a thin layer that parses arguments, calls the Python API and maps known
+errors to one line and exit code 2.
+
+Each subcommand group lives in its own module with a ``register(subparsers)`` function; those
+modules import nothing heavy at import time so ``nas --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "COMMAND_MODULES"]
+
+# Modules that add subcommands, in help order. A module that is not there yet is skipped.
+COMMAND_MODULES = (
+    "nas.cli.run",
+    "nas.cli.data",
+    "nas.cli.space",
+    "nas.cli.latency",
+    "nas.cli.arch",
+    "nas.cli.benchmark",
+    "nas.cli.compress",
+    "nas.cli.best",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="nas",
+        description="Hardware-aware neural architecture search: the most accurate model that fits your device.",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show library logs and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from search_spaces.errors import FatalError, InputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        if getattr(args, "verbose", False):
+            raise
+        sys.stderr.write(f"nas: error: {e}\n")
+        return 2
+    except FatalError as e:
+        if getattr(args, "verbose", False):
+            raise
+        sys.stderr.write(f"nas: stopped: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("nas: interrupted; completed trials are saved (rerun with --resume to continue).\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Search spaces: families of edge networks that sample, build and list their priced blocks."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape
+from .errors import FatalError, InputError, NasError, TrialFailedError
+
+__all__ = [
+    "Block",
+    "Choice",
+    "FatalError",
+    "InputError",
+    "NasError",
+    "SPACES",
+    "SearchSpace",
+    "SizeTerms",
+    "TaskShape",
+    "TrialFailedError",
+    "get_space",
+]
+
+# name -> "module:Class"; modules are imported only when their space is asked for.
+SPACES: dict[str, str] = {
+    "mbconv": "search_spaces.mbconv:MbconvSpace",
+}
+
+
+def get_space(name: str, options: Mapping[str, Any] | None = None) -> SearchSpace:
+    """The space called ``name`` with its options (a mapping from the config)."""
+    if name not in SPACES:
+        raise InputError(f"space: unknown space {name!r}; valid spaces: {sorted(SPACES)}.")
+    module_name, cls_name = SPACES[name].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    options = dict(options or {})
+    if hasattr(cls, "from_options"):
+        return cls.from_options(options)
+    if options:
+        raise InputError(f"space {name}: takes no options, got {sorted(options)}.")
+    return cls()

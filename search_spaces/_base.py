@@ -1,0 +1,183 @@
+"""What every search space is: choices to sample, architectures as canonical strings, a Keras
+builder, and the list of blocks (with their input shapes) that a latency table prices."""
+
+from __future__ import annotations
+
+import math
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+__all__ = ["Block", "Choice", "SearchSpace", "SizeTerms", "TaskShape"]
+
+
+@dataclass(frozen=True, order=True)
+class Block:
+    """One priced unit of a network: what a latency table has a row for.
+
+    ``expand`` is the expansion ratio (MBConv), ``extra`` holds space-specific qualifiers that
+    change the cost but have no column of their own (e.g. ``idskip:1``).
+    """
+
+    kind: str
+    in_h: int
+    in_w: int
+    in_c: int
+    out_c: int
+    kernel: int = 1
+    stride: int = 1
+    expand: float = 1.0
+    se: bool = False
+    act: str = "none"
+    extra: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.kind or any(ch in self.kind for ch in " ,\n"):
+            raise InputError(f"block kind: expected a non-empty word, got {self.kind!r}.")
+        for name in ("in_h", "in_w", "in_c", "out_c", "kernel", "stride"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InputError(f"block {name}: expected an int >= 0, got {value!r}.")
+        if not (isinstance(self.expand, (int, float)) and math.isfinite(self.expand) and self.expand > 0):
+            raise InputError(f"block expand: expected a number > 0, got {self.expand!r}.")
+
+    @property
+    def key(self) -> str:
+        """Readable, unique key: ``mbconv-14x14x16-o24-k3-s1-e4-se0-relu6``."""
+        expand = f"{self.expand:g}"
+        text = (
+            f"{self.kind}-{self.in_h}x{self.in_w}x{self.in_c}-o{self.out_c}-k{self.kernel}-s{self.stride}"
+            f"-e{expand}-se{int(self.se)}-{self.act}"
+        )
+        return f"{text}-{self.extra}" if self.extra else text
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One categorical decision of a space (optuna ``suggest_categorical`` / keras-tuner ``Choice``)."""
+
+    name: str
+    values: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.values) == 0:
+            raise InputError(f"choice {self.name}: expected at least one value, got none.")
+
+
+@dataclass(frozen=True)
+class SizeTerms:
+    """Counts an exported model's size is linear in: kernel weights (int8 bytes each once
+    quantized), per-channel values (biases, scales: int32 each) and weight tensors (headers)."""
+
+    weights: int
+    channels: int
+    tensors: int
+
+    def __add__(self, other: SizeTerms) -> SizeTerms:
+        return SizeTerms(self.weights + other.weights, self.channels + other.channels, self.tensors + other.tensors)
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    """What a space needs to know of the task to build or price a network."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if len(self.input_shape) not in (1, 2, 3) or any(int(d) <= 0 for d in self.input_shape):
+            raise InputError(f"input_shape: expected 1 to 3 positive sizes, got {self.input_shape!r}.")
+        if self.num_classes < 2:
+            raise InputError(f"num_classes: expected an int >= 2, got {self.num_classes!r}.")
+
+
+@dataclass(frozen=True)
+class SearchSpace(ABC):
+    """A family of networks. Subclasses are frozen dataclasses whose fields are the space's options.
+
+    The contract (``tests/test_spaces_contract.py`` checks it for every space):
+
+    * ``parse(str(arch)) == arch`` and ``arch`` is hashable;
+    * ``sample(trial)`` and ``sample_hp(hp)`` return valid architectures;
+    * ``build(arch, task)`` returns a tf_keras model with ``task.input_shape`` and ``num_classes``;
+    * ``blocks(arch, task)`` lists every block a latency table must price, in network order.
+    """
+
+    name: ClassVar[str]
+
+    # -- decisions -----------------------------------------------------------------------------
+    @abstractmethod
+    def choices(self) -> tuple[Choice, ...]:
+        """The flat list of categorical decisions that define an architecture."""
+
+    @abstractmethod
+    def from_params(self, params: Mapping[str, Any]) -> Hashable:
+        """The architecture for one value per choice (as sampled)."""
+
+    @abstractmethod
+    def to_params(self, arch: Hashable) -> dict[str, Any]:
+        """Inverse of ``from_params``: used to enqueue known architectures into a study."""
+
+    @abstractmethod
+    def parse(self, text: str) -> Hashable:
+        """Parse a canonical arch string; raise ``InputError`` naming what is wrong."""
+
+    def canonical(self, arch: Hashable) -> Hashable:
+        """The representative of ``arch``'s equivalence class (isomorphic cells); identity by default."""
+        return arch
+
+    def sample(self, trial: optuna.trial.BaseTrial) -> Hashable:
+        return self.from_params({c.name: trial.suggest_categorical(c.name, list(c.values)) for c in self.choices()})
+
+    def sample_hp(self, hp: Any) -> Hashable:
+        """Sample through keras-tuner ``HyperParameters`` (its oracles then drive our space)."""
+        return self.from_params({c.name: hp.Choice(c.name, list(c.values)) for c in self.choices()})
+
+    def random(self, rng: random.Random) -> Hashable:
+        return self.from_params({c.name: rng.choice(c.values) for c in self.choices()})
+
+    def size(self) -> int:
+        """Number of distinct parameter settings (before de-duplication)."""
+        return math.prod(len(c.values) for c in self.choices())
+
+    # -- networks ------------------------------------------------------------------------------
+    @abstractmethod
+    def build(self, arch: Hashable, task: TaskShape) -> Any:
+        """A trainable tf_keras model (not compiled) for the task."""
+
+    @abstractmethod
+    def blocks(self, arch: Hashable, task: TaskShape) -> list[Block]:
+        """The priced blocks of ``arch`` in network order, each with its input shape."""
+
+    def size_terms(self, arch: Hashable, task: TaskShape) -> SizeTerms:
+        """What an exported file's size grows with; spaces override with a closed form."""
+        model = self.build(arch, task)
+        weights = biases = tensors = 0
+        for layer in model.layers:
+            for w in layer.get_weights():
+                tensors += 1
+                if w.ndim == 1:
+                    biases += int(w.size)
+                else:
+                    weights += int(w.size)
+        return SizeTerms(weights, biases, tensors)
+
+
+def parse_int(text: str, where: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"{where}: expected an integer, got {text!r}.") from None
+
+
+def one_of(value: Any, allowed: Sequence[Any], where: str) -> Any:
+    if value not in allowed:
+        raise InputError(f"{where}: expected one of {list(allowed)}, got {value!r}.")
+    return value

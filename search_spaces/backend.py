@@ -1,0 +1,59 @@
+"""The one place TensorFlow and tf_keras are imported, lazily and configured for Keras 2.
+
+tensorflow-model-optimization works only with Keras 2, so ``TF_USE_LEGACY_KERAS=1`` must be set
+before TensorFlow is first imported. Every module asks here instead of importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from types import ModuleType
+
+__all__ = ["tf", "keras", "set_seed"]
+
+
+def _quiet_env() -> None:
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+@cache
+def tf() -> ModuleType:
+    """TensorFlow, imported on first use with Keras 2 selected and its logs quieted."""
+    _quiet_env()
+    import logging
+
+    import tensorflow
+
+    tensorflow.get_logger().setLevel(logging.ERROR)
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:  # pragma: no cover - absl ships with tensorflow
+        pass
+    return tensorflow
+
+
+@cache
+def keras() -> ModuleType:
+    """The tf_keras (Keras 2) package that tfmot needs."""
+    tf()
+    import tf_keras
+
+    return tf_keras
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow so one trial trains the same way twice."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    tf().random.set_seed(seed)
