@@ -1,0 +1,147 @@
+"""Real runtimes on this machine: convert a tf_keras model for a runtime, run it, time it.
+
+One module per runtime (``litert``, ``onnxruntime``, ``openvino``, ``tflm``), each exposing a
+``Runtime`` subclass; the profilers, the whole-model measurements and the compression exporters
+all go through these, so a number always comes from the file a runtime really executes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import statistics
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from search_spaces import InputError
+
+__all__ = ["RUNTIMES", "Artifact", "Runtime", "Session", "Timing", "get_runtime", "time_calls"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency statistics of many timed runs after a warm-up (ms)."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    runs: int
+    warmup: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "median_ms": self.median_ms,
+            "p10_ms": self.p10_ms,
+            "p90_ms": self.p90_ms,
+            "mean_ms": self.mean_ms,
+            "std_ms": self.std_ms,
+            "runs": self.runs,
+            "warmup": self.warmup,
+        }
+
+
+def time_calls(fn: Callable[[], Any], runs: int = 100, warmup: int = 10, min_total_s: float = 0.0) -> Timing:
+    """Median-based timing of ``fn``: warm-up calls first, then ``runs`` timed calls (more while the
+    total stays under ``min_total_s``, so micro-second blocks are timed over enough calls)."""
+    if runs < 3:
+        raise InputError(f"runs: expected an int >= 3, got {runs!r}.")
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < runs or (time.perf_counter() - start < min_total_s and len(samples) < 100 * runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    arr = np.asarray(samples)
+    return Timing(
+        median_ms=float(np.median(arr)),
+        p10_ms=float(np.percentile(arr, 10)),
+        p90_ms=float(np.percentile(arr, 90)),
+        mean_ms=float(arr.mean()),
+        std_ms=float(statistics.pstdev(samples)),
+        runs=len(samples),
+        warmup=warmup,
+    )
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A converted model: the bytes a runtime loads (and, for multi-file formats, named parts)."""
+
+    runtime: str
+    dtype: str
+    data: bytes
+    parts: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.data) + sum(len(b) for _, b in self.parts)
+
+
+class Session(ABC):
+    """A loaded model ready to run. Inputs and outputs are float arrays; quantization of int8
+    inputs and outputs happens inside, with the scales stored in the file."""
+
+    @abstractmethod
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Outputs for a batch ``x`` (float32, leading batch axis)."""
+
+    @abstractmethod
+    def invoke_once(self) -> None:
+        """Run once on the input already set (what timing measures)."""
+
+    def time(self, x: np.ndarray | None = None, runs: int = 100, warmup: int = 10, min_total_s: float = 0.2) -> Timing:
+        self.prepare(x)
+        return time_calls(self.invoke_once, runs=runs, warmup=warmup, min_total_s=min_total_s)
+
+    @abstractmethod
+    def prepare(self, x: np.ndarray | None) -> None:
+        """Set one sample (or zeros) as the input for ``invoke_once``."""
+
+
+class Runtime(ABC):
+    """A runtime installed here. ``convert`` makes its artifact, ``load`` opens it."""
+
+    name: ClassVar[str]
+    dtypes: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def version(self) -> str: ...
+
+    @abstractmethod
+    def convert(self, model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None) -> Artifact:
+        """Convert a tf_keras model. ``representative`` (single samples, float32) calibrates int8."""
+
+    @abstractmethod
+    def load(self, artifact: Artifact, threads: int = 1) -> Session: ...
+
+    def check_dtype(self, dtype: str) -> None:
+        if dtype not in self.dtypes:
+            raise InputError(f"dtype: runtime {self.name} supports {list(self.dtypes)}, got {dtype!r}.")
+
+
+# name -> "module:Class", imported on first use.
+RUNTIMES: dict[str, str] = {
+    "litert": "latency_models.runtimes.litert:LiteRT",
+    "onnxruntime": "latency_models.runtimes.onnxruntime:OnnxRuntime",
+    "openvino": "latency_models.runtimes.openvino:OpenVino",
+    "tflm": "latency_models.runtimes.tflm:TFLiteMicro",
+}
+
+
+def get_runtime(name: str) -> Runtime:
+    if name not in RUNTIMES:
+        raise InputError(f"runtime: unknown runtime {name!r}; valid runtimes: {sorted(RUNTIMES)}.")
+    module_name, cls_name = RUNTIMES[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise InputError(f"runtime {name}: not available here ({e.name} is not installed).") from None
+    return getattr(module, cls_name)()

@@ -1,0 +1,115 @@
+"""LiteRT (TFLite with XNNPACK): conversion to .tflite (int8 full-integer, fp16, fp32) and timing
+with ``ai_edge_litert``'s interpreter at a pinned thread count."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from search_spaces import InputError
+from search_spaces.backend import tf
+
+from . import Artifact, Runtime, Session
+
+__all__ = ["LiteRT", "LiteRTSession", "convert_tflite"]
+
+
+def convert_tflite(model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None) -> bytes:
+    """A .tflite flatbuffer. int8 is full-integer with int8 input and output; it needs samples."""
+    t = tf()
+    converter = t.lite.TFLiteConverter.from_keras_model(model)
+    if dtype == "fp16":
+        converter.optimizations = [t.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [t.float16]
+    elif dtype == "int8":
+        if representative is None:
+            raise InputError("int8 conversion: a representative dataset is required, got none.")
+        samples = [np.asarray(s, dtype=np.float32) for s in itertools.islice(representative, 1000)]
+        if not samples:
+            raise InputError("int8 conversion: the representative dataset is empty.")
+
+        def gen() -> Iterable[list[np.ndarray]]:
+            for s in samples:
+                yield [s[None, ...]]
+
+        converter.optimizations = [t.lite.Optimize.DEFAULT]
+        converter.representative_dataset = gen
+        converter.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = t.int8
+        converter.inference_output_type = t.int8
+    elif dtype == "dynamic":
+        converter.optimizations = [t.lite.Optimize.DEFAULT]
+    elif dtype != "fp32":
+        raise InputError(f"dtype: expected one of ['int8', 'fp16', 'fp32', 'dynamic'], got {dtype!r}.")
+    return bytes(converter.convert())
+
+
+class LiteRTSession(Session):
+    def __init__(self, data: bytes, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_content=data, num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self._batch_resized = 1
+
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        dtype = self.input["dtype"]
+        if dtype in (np.int8, np.uint8):
+            scale, zero = self.input["quantization"]
+            info = np.iinfo(dtype)
+            return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+        return x.astype(dtype)
+
+    def _dequantize(self, y: np.ndarray) -> np.ndarray:
+        if self.output["dtype"] in (np.int8, np.uint8):
+            scale, zero = self.output["quantization"]
+            return (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32)
+
+    def run(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        outs = []
+        for start in range(0, len(x), batch):
+            chunk = x[start : start + batch]
+            if len(chunk) != self._batch_resized:
+                self.interpreter.resize_tensor_input(self.input["index"], [len(chunk), *self.input["shape"][1:]])
+                self.interpreter.allocate_tensors()
+                self._batch_resized = len(chunk)
+            self.interpreter.set_tensor(self.input["index"], self._quantize(chunk))
+            self.interpreter.invoke()
+            outs.append(self._dequantize(self.interpreter.get_tensor(self.output["index"])))
+        return np.concatenate(outs, axis=0)
+
+    def prepare(self, x: np.ndarray | None) -> None:
+        if self._batch_resized != 1:
+            self.interpreter.resize_tensor_input(self.input["index"], [1, *self.input["shape"][1:]])
+            self.interpreter.allocate_tensors()
+            self._batch_resized = 1
+        shape = [1, *self.input["shape"][1:]]
+        sample = np.zeros(shape, np.float32) if x is None else np.asarray(x, np.float32).reshape(shape)
+        self.interpreter.set_tensor(self.input["index"], self._quantize(sample))
+
+    def invoke_once(self) -> None:
+        self.interpreter.invoke()
+
+
+class LiteRT(Runtime):
+    name = "litert"
+    dtypes = ("int8", "fp16", "fp32", "dynamic")
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return version("ai-edge-litert")
+
+    def convert(self, model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None) -> Artifact:
+        self.check_dtype(dtype)
+        return Artifact(self.name, dtype, convert_tflite(model, dtype, representative))
+
+    def load(self, artifact: Artifact, threads: int = 1) -> LiteRTSession:
+        return LiteRTSession(artifact.data, threads)
