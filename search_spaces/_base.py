@@ -156,6 +156,10 @@ class SearchSpace(ABC):
     def blocks(self, arch: Hashable, task: TaskShape) -> list[Block]:
         """The priced blocks of ``arch`` in network order, each with its input shape."""
 
+    def block_model(self, block: Block) -> Any:
+        """A tf_keras model of ``block`` alone (input of the block's shape), for profiling."""
+        raise NotImplementedError(f"space {self.name} cannot build single blocks for profiling")
+
     def size_terms(self, arch: Hashable, task: TaskShape) -> SizeTerms:
         """What an exported file's size grows with; spaces override with a closed form."""
         model = self.build(arch, task)

@@ -244,6 +244,23 @@ class MbconvSpace(SearchSpace):
                 total += terms
         return total
 
+    def block_model(self, block: Block) -> Any:
+        from .backend import keras
+
+        k = keras()
+        inputs = k.Input(shape=(block.in_h, block.in_w, block.in_c), batch_size=1, name="input")
+        if block.kind == "conv":
+            x = _conv_bn_act(k.layers, inputs, block.out_c, block.kernel, block.stride, block.act, "conv")
+        elif block.kind == "mbconv":
+            stage = MbconvStage(1, block.kernel, int(block.expand), block.out_c, block.se, block.act)
+            x = _mbconv(k.layers, inputs, stage, block.stride, "b")
+        elif block.kind == "pool_dense":
+            x = k.layers.GlobalAveragePooling2D(name="pool")(inputs)
+            x = k.layers.Dense(block.out_c, activation="softmax", name="classifier")(x)
+        else:
+            raise InputError(f"space mbconv: unknown block kind {block.kind!r}; valid kinds: ['conv', 'mbconv', 'pool_dense'].")
+        return k.Model(inputs, x, name=block.key.replace(".", "_"))
+
     def build(self, arch: MbconvArch, task: TaskShape) -> Any:
         from .backend import keras
 
