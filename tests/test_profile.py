@@ -1,0 +1,91 @@
+"""Per-block profiling, the host table cache and whole-model timing on the real LiteRT runtime."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from latency_models.profile import (
+    cache_dir,
+    host_table,
+    machine_fingerprint,
+    measure_archs,
+    profile_blocks,
+    table_path,
+)
+from latency_models.table import LatencyTable
+from search_spaces import InputError, TaskShape, get_space
+
+TASK = TaskShape((16, 16, 1), 10)
+FAST = (5, 2, 0.0)
+
+
+@pytest.fixture(scope="module")
+def space():
+    return get_space("mbconv", {"widths": [[8], [8], [16]], "depths": [1], "kernels": [3], "expands": [1, 3]})
+
+
+@pytest.fixture(scope="module")
+def arch(space):
+    return space.random(random.Random(1))
+
+
+def test_profile_blocks_times_each_distinct_block_once(space, arch):
+    blocks = space.blocks(arch, TASK)
+    calls: list[tuple[int, int]] = []
+    entries = profile_blocks(
+        space, blocks + blocks[:2], progress=lambda i, n: calls.append((i, n)), timing=FAST
+    )
+    assert set(entries) == set(blocks)
+    assert calls[-1] == (len(set(blocks)), len(set(blocks)))
+    for entry in entries.values():
+        assert entry.mean_ms > 0 and entry.count >= 5 and entry.memory_bytes is None
+
+
+def test_host_table_profiles_only_what_the_cache_lacks(space, arch, tmp_path: Path):
+    blocks = space.blocks(arch, TASK)
+    first: list[tuple[int, int]] = []
+    table = host_table(
+        space, TASK, blocks[:2], cache_dir=tmp_path, progress=lambda i, n: first.append((i, n))
+    )
+    assert first[-1] == (2, 2)
+    assert table.meta.device == "host" and table.meta.runtime == "litert" and table.meta.dtype == "int8"
+    assert table.meta.extra["machine"] == machine_fingerprint()
+    second: list[tuple[int, int]] = []
+    table = host_table(space, TASK, blocks, cache_dir=tmp_path, progress=lambda i, n: second.append((i, n)))
+    missing = len(set(blocks) - set(blocks[:2]))
+    assert second[-1] == (missing, missing)
+    assert table.price(blocks) > 0
+    third: list[tuple[int, int]] = []
+    host_table(space, TASK, blocks, cache_dir=tmp_path, progress=lambda i, n: third.append((i, n)))
+    assert third == [(0, 0)]
+    saved = LatencyTable.load(table_path(space, "litert", "int8", 1, tmp_path))
+    assert set(blocks) <= set(saved.entries)
+
+
+def test_damaged_cache_is_rebuilt(space, arch, tmp_path: Path):
+    path = table_path(space, "litert", "int8", 1, tmp_path)
+    path.write_text("{not json")
+    table = host_table(space, TASK, space.blocks(arch, TASK)[:1], cache_dir=tmp_path)
+    assert len(table) == 1 and LatencyTable.load(path).entries == table.entries
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("EDGE_NAS_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("EDGE_NAS_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert cache_dir() == tmp_path / "x" / "edge-nas" / "tables"
+
+
+def test_measure_archs_times_whole_models(space, arch):
+    (t,) = measure_archs(space, TASK, [arch], timing=FAST)
+    assert 0 < t.p10_ms <= t.median_ms <= t.p90_ms and t.runs >= 5
+
+
+@pytest.mark.parametrize("kwargs", [{"threads": 0}, {"dtype": "int4"}, {"runtime": "tvm"}])
+def test_bad_settings_are_input_errors(space, arch, kwargs):
+    with pytest.raises(InputError):
+        profile_blocks(space, space.blocks(arch, TASK), **kwargs)
