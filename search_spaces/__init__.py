@@ -27,6 +27,7 @@ __all__ = [
 SPACES: dict[str, str] = {
     "mbconv": "search_spaces.mbconv:MbconvSpace",
     "nb201": "search_spaces.nb201:Nb201Space",
+    "fbnet": "search_spaces.fbnet:FbnetSpace",
 }
 
 
