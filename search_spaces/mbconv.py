@@ -17,6 +17,8 @@ from .errors import InputError
 __all__ = ["MbconvArch", "MbconvSpace", "MbconvStage"]
 
 ACTS = ("relu6", "hswish")
+# Short proxy trainings: a slow BatchNorm average would leave inference-mode accuracy at chance.
+BN_MOMENTUM = 0.9
 
 
 @dataclass(frozen=True)
@@ -291,7 +293,7 @@ def _act(layers: Any, x: Any, act: str, name: str) -> Any:
 
 def _conv_bn_act(layers: Any, x: Any, filters: int, kernel: int, stride: int, act: str, name: str) -> Any:
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return _act(layers, x, act, name)
 
 
@@ -302,7 +304,7 @@ def _mbconv(layers: Any, inputs: Any, stage: MbconvStage, stride: int, name: str
     if stage.expand != 1:
         x = _conv_bn_act(layers, x, mid, 1, 1, stage.act, f"{name}_expand")
     x = layers.DepthwiseConv2D(stage.kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
-    x = layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
     x = _act(layers, x, stage.act, f"{name}_dw")
     if stage.se:
         s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(x)
@@ -310,7 +312,7 @@ def _mbconv(layers: Any, inputs: Any, stage: MbconvStage, stride: int, name: str
         s = layers.Conv2D(mid, 1, activation="hard_sigmoid", name=f"{name}_se_expand")(s)
         x = layers.Multiply(name=f"{name}_se")([x, s])
     x = layers.Conv2D(stage.width, 1, padding="same", use_bias=False, name=f"{name}_project")(x)
-    x = layers.BatchNormalization(name=f"{name}_project_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_project_bn")(x)
     if stride == 1 and in_c == stage.width:
         x = layers.Add(name=f"{name}_add")([inputs, x])
     return x

@@ -1,0 +1,274 @@
+"""Run configuration: a YAML file validated completely when it is loaded, before any work.
+
+Every section is a frozen dataclass; unknown keys, wrong types and out-of-range values raise an
+``InputError`` that names the field (``constraints.max_latency_ms``) and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search_spaces import InputError
+
+from .data import TaskSpec
+
+__all__ = [
+    "Constraints",
+    "ExportConfig",
+    "LatencyConfig",
+    "RunConfig",
+    "SearchConfig",
+    "SpaceConfig",
+    "TrainConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+def _positive(value: Any, where: str, allow_none: bool = True, integer: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if integer:
+        ok = ok and isinstance(value, int)
+    if not ok:
+        kind = "an int" if integer else "a number"
+        raise InputError(f"{where}: expected {kind} > 0, got {value!r}.")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Hard budgets. ``None`` means no budget on that quantity."""
+
+    max_latency_ms: float | None = None
+    max_size_kb: float | None = None
+    max_memory_kb: float | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _positive(getattr(self, f.name), f"constraints.{f.name}")
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    name: str = "mbconv"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """Where latency comes from. ``device: host`` profiles this machine (cached); otherwise
+    ``table`` (a latency table file) or ``predictor`` (a predictor file) is required."""
+
+    device: str = "host"
+    runtime: str = "litert"
+    dtype: str = "int8"
+    threads: int = 1
+    table: str | None = None
+    predictor: str | None = None
+    calibration_models: int = 6
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not self.device:
+            raise InputError(f"latency.device: expected a device name ('host' for this machine), got {self.device!r}.")
+        _positive(self.threads, "latency.threads", allow_none=False, integer=True)
+        if isinstance(self.calibration_models, bool) or not isinstance(self.calibration_models, int) or self.calibration_models < 0:
+            raise InputError(f"latency.calibration_models: expected an int >= 0, got {self.calibration_models!r}.")
+        if self.device != "host" and not (self.table or self.predictor):
+            raise InputError(
+                f"latency: device {self.device!r} needs a latency model: set latency.table or latency.predictor "
+                "(or use device: host to profile this machine)."
+            )
+        if self.dtype not in ("int8", "fp32", "fp16"):
+            raise InputError(f"latency.dtype: expected one of ['int8', 'fp32', 'fp16'], got {self.dtype!r}.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    final_epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    max_train_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "final_epochs", "batch_size"):
+            _positive(getattr(self, name), f"training.{name}", allow_none=False, integer=True)
+        _positive(self.learning_rate, "training.learning_rate", allow_none=False)
+        _positive(self.max_train_samples, "training.max_train_samples", integer=True)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    strategy: str = "default"
+    trainings: int = 20
+    max_asks: int | None = None
+    seed: int = 0
+    max_failures_in_row: int = 5
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        _positive(self.trainings, "search.trainings", allow_none=False, integer=True)
+        _positive(self.max_asks, "search.max_asks", integer=True)
+        _positive(self.max_failures_in_row, "search.max_failures_in_row", allow_none=False, integer=True)
+        _positive(self.workers, "search.workers", allow_none=False, integer=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InputError(f"search.seed: expected an int, got {self.seed!r}.")
+        if not isinstance(self.strategy, str):
+            raise InputError(f"search.strategy: expected a strategy name, got {self.strategy!r}.")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    pipeline: tuple[str, ...] = ("int8",)
+    formats: tuple[str, ...] = ("tflite",)
+    calibration_samples: int = 300
+
+    def __post_init__(self) -> None:
+        _positive(self.calibration_samples, "export.calibration_samples", allow_none=False, integer=True)
+        for name in ("pipeline", "formats"):
+            value = getattr(self, name)
+            if not value or not all(isinstance(v, str) and v for v in value):
+                raise InputError(f"export.{name}: expected a non-empty list of names, got {list(value)!r}.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: TaskSpec = field(default_factory=TaskSpec)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    constraints: Constraints = field(default_factory=Constraints)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def as_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Coerce YAML values to the annotated type (ints stay ints, lists become tuples)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], where)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where}: expected a number, got {value!r}.")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{where}: expected an integer, got {value!r}.")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise InputError(f"{where}: expected a string, got {value!r}.")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{where}: expected a list, got {value!r}.")
+        return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or annotation is Mapping:
+        if not isinstance(value, Mapping):
+            raise InputError(f"{where}: expected a mapping, got {value!r}.")
+        return dict(value)
+    return value
+
+
+def _section(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, Mapping):
+        raise InputError(f"{where}: expected a mapping of settings, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise InputError(f"{where}.{key}: unknown key; valid keys: {sorted(fields)}.")
+        kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+SECTIONS: dict[str, type] = {
+    "task": TaskSpec,
+    "space": SpaceConfig,
+    "latency": LatencyConfig,
+    "constraints": Constraints,
+    "search": SearchConfig,
+    "training": TrainConfig,
+    "export": ExportConfig,
+}
+
+
+def parse_config(doc: Any, where: str = "config", base_dir: Path | None = None) -> RunConfig:
+    """Validate a config mapping (as loaded from YAML). Relative paths resolve against ``base_dir``."""
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, Mapping):
+        raise InputError(f"{where}: expected a mapping with sections {sorted(SECTIONS)}, got {type(doc).__name__}.")
+    unknown = sorted(set(doc) - set(SECTIONS))
+    if unknown:
+        raise InputError(f"{where}: unknown key {unknown[0]!r}; valid keys: {sorted(SECTIONS)}.")
+    sections = {name: _section(cls, doc.get(name), name) for name, cls in SECTIONS.items()}
+    if base_dir is not None:
+        task = sections["task"]
+        if task.data.endswith(".npz") and not os.path.isabs(task.data):
+            sections["task"] = dataclasses.replace(task, data=str((base_dir / task.data).resolve()))
+        lat = sections["latency"]
+        for key in ("table", "predictor"):
+            value = getattr(lat, key)
+            if value and not os.path.isabs(value):
+                lat = dataclasses.replace(lat, **{key: str((base_dir / value).resolve())})
+        sections["latency"] = lat
+    # Validate the space options now, not forty minutes into the search.
+    from search_spaces import get_space
+
+    get_space(sections["space"].name, sections["space"].options)
+    return RunConfig(**sections)
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found.")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}:{line} not valid YAML ({getattr(e, 'problem', None) or e.__class__.__name__}).") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read config ({e.__class__.__name__}).") from None
+    try:
+        return parse_config(doc, str(path), base_dir=path.parent)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None

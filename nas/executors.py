@@ -1,0 +1,130 @@
+"""Where trainings run. The driver hands ``TrainJob``s to an ``Executor`` and collects
+``JobResult``s as they finish; the inline executor trains in this process, others (local worker
+processes, a Ray cluster) plug in with the same three methods.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from search_spaces import TrialFailedError
+
+__all__ = ["Executor", "InlineExecutor", "JobResult", "TrainJob", "WorkerSetup", "run_job"]
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """Everything a worker needs to train any candidate of this run (plain, picklable values)."""
+
+    space: str
+    space_options: dict[str, Any]
+    task: dict[str, Any]
+    training: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    trial_number: int
+    arch: str
+    seed: int
+    epochs: int
+    submitted_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    trial_number: int
+    arch: str
+    ok: bool
+    accuracy: float | None = None
+    train_accuracy: float | None = None
+    epochs: int | None = None
+    train_seconds: float | None = None
+    params: int | None = None
+    error: str | None = None
+    host: str = ""
+    pid: int = 0
+    queued_s: float = 0.0
+    run_s: float = 0.0
+
+    def as_attrs(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in ("trial_number", "arch", "ok")}
+
+
+_WORKER_CACHE: dict[str, Any] = {}
+
+
+def run_job(setup: WorkerSetup, job: TrainJob, data: Any = None) -> JobResult:
+    """Train one candidate. Runs in any process; the task's data is loaded once per process
+    (or passed in, e.g. from Ray's object store)."""
+    from search_spaces import get_space
+
+    from .config import TrainConfig
+    from .data import TaskSpec, load_task
+    from .train import train_candidate
+
+    started = time.time()
+    queued = max(0.0, started - job.submitted_at)
+    where = {"host": socket.gethostname(), "pid": os.getpid()}
+    try:
+        space = get_space(setup.space, setup.space_options)
+        if data is None:
+            data = load_task(TaskSpec(**setup.task))
+        arch = space.parse(job.arch)
+        result, _ = train_candidate(space, arch, data, TrainConfig(**setup.training), job.seed, job.epochs)
+    except TrialFailedError as e:
+        return JobResult(job.trial_number, job.arch, False, error=str(e), queued_s=queued,
+                         run_s=time.time() - started, **where)
+    return JobResult(
+        job.trial_number,
+        job.arch,
+        True,
+        accuracy=result.accuracy,
+        train_accuracy=result.train_accuracy,
+        epochs=result.epochs,
+        train_seconds=result.seconds,
+        params=result.params,
+        queued_s=queued,
+        run_s=time.time() - started,
+        **where,
+    )
+
+
+class Executor(ABC):
+    """Runs training jobs; ``capacity`` jobs may be in flight at once."""
+
+    capacity: int = 1
+
+    @abstractmethod
+    def submit(self, job: TrainJob) -> None: ...
+
+    @abstractmethod
+    def poll(self, timeout: float | None = None) -> list[JobResult]:
+        """Results that finished since the last call (waits up to ``timeout`` for at least one)."""
+
+    def in_flight(self) -> int:
+        return 0
+
+    def shutdown(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class InlineExecutor(Executor):
+    """Trains in this process, one job at a time (the simplest, and the reference)."""
+
+    def __init__(self, setup: WorkerSetup, data: Any = None) -> None:
+        self.setup = setup
+        self.data = data
+        self._done: list[JobResult] = []
+
+    def submit(self, job: TrainJob) -> None:
+        self._done.append(run_job(self.setup, job, self.data))
+
+    def poll(self, timeout: float | None = None) -> list[JobResult]:
+        done, self._done = self._done, []
+        return done

@@ -1,0 +1,283 @@
+"""The search loop: Optuna ask/tell on the driver, screening before any training.
+
+Each asked candidate is priced (latency, size, memory) and checked against the budgets. An
+infeasible one is recorded with its predictions and never trained; a network already trained
+(the same canonical architecture) reuses its result; the rest go to an ``Executor`` and are told
+to the study as their results arrive. Trial records live in the study's user attributes, so
+the SQLite study alone is the run's history and a killed run resumes from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from search_spaces import FatalError, InputError, SearchSpace, TaskShape
+
+from .config import Constraints
+from .executors import Executor, JobResult, TrainJob
+from .strategies import SearchContext
+from .strategies._base import Prediction
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from latency_models.predictor import LatencyPredictor
+    from latency_models.size import SizeModel
+    from latency_models.table import LatencyTable
+
+__all__ = ["Screen", "SearchLoop", "SearchStats", "STATES", "smallest_achievable"]
+
+STATES = ("complete", "infeasible", "failed", "duplicate")
+OBJECTIVES = ("accuracy", "latency_ms")
+DIRECTIONS = ("maximize", "minimize")
+
+
+@dataclass(frozen=True)
+class Screen:
+    """Prices architectures with the latency, size and memory models; checks the budgets."""
+
+    space: SearchSpace
+    task: TaskShape
+    latency: LatencyPredictor
+    size: SizeModel
+    constraints: Constraints
+    memory_table: LatencyTable | None = None
+
+    def __post_init__(self) -> None:
+        if self.constraints.max_memory_kb is not None and self.memory_table is None:
+            raise InputError(
+                "constraints.max_memory_kb: needs a latency table with memory_bytes (profile with runtime tflm)."
+            )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.constraints.as_dict())
+
+    def __call__(self, archs: Sequence[Hashable]) -> list[Prediction]:
+        latencies = self.latency.predict(list(archs))
+        out = []
+        for arch, latency in zip(archs, latencies, strict=True):
+            size = self.size.predict(self.space.size_terms(arch, self.task))
+            memory = None
+            if self.memory_table is not None:
+                memory = float(self.memory_table.memory(self.space.blocks(arch, self.task)))
+            out.append(Prediction(float(latency), float(size), memory, self._violations(float(latency), size, memory)))
+        return out
+
+    def _violations(self, latency: float, size: float, memory: float | None) -> tuple[float, ...]:
+        c = self.constraints
+        v: list[float] = []
+        if c.max_latency_ms is not None:
+            v.append(latency - c.max_latency_ms)
+        if c.max_size_kb is not None:
+            v.append(size / 1024.0 - c.max_size_kb)
+        if c.max_memory_kb is not None:
+            v.append((memory or 0.0) / 1024.0 - c.max_memory_kb)
+        return tuple(v)
+
+
+def smallest_achievable(space: SearchSpace, screen: Screen, samples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """The smallest predicted latency/size/memory found in the space: the cheapest choice of every
+    decision plus a random sample. Used to reject a budget nothing can meet before training."""
+    import random
+
+    rng = random.Random(seed)
+    archs: list[Hashable] = []
+    try:
+        archs.append(space.from_params({c.name: min(c.values, key=_cost_key) for c in space.choices()}))
+    except (InputError, TypeError):
+        pass
+    archs += [space.random(rng) for _ in range(samples)]
+    preds = screen(archs)
+    best = {
+        "max_latency_ms": min(p.latency_ms for p in preds),
+        "max_size_kb": min(p.size_bytes for p in preds) / 1024.0,
+    }
+    if screen.memory_table is not None:
+        best["max_memory_kb"] = min(p.memory_bytes or 0.0 for p in preds) / 1024.0
+    return best
+
+
+def _cost_key(value: Any) -> Any:
+    order = {"relu6": 0, "hswish": 1, "none": -1, "skip_connect": 0}
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return value
+    return order.get(value, 5)
+
+
+@dataclass
+class SearchStats:
+    asked: int = 0
+    trained: int = 0
+    infeasible: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    best_accuracy: float | None = None
+
+
+@dataclass
+class SearchLoop:
+    """Drive ``study`` with ``executor`` until ``trainings`` candidates have been trained."""
+
+    study: optuna.Study
+    space: SearchSpace
+    screen: Screen
+    executor: Executor
+    trainings: int
+    seed: int = 0
+    epochs: int = 3
+    max_asks: int | None = None
+    max_failures_in_row: int = 5
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
+    stats: SearchStats = field(default_factory=SearchStats)
+    _trained: dict[str, tuple[float, float]] = field(default_factory=dict)
+    _pending: dict[int, optuna.trial.Trial] = field(default_factory=dict)
+    _failures_in_row: int = 0
+
+    def context(self) -> SearchContext:
+        return SearchContext(
+            space=self.space,
+            seed=self.seed,
+            predict=self.screen,
+            objectives=OBJECTIVES,
+            directions=DIRECTIONS,
+            max_latency_ms=self.screen.constraints.max_latency_ms,
+            n_trials=self.trainings,
+        )
+
+    # -- resume --------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Count what the study already holds and re-queue trials a killed driver left running."""
+        import optuna
+
+        for t in self.study.get_trials(deepcopy=False):
+            state = t.user_attrs.get("state")
+            if t.state == optuna.trial.TrialState.RUNNING:
+                # A driver killed mid-trial: the training result never arrived. Close the trial
+                # and ask for the same architecture again.
+                self.study._storage.set_trial_user_attr(t._trial_id, "state", "failed")
+                self.study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted; re-queued on resume")
+                self.study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+                if t.params:
+                    self.study.enqueue_trial(t.params, skip_if_exists=False)
+                continue
+            if state in ("complete",) and t.values is not None:
+                self._trained[t.user_attrs["canonical"]] = (t.values[0], t.values[1])
+                self.stats.trained += 1
+                acc = t.values[0]
+                if self.stats.best_accuracy is None or acc > self.stats.best_accuracy:
+                    self.stats.best_accuracy = acc
+            elif state == "failed" and "interrupted" not in str(t.user_attrs.get("error", "")):
+                self.stats.trained += 1
+                self.stats.failed += 1
+            elif state == "infeasible":
+                self.stats.infeasible += 1
+            elif state == "duplicate":
+                self.stats.duplicates += 1
+            self.stats.asked += 1
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> SearchStats:
+        self._restore()
+        max_asks = self.max_asks or max(200, self.trainings * 50)
+        asks_this_run = 0
+        try:
+            while True:
+                while (
+                    len(self._pending) < self.executor.capacity
+                    and self.stats.trained + len(self._pending) < self.trainings
+                    and asks_this_run < max_asks
+                ):
+                    asks_this_run += 1
+                    self._ask_one()
+                if not self._pending:
+                    break
+                for result in self.executor.poll(timeout=None):
+                    self._tell_result(result)
+        finally:
+            self.executor.shutdown()
+        if self.stats.trained == 0 and asks_this_run >= max_asks:
+            raise FatalError(
+                f"no feasible candidate found in {asks_this_run} proposals; the budgets may be too tight for this space"
+            )
+        return self.stats
+
+    def _ask_one(self) -> None:
+        import optuna
+
+        trial = self.study.ask()
+        self.stats.asked += 1
+        try:
+            arch = self.space.sample(trial)
+        except InputError as e:
+            trial.set_user_attr("state", "failed")
+            trial.set_user_attr("error", str(e))
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self.stats.failed += 1
+            return
+        canonical = str(self.space.canonical(arch))
+        pred = self.screen([arch])[0]
+        attrs = {
+            "arch": str(arch),
+            "canonical": canonical,
+            "predicted_latency_ms": pred.latency_ms,
+            "predicted_size_bytes": pred.size_bytes,
+            "predicted_memory_bytes": pred.memory_bytes,
+            "violations": dict(zip(self.screen.names, pred.violations, strict=True)),
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        self.study._storage.set_trial_system_attr(trial._trial_id, "constraints", list(pred.violations))
+        if not pred.feasible:
+            trial.set_user_attr("state", "infeasible")
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            self.stats.infeasible += 1
+            self._emit("infeasible", attrs)
+            return
+        if canonical in self._trained:
+            trial.set_user_attr("state", "duplicate")
+            self.study.tell(trial, list(self._trained[canonical]))
+            self.stats.duplicates += 1
+            self._emit("duplicate", attrs)
+            return
+        trial.set_user_attr("fidelity_epochs", self.epochs)
+        self._pending[trial.number] = trial
+        self.executor.submit(TrainJob(trial.number, str(arch), self.seed, self.epochs))
+        self._emit("submitted", attrs)
+
+    def _tell_result(self, result: JobResult) -> None:
+        import optuna
+
+        trial = self._pending.pop(result.trial_number)
+        for key, value in result.as_attrs().items():
+            trial.set_user_attr(key, value)
+        self.stats.trained += 1
+        if not result.ok or result.accuracy is None or not math.isfinite(result.accuracy):
+            trial.set_user_attr("state", "failed")
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self.stats.failed += 1
+            self._failures_in_row += 1
+            self._emit("failed", {"arch": result.arch, "error": result.error})
+            if self._failures_in_row >= self.max_failures_in_row:
+                raise FatalError(
+                    f"{self._failures_in_row} trainings failed in a row (last: {result.error}); "
+                    "see report.json / the study for the reasons"
+                )
+            return
+        self._failures_in_row = 0
+        latency = trial.user_attrs["predicted_latency_ms"]
+        trial.set_user_attr("state", "complete")
+        self.study.tell(trial, [result.accuracy, latency])
+        self._trained[trial.user_attrs["canonical"]] = (result.accuracy, latency)
+        if self.stats.best_accuracy is None or result.accuracy > self.stats.best_accuracy:
+            self.stats.best_accuracy = result.accuracy
+        self._emit("complete", {"arch": result.arch, "accuracy": result.accuracy})
+
+    def _emit(self, kind: str, info: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, {**info, "stats": self.stats})

@@ -1,0 +1,37 @@
+"""Search strategies: every strategy is an Optuna sampler, driven by the same ask/tell loop.
+
+A strategy is built by name with ``make_strategy(name, context)``. Because it is a sampler, its
+whole state is the study (trials, values, user attributes), so a resumed study resumes the
+strategy too. Constraints reach every strategy as data: each trial carries Optuna's
+``constraints`` system attribute (> 0 means violated).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from search_spaces import InputError
+
+from ._base import SearchContext, constraints_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+__all__ = ["STRATEGIES", "SearchContext", "constraints_of", "make_strategy"]
+
+# name -> "module:factory"; a factory takes a SearchContext and returns an optuna sampler.
+STRATEGIES: dict[str, str] = {
+    "random": "nas.strategies.optuna_samplers:random_sampler",
+    "tpe": "nas.strategies.optuna_samplers:tpe_sampler",
+    "nsga2": "nas.strategies.optuna_samplers:nsga2_sampler",
+}
+
+
+def make_strategy(name: str, context: SearchContext) -> optuna.samplers.BaseSampler:
+    if name not in STRATEGIES:
+        raise InputError(f"strategy: unknown strategy {name!r}; valid strategies: {sorted(STRATEGIES)}.")
+    module_name, factory_name = STRATEGIES[name].split(":")
+    factory: Callable[[SearchContext], Any] = getattr(importlib.import_module(module_name), factory_name)
+    return factory(context)

@@ -1,0 +1,33 @@
+"""Optuna's own samplers as strategies, with the loop's constraints passed as data."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._base import SearchContext, constraints_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+__all__ = ["nsga2_sampler", "random_sampler", "tpe_sampler"]
+
+
+def random_sampler(context: SearchContext) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=context.seed)
+
+
+def tpe_sampler(context: SearchContext) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        seed=context.seed, constraints_func=constraints_of, multivariate=True, group=False, n_startup_trials=10
+    )
+
+
+def nsga2_sampler(context: SearchContext) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    population = int(context.options.get("population_size", 20))
+    return optuna.samplers.NSGAIISampler(seed=context.seed, constraints_func=constraints_of, population_size=population)

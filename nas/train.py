@@ -1,0 +1,97 @@
+"""Training one candidate on real data with tf_keras, evaluated in inference mode.
+
+A NaN loss or an error while building or training raises ``TrialFailedError`` so the search
+records the trial as failed and goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from search_spaces import SearchSpace, TrialFailedError
+
+from .config import TrainConfig
+from .data import TaskData
+
+__all__ = ["TrainResult", "train_model", "train_candidate"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Accuracy is measured on the validation split, in inference mode."""
+
+    accuracy: float
+    train_accuracy: float
+    loss: float
+    epochs: int
+    seconds: float
+    params: int
+
+
+def train_model(model: Any, data: TaskData, config: TrainConfig, epochs: int, seed: int) -> TrainResult:
+    """Compile and fit ``model`` on the task's training split; evaluate on validation."""
+    from search_spaces.backend import keras, set_seed
+
+    k = keras()
+    set_seed(seed)
+    x, y = data.x_train, data.y_train
+    if config.max_train_samples and len(x) > config.max_train_samples:
+        idx = np.random.default_rng(seed).permutation(len(x))[: config.max_train_samples]
+        x, y = x[idx], y[idx]
+    steps = max(1, math.ceil(len(x) / config.batch_size)) * epochs
+    schedule = k.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.05)
+    model.compile(
+        optimizer=k.optimizers.Adam(schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    start = time.perf_counter()
+    history = model.fit(
+        x,
+        y,
+        batch_size=config.batch_size,
+        epochs=epochs,
+        verbose=0,
+        shuffle=True,
+        callbacks=[k.callbacks.TerminateOnNaN()],
+    )
+    losses = history.history.get("loss", [])
+    if not losses or not all(math.isfinite(v) for v in losses):
+        raise TrialFailedError(f"training diverged (loss {losses[-1] if losses else 'missing'})")
+    loss, accuracy = model.evaluate(data.x_val, data.y_val, batch_size=256, verbose=0)
+    if not math.isfinite(loss):
+        raise TrialFailedError("validation loss is NaN")
+    return TrainResult(
+        accuracy=float(accuracy),
+        train_accuracy=float(history.history["accuracy"][-1]),
+        loss=float(loss),
+        epochs=epochs,
+        seconds=time.perf_counter() - start,
+        params=int(model.count_params()),
+    )
+
+
+def train_candidate(
+    space: SearchSpace, arch: Hashable, data: TaskData, config: TrainConfig, seed: int, epochs: int | None = None
+) -> tuple[TrainResult, Any]:
+    """Build and train ``arch``; returns the result and the trained model."""
+    from search_spaces.backend import keras
+
+    keras().backend.clear_session()
+    try:
+        model = space.build(arch, data.shape)
+    except Exception as e:  # a space that cannot build this arch fails the trial, not the search
+        raise TrialFailedError(f"build failed: {e.__class__.__name__}: {e}") from e
+    try:
+        result = train_model(model, data, config, epochs or config.epochs, seed)
+    except TrialFailedError:
+        raise
+    except Exception as e:
+        raise TrialFailedError(f"training failed: {e.__class__.__name__}: {e}") from e
+    return result, model
