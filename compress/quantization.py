@@ -1,0 +1,223 @@
+"""Quantization stages: post-training dynamic range, float16 and full-integer int8 (with a
+configurable calibration set and optional mixed precision), and quantization-aware training."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ._base import CompressData, Quantization, Stage, StageError, stage_check
+from .training import Trainer
+
+__all__ = ["DynamicRange", "Float16", "Int8", "MixedInt8", "QuantizationAware", "convert_mixed_int8"]
+
+
+@dataclass(frozen=True)
+class DynamicRange(Stage):
+    """Post-training dynamic range quantization: int8 weights, float activations."""
+
+    name: ClassVar[str] = "dynamic"
+
+    def apply(self, model: Any, data: CompressData) -> Any:
+        return model
+
+    @property
+    def quantization(self) -> Quantization:
+        return Quantization("dynamic")
+
+
+@dataclass(frozen=True)
+class Float16(Stage):
+    """Post-training float16 weights (half the size, float compute)."""
+
+    name: ClassVar[str] = "fp16"
+
+    def apply(self, model: Any, data: CompressData) -> Any:
+        return model
+
+    @property
+    def quantization(self) -> Quantization:
+        return Quantization("fp16")
+
+
+@dataclass(frozen=True)
+class Int8(Stage):
+    """Post-training full-integer int8 (int8 input and output) calibrated on ``calibration``
+    training samples."""
+
+    name: ClassVar[str] = "int8"
+    main_arg: ClassVar[str | None] = "calibration"
+
+    calibration: int = 200
+
+    def __post_init__(self) -> None:
+        stage_check(
+            isinstance(self.calibration, int) and self.calibration >= 1,
+            self.name,
+            "calibration must be an int >= 1",
+            self.calibration,
+        )
+
+    def apply(self, model: Any, data: CompressData) -> Any:
+        return model
+
+    @property
+    def quantization(self) -> Quantization:
+        return Quantization("int8", self.calibration)
+
+
+@dataclass(frozen=True)
+class MixedInt8(Stage):
+    """int8, except layers whose int8 output error (RMSE in units of the quantization scale,
+    measured by the TFLite quantization debugger) is above ``max_error``: they stay float and the
+    report lists them."""
+
+    name: ClassVar[str] = "mixed"
+    main_arg: ClassVar[str | None] = "max_error"
+
+    max_error: float = 0.7
+    calibration: int = 200
+
+    def __post_init__(self) -> None:
+        stage_check(
+            isinstance(self.max_error, float) and math.isfinite(self.max_error) and self.max_error > 0,
+            self.name,
+            "max_error must be a number > 0",
+            self.max_error,
+        )
+        stage_check(
+            isinstance(self.calibration, int) and self.calibration >= 1,
+            self.name,
+            "calibration must be an int >= 1",
+            self.calibration,
+        )
+
+    def apply(self, model: Any, data: CompressData) -> Any:
+        return model
+
+    @property
+    def quantization(self) -> Quantization:
+        return Quantization("int8", self.calibration, self.max_error)
+
+
+@dataclass(frozen=True)
+class QuantizationAware(Stage):
+    """Quantization-aware training with tfmot (fake-quant in the forward pass) for ``epochs``;
+    sparse models keep their zeros (prune-preserving scheme). Layers tfmot has no int8 rule for
+    stop the stage with their name, except weight-free element-wise ``Multiply`` (hard-swish,
+    squeeze-excite gates), whose output is quantized like an ``Add``'s."""
+
+    name: ClassVar[str] = "qat"
+    main_arg: ClassVar[str | None] = "epochs"
+
+    epochs: int = 1
+    calibration: int = 200
+    trainer: Trainer = field(default_factory=Trainer, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        stage_check(isinstance(self.epochs, int) and self.epochs >= 1, self.name, "epochs must be an int >= 1", self.epochs)
+        stage_check(
+            isinstance(self.calibration, int) and self.calibration >= 1,
+            self.name,
+            "calibration must be an int >= 1",
+            self.calibration,
+        )
+
+    def apply(self, model: Any, data: CompressData) -> Any:
+        from search_spaces.backend import keras
+
+        k = keras()
+        import tensorflow_model_optimization as tfmot
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+            default_8bit_quantize_configs as configs,
+        )
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+            default_8bit_quantize_registry as registry,
+        )
+
+        from .pruning import copy_model, weight_sparsity
+
+        qk = tfmot.quantization.keras
+        if is_quantization_aware(model):
+            raise StageError(f"stage {self.name}: the model is already quantization-aware.")
+        reg = registry.Default8BitQuantizeRegistry()
+
+        def annotate(layer: Any) -> Any:
+            if isinstance(layer, k.layers.InputLayer):
+                return layer
+            if reg.supports(layer):
+                return qk.quantize_annotate_layer(layer)
+            if isinstance(layer, k.layers.Multiply):
+                return qk.quantize_annotate_layer(layer, configs.Default8BitOutputQuantizeConfig())
+            raise StageError(
+                f"stage {self.name}: layer {layer.name!r} ({type(layer).__name__}) cannot be quantized by tfmot "
+                f"(no int8 rule for it); remove the stage or replace the layer."
+            )
+
+        work = copy_model(model, self.name)
+        annotated = k.models.clone_model(work, clone_function=annotate)
+        scheme = (
+            tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+            if weight_sparsity(work) > 0.2
+            else qk.default_8bit.Default8BitQuantizeScheme()
+        )
+        try:
+            with qk.quantize_scope({"Default8BitOutputQuantizeConfig": configs.Default8BitOutputQuantizeConfig}):
+                qat = qk.quantize_apply(annotated, scheme)
+        except (ValueError, RuntimeError, TypeError) as e:
+            raise StageError(f"stage {self.name}: tfmot cannot quantize this model: {e}") from None
+        # BatchNorm is folded into fake-quantized convs; its statistics must not be re-estimated.
+        return self.trainer.fit(qat, data, self.epochs, self.name, recalibrate=False)
+
+    @property
+    def quantization(self) -> Quantization:
+        return Quantization("int8", self.calibration)
+
+
+def is_quantization_aware(model: Any) -> bool:
+    return any(type(layer).__name__.startswith("Quantize") for layer in model.layers)
+
+
+def _samples(x: np.ndarray) -> Iterator[list[np.ndarray]]:
+    for s in x:
+        yield [s[None, ...].astype(np.float32)]
+
+
+def convert_mixed_int8(model: Any, calibration: np.ndarray, max_error: float) -> tuple[bytes, dict[str, float]]:
+    """int8 with float fallback: the quantization debugger measures every quantized tensor's
+    RMSE / scale on the calibration set; ops above ``max_error`` are deny-listed (kept float).
+
+    Returns the flatbuffer and ``{tensor name: error}`` of the tensors kept float.
+    """
+    from search_spaces.backend import tf
+
+    t = tf()
+
+    def make_converter() -> Any:
+        converter = t.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [t.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: _samples(calibration)
+        return converter
+
+    debugger = t.lite.experimental.QuantizationDebugger(
+        converter=make_converter(), debug_dataset=lambda: _samples(calibration[:64])
+    )
+    debugger.run()
+    errors: dict[str, float] = {}
+    for tensor, stats in debugger.layer_statistics.items():
+        scale = float(stats.get("scale", 0.0) or 0.0)
+        mse = float(stats.get("mean_squared_error", 0.0))
+        if scale > 0 and math.isfinite(mse):
+            errors[tensor] = math.sqrt(mse) / scale
+    denied = {name: err for name, err in errors.items() if err > max_error}
+    if not denied:
+        return debugger.get_nondebug_quantized_model(), {}
+    options = t.lite.experimental.QuantizationDebugOptions(denylisted_nodes=sorted(denied))
+    selective = t.lite.experimental.QuantizationDebugger(
+        converter=make_converter(), debug_dataset=lambda: _samples(calibration[:8]), debug_options=options
+    )
+    return bytes(selective.get_nondebug_quantized_model()), denied
