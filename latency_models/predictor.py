@@ -151,7 +151,9 @@ class TablePredictor(LatencyPredictor):
     @classmethod
     def _from_payload(cls, doc: Mapping[str, Any], where: str) -> TablePredictor:
         try:
-            task = TaskShape(tuple(int(d) for d in doc["task"]["input_shape"]), int(doc["task"]["num_classes"]))
+            task = TaskShape(
+                tuple(int(d) for d in doc["task"]["input_shape"]), int(doc["task"]["num_classes"])
+            )
             corr = doc.get("correction", {})
             table = LatencyTable._from_json(json.dumps(doc["table"]), f"{where} (table)")
             return cls(
@@ -162,7 +164,9 @@ class TablePredictor(LatencyPredictor):
                 task=task,
                 space_options=dict(doc.get("space_options", {})),
                 correction=LinearCorrection(
-                    float(corr.get("scale", 1.0)), float(corr.get("offset_ms", 0.0)), int(corr.get("n_measurements", 0))
+                    float(corr.get("scale", 1.0)),
+                    float(corr.get("offset_ms", 0.0)),
+                    int(corr.get("n_measurements", 0)),
                 ),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -193,9 +197,11 @@ def load_predictor(path: str | os.PathLike[str]) -> LatencyPredictor:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not a JSON predictor file ({e.__class__.__name__}).") from None
     if not isinstance(doc, dict) or doc.get("format") != PREDICTOR_FORMAT:
-        raise InputError(f"{path}: expected a JSON object with \"format\": \"{PREDICTOR_FORMAT}\".")
+        raise InputError(f'{path}: expected a JSON object with "format": "{PREDICTOR_FORMAT}".')
     if doc.get("version") != PREDICTOR_VERSION:
-        raise InputError(f"{path}: predictor format version {doc.get('version')!r} is not supported (expected {PREDICTOR_VERSION}).")
+        raise InputError(
+            f"{path}: predictor format version {doc.get('version')!r} is not supported (expected {PREDICTOR_VERSION})."
+        )
     kind = doc.get("kind")
     if kind not in PREDICTORS:
         _load_plugins()

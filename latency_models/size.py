@@ -29,7 +29,9 @@ class SizeModel:
 
     def __post_init__(self) -> None:
         if self.dtype not in BYTES_PER_WEIGHT:
-            raise InputError(f"size model dtype: expected one of {sorted(BYTES_PER_WEIGHT)}, got {self.dtype!r}.")
+            raise InputError(
+                f"size model dtype: expected one of {sorted(BYTES_PER_WEIGHT)}, got {self.dtype!r}."
+            )
 
     def predict(self, terms: SizeTerms) -> float:
         return (
@@ -47,7 +49,9 @@ class SizeModel:
         if len(terms) < 3:
             return cls(dtype=dtype)
         a = np.array([[t.channels, t.tensors, 1.0] for t in terms], dtype=float)
-        y = np.array([m - t.weights * BYTES_PER_WEIGHT[dtype] for t, m in zip(terms, measured_bytes, strict=True)])
+        y = np.array(
+            [m - t.weights * BYTES_PER_WEIGHT[dtype] for t, m in zip(terms, measured_bytes, strict=True)]
+        )
         coef, _ = nnls(a, y)
         return cls(dtype, float(coef[0]), float(coef[1]), float(coef[2]), len(terms))
 

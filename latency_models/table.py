@@ -64,7 +64,9 @@ class Entry:
             raise InputError(f"std_ms: expected a finite number >= 0, got {self.std_ms!r}.")
         if not isinstance(self.count, int) or self.count < 1:
             raise InputError(f"count: expected an int >= 1, got {self.count!r}.")
-        if self.memory_bytes is not None and (not isinstance(self.memory_bytes, int) or self.memory_bytes < 0):
+        if self.memory_bytes is not None and (
+            not isinstance(self.memory_bytes, int) or self.memory_bytes < 0
+        ):
             raise InputError(f"memory_bytes: expected an int >= 0 or empty, got {self.memory_bytes!r}.")
 
 
@@ -132,13 +134,22 @@ class LatencyTable:
         same_kind = [b for b in self.entries if b.kind == block.kind]
 
         def distance(b: Block) -> float:
-            return sum(
-                abs(math.log(max(getattr(b, f), 1e-9)) - math.log(max(getattr(block, f), 1e-9)))
-                for f in ("in_h", "in_c", "out_c", "kernel", "stride", "expand")
-            ) + (b.se != block.se) + (b.act != block.act) + (b.extra != block.extra)
+            return (
+                sum(
+                    abs(math.log(max(getattr(b, f), 1e-9)) - math.log(max(getattr(block, f), 1e-9)))
+                    for f in ("in_h", "in_c", "out_c", "kernel", "stride", "expand")
+                )
+                + (b.se != block.se)
+                + (b.act != block.act)
+                + (b.extra != block.extra)
+            )
 
         nearest = sorted(same_kind, key=distance)[:3]
-        hint = f"; nearest entries: {', '.join(b.key for b in nearest)}" if nearest else f"; the table has no {block.kind!r} blocks"
+        hint = (
+            f"; nearest entries: {', '.join(b.key for b in nearest)}"
+            if nearest
+            else f"; the table has no {block.kind!r} blocks"
+        )
         return f"latency table for {self.meta.device}: no entry for block {block.key}{hint}."
 
     # -- files ---------------------------------------------------------------------------------
@@ -169,8 +180,12 @@ class LatencyTable:
         writer.writerow((*BLOCK_COLUMNS, *VALUE_COLUMNS))
         for block, entry in sorted(self.entries.items(), key=lambda kv: kv[0].key):
             b, e = asdict(block), asdict(entry)
-            writer.writerow([*(b[c] if c != "se" else int(b[c]) for c in BLOCK_COLUMNS),
-                             *("" if e[c] is None else e[c] for c in VALUE_COLUMNS)])
+            writer.writerow(
+                [
+                    *(b[c] if c != "se" else int(b[c]) for c in BLOCK_COLUMNS),
+                    *("" if e[c] is None else e[c] for c in VALUE_COLUMNS),
+                ]
+            )
         return buf.getvalue()
 
     @classmethod
@@ -193,13 +208,15 @@ class LatencyTable:
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: not valid JSON (line {e.lineno}: {e.msg}).") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise InputError(f"{where}: expected a JSON object with \"format\": \"{FORMAT}\".")
+            raise InputError(f'{where}: expected a JSON object with "format": "{FORMAT}".')
         if doc.get("version") != VERSION:
-            raise InputError(f"{where}: table format version {doc.get('version')!r} is not supported (expected {VERSION}).")
+            raise InputError(
+                f"{where}: table format version {doc.get('version')!r} is not supported (expected {VERSION})."
+            )
         meta = _meta(doc, where)
         rows = doc.get("entries")
         if not isinstance(rows, list) or not rows:
-            raise InputError(f"{where}: \"entries\" must be a non-empty list.")
+            raise InputError(f'{where}: "entries" must be a non-empty list.')
         return cls(meta, _entries(rows, where, "entry"))
 
     @classmethod
@@ -218,18 +235,24 @@ class LatencyTable:
         if meta_doc.get("format", FORMAT) != FORMAT:
             raise InputError(f"{where}: '# format:' must be {FORMAT}, got {meta_doc['format']!r}.")
         if "version" in meta_doc and meta_doc["version"] != str(VERSION):
-            raise InputError(f"{where}: table format version {meta_doc['version']!r} is not supported (expected {VERSION}).")
+            raise InputError(
+                f"{where}: table format version {meta_doc['version']!r} is not supported (expected {VERSION})."
+            )
         if "threads" in meta_doc:
             try:
                 meta_doc["threads"] = int(meta_doc["threads"])
             except ValueError:
-                raise InputError(f"{where}: '# threads:' must be an integer, got {meta_doc['threads']!r}.") from None
+                raise InputError(
+                    f"{where}: '# threads:' must be an integer, got {meta_doc['threads']!r}."
+                ) from None
         meta = _meta(meta_doc, where)
         reader = csv.DictReader(lines[body_start:])
         header = reader.fieldnames or []
         missing = [c for c in CSV_REQUIRED if c not in header]
         if missing:
-            raise InputError(f"{where}: missing column(s) {missing}; the header must have {list(CSV_REQUIRED)}.")
+            raise InputError(
+                f"{where}: missing column(s) {missing}; the header must have {list(CSV_REQUIRED)}."
+            )
         rows = [dict(r) for r in reader]
         if not rows:
             raise InputError(f"{where}: the table has no rows.")
@@ -314,6 +337,8 @@ def _entries(rows: list[Any], where: str, unit: str, first_line: int = 0) -> dic
         except InputError as e:
             raise InputError(f"{at}: {str(e).rstrip('.')}.") from None
         if block in entries and entries[block] != entry:
-            raise InputError(f"{at}: duplicate block {block.key} with a different value ({entries[block].mean_ms} ms before).")
+            raise InputError(
+                f"{at}: duplicate block {block.key} with a different value ({entries[block].mean_ms} ms before)."
+            )
         entries[block] = entry
     return entries

@@ -36,7 +36,9 @@ __all__ = [
 def _positive(value: Any, where: str, allow_none: bool = True, integer: bool = False) -> None:
     if value is None and allow_none:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    ok = (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
     if integer:
         ok = ok and isinstance(value, int)
     if not ok:
@@ -81,10 +83,18 @@ class LatencyConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not self.device:
-            raise InputError(f"latency.device: expected a device name ('host' for this machine), got {self.device!r}.")
+            raise InputError(
+                f"latency.device: expected a device name ('host' for this machine), got {self.device!r}."
+            )
         _positive(self.threads, "latency.threads", allow_none=False, integer=True)
-        if isinstance(self.calibration_models, bool) or not isinstance(self.calibration_models, int) or self.calibration_models < 0:
-            raise InputError(f"latency.calibration_models: expected an int >= 0, got {self.calibration_models!r}.")
+        if (
+            isinstance(self.calibration_models, bool)
+            or not isinstance(self.calibration_models, int)
+            or self.calibration_models < 0
+        ):
+            raise InputError(
+                f"latency.calibration_models: expected an int >= 0, got {self.calibration_models!r}."
+            )
         if self.device != "host" and not (self.table or self.predictor):
             raise InputError(
                 f"latency: device {self.device!r} needs a latency model: set latency.table or latency.predictor "
@@ -232,7 +242,9 @@ def parse_config(doc: Any, where: str = "config", base_dir: Path | None = None) 
     if doc is None:
         doc = {}
     if not isinstance(doc, Mapping):
-        raise InputError(f"{where}: expected a mapping with sections {sorted(SECTIONS)}, got {type(doc).__name__}.")
+        raise InputError(
+            f"{where}: expected a mapping with sections {sorted(SECTIONS)}, got {type(doc).__name__}."
+        )
     unknown = sorted(set(doc) - set(SECTIONS))
     if unknown:
         raise InputError(f"{where}: unknown key {unknown[0]!r}; valid keys: {sorted(SECTIONS)}.")
@@ -247,6 +259,17 @@ def parse_config(doc: Any, where: str = "config", base_dir: Path | None = None) 
             if value and not os.path.isabs(value):
                 lat = dataclasses.replace(lat, **{key: str((base_dir / value).resolve())})
         sections["latency"] = lat
+    task = sections["task"]
+    from .data import BUNDLED
+
+    if task.data not in BUNDLED and not Path(task.data).is_file():
+        raise InputError(
+            f"task.data: file {task.data!r} not found (expected a bundled task {sorted(BUNDLED)} or an .npz path)."
+        )
+    for key in ("table", "predictor"):
+        value = getattr(sections["latency"], key)
+        if value and not Path(value).is_file():
+            raise InputError(f"latency.{key}: file {value!r} not found.")
     # Validate the space options now, not forty minutes into the search.
     from search_spaces import get_space
 
@@ -265,7 +288,9 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{path}:{line} not valid YAML ({getattr(e, 'problem', None) or e.__class__.__name__}).") from None
+        raise InputError(
+            f"{path}:{line} not valid YAML ({getattr(e, 'problem', None) or e.__class__.__name__})."
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read config ({e.__class__.__name__}).") from None
     try:

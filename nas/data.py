@@ -31,7 +31,9 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data:
-            raise InputError(f"task.data: expected a bundled task name {sorted(BUNDLED)} or an .npz path, got {self.data!r}.")
+            raise InputError(
+                f"task.data: expected a bundled task name {sorted(BUNDLED)} or an .npz path, got {self.data!r}."
+            )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 0.5:
@@ -110,12 +112,16 @@ BUNDLED: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
-        raise InputError(f"task.data: file {str(path)!r} not found (expected a bundled task {sorted(BUNDLED)} or an .npz path).")
+        raise InputError(
+            f"task.data: file {str(path)!r} not found (expected a bundled task {sorted(BUNDLED)} or an .npz path)."
+        )
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in ("x", "y") if k not in f.files]
             if missing:
-                raise InputError(f"{path}: missing array(s) {missing}; expected arrays 'x' and 'y', got {sorted(f.files)}.")
+                raise InputError(
+                    f"{path}: missing array(s) {missing}; expected arrays 'x' and 'y', got {sorted(f.files)}."
+                )
             x, y = f["x"], f["y"]
     except InputError:
         raise
@@ -124,11 +130,15 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(x) != len(y):
         raise InputError(f"{path}: 'x' and 'y' must have the same length, got {len(x)} and {len(y)}.")
     if x.ndim < 2 or not np.issubdtype(x.dtype, np.number):
-        raise InputError(f"{path}: 'x' must be numeric with shape (N, ...features), got dtype {x.dtype} shape {x.shape}.")
+        raise InputError(
+            f"{path}: 'x' must be numeric with shape (N, ...features), got dtype {x.dtype} shape {x.shape}."
+        )
     if not np.all(np.isfinite(x)):
         raise InputError(f"{path}: 'x' contains NaN or infinite values.")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise InputError(f"{path}: 'y' must be 1-D non-negative integer labels, got dtype {y.dtype} shape {y.shape}.")
+        raise InputError(
+            f"{path}: 'y' must be 1-D non-negative integer labels, got dtype {y.dtype} shape {y.shape}."
+        )
     if len(np.unique(y)) < 2:
         raise InputError(f"{path}: 'y' must have at least 2 classes, got {len(np.unique(y))}.")
     if len(x) < 30:

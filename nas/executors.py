@@ -78,8 +78,15 @@ def run_job(setup: WorkerSetup, job: TrainJob, data: Any = None) -> JobResult:
         arch = space.parse(job.arch)
         result, _ = train_candidate(space, arch, data, TrainConfig(**setup.training), job.seed, job.epochs)
     except TrialFailedError as e:
-        return JobResult(job.trial_number, job.arch, False, error=str(e), queued_s=queued,
-                         run_s=time.time() - started, **where)
+        return JobResult(
+            job.trial_number,
+            job.arch,
+            False,
+            error=str(e),
+            queued_s=queued,
+            run_s=time.time() - started,
+            **where,
+        )
     return JobResult(
         job.trial_number,
         job.arch,

@@ -64,7 +64,11 @@ class Screen:
             memory = None
             if self.memory_table is not None:
                 memory = float(self.memory_table.memory(self.space.blocks(arch, self.task)))
-            out.append(Prediction(float(latency), float(size), memory, self._violations(float(latency), size, memory)))
+            out.append(
+                Prediction(
+                    float(latency), float(size), memory, self._violations(float(latency), size, memory)
+                )
+            )
         return out
 
     def _violations(self, latency: float, size: float, memory: float | None) -> tuple[float, ...]:
@@ -79,7 +83,9 @@ class Screen:
         return tuple(v)
 
 
-def smallest_achievable(space: SearchSpace, screen: Screen, samples: int = 2000, seed: int = 0) -> dict[str, float]:
+def smallest_achievable(
+    space: SearchSpace, screen: Screen, samples: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """The smallest predicted latency/size/memory found in the space: the cheapest choice of every
     decision plus a random sample. Used to reject a budget nothing can meet before training."""
     import random
@@ -161,7 +167,9 @@ class SearchLoop:
                 # A driver killed mid-trial: the training result never arrived. Close the trial
                 # and ask for the same architecture again.
                 self.study._storage.set_trial_user_attr(t._trial_id, "state", "failed")
-                self.study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted; re-queued on resume")
+                self.study._storage.set_trial_user_attr(
+                    t._trial_id, "error", "interrupted; re-queued on resume"
+                )
                 self.study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
                 if t.params:
                     self.study.enqueue_trial(t.params, skip_if_exists=False)

@@ -78,7 +78,12 @@ def train_model(model: Any, data: TaskData, config: TrainConfig, epochs: int, se
 
 
 def train_candidate(
-    space: SearchSpace, arch: Hashable, data: TaskData, config: TrainConfig, seed: int, epochs: int | None = None
+    space: SearchSpace,
+    arch: Hashable,
+    data: TaskData,
+    config: TrainConfig,
+    seed: int,
+    epochs: int | None = None,
 ) -> tuple[TrainResult, Any]:
     """Build and train ``arch``; returns the result and the trained model."""
     from search_spaces.backend import keras

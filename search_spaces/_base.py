@@ -81,7 +81,9 @@ class SizeTerms:
     tensors: int
 
     def __add__(self, other: SizeTerms) -> SizeTerms:
-        return SizeTerms(self.weights + other.weights, self.channels + other.channels, self.tensors + other.tensors)
+        return SizeTerms(
+            self.weights + other.weights, self.channels + other.channels, self.tensors + other.tensors
+        )
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,9 @@ class SearchSpace(ABC):
         return arch
 
     def sample(self, trial: optuna.trial.BaseTrial) -> Hashable:
-        return self.from_params({c.name: trial.suggest_categorical(c.name, list(c.values)) for c in self.choices()})
+        return self.from_params(
+            {c.name: trial.suggest_categorical(c.name, list(c.values)) for c in self.choices()}
+        )
 
     def sample_hp(self, hp: Any) -> Hashable:
         """Sample through keras-tuner ``HyperParameters`` (its oracles then drive our space)."""
@@ -155,6 +159,11 @@ class SearchSpace(ABC):
     @abstractmethod
     def blocks(self, arch: Hashable, task: TaskShape) -> list[Block]:
         """The priced blocks of ``arch`` in network order, each with its input shape."""
+
+    def all_blocks(self, task: TaskShape) -> list[Block] | None:
+        """Every distinct block any architecture of the space can contain (for profiling a full
+        table up front), or ``None`` when the space cannot enumerate them."""
+        return None
 
     def block_model(self, block: Block) -> Any:
         """A tf_keras model of ``block`` alone (input of the block's shape), for profiling."""

@@ -6,11 +6,13 @@ before TensorFlow is first imported. Every module asks here instead of importing
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from functools import cache
 from types import ModuleType
 
-__all__ = ["tf", "keras", "set_seed"]
+__all__ = ["keras", "native_stderr_muted", "set_seed", "tf"]
 
 
 def _quiet_env() -> None:
@@ -21,15 +23,47 @@ def _quiet_env() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
+@contextlib.contextmanager
+def native_stderr_muted() -> Iterator[None]:
+    """TensorFlow's C++ start-up chatter (CUDA probing) ignores the log-level variables; send
+    file descriptor 2 to a temp file while it imports, and replay it if the import fails."""
+    if os.environ.get("EDGE_NAS_VERBOSE"):
+        yield
+        return
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 @cache
 def tf() -> ModuleType:
     """TensorFlow, imported on first use with Keras 2 selected and its logs quieted."""
     _quiet_env()
     import logging
 
-    import tensorflow
+    with native_stderr_muted():
+        import tensorflow
 
     tensorflow.get_logger().setLevel(logging.ERROR)
+    import warnings
+
+    # The TFLite converter warns on every int8 conversion about statistics it does not need.
+    warnings.filterwarnings("ignore", module=r"tensorflow\.lite\..*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(tf_keras|tensorflow)\..*")
     try:
         import absl.logging
 

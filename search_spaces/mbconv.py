@@ -81,8 +81,13 @@ class MbconvSpace(SearchSpace):
             ("se", self.se, (False, True)),
         ):
             if not values or any(v not in allowed for v in values):
-                raise InputError(f"{where}: `{name}` must be a non-empty subset of {list(allowed)}, got {list(values)}.")
-        for name, values in (("depths", self.depths), *((f"widths[{i}]", w) for i, w in enumerate(self.widths))):
+                raise InputError(
+                    f"{where}: `{name}` must be a non-empty subset of {list(allowed)}, got {list(values)}."
+                )
+        for name, values in (
+            ("depths", self.depths),
+            *((f"widths[{i}]", w) for i, w in enumerate(self.widths)),
+        ):
             if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
                 raise InputError(f"{where}: `{name}` must be non-empty positive ints, got {list(values)}.")
         if self.stem_width < 1 or self.stem_stride not in (1, 2) or self.head_width < 0:
@@ -103,8 +108,12 @@ class MbconvSpace(SearchSpace):
         kwargs: dict[str, Any] = {}
         for key, value in options.items():
             if key == "widths":
-                if not isinstance(value, (list, tuple)) or not all(isinstance(w, (list, tuple)) for w in value):
-                    raise InputError(f"space mbconv: `widths` must be a list of lists (one per stage), got {value!r}.")
+                if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(w, (list, tuple)) for w in value
+                ):
+                    raise InputError(
+                        f"space mbconv: `widths` must be a list of lists (one per stage), got {value!r}."
+                    )
                 kwargs[key] = tuple(tuple(w) for w in value)
             elif isinstance(value, list):
                 kwargs[key] = tuple(value)
@@ -184,7 +193,9 @@ class MbconvSpace(SearchSpace):
             d, k, e, w, se, act = fields
             for field_text, prefix in ((d, "d"), (k, "k"), (e, "e"), (w, "w"), (se, "se")):
                 if not field_text.startswith(prefix):
-                    raise InputError(f"arch {text!r}: stage {i} field {field_text!r} must start with {prefix!r}.")
+                    raise InputError(
+                        f"arch {text!r}: stage {i} field {field_text!r} must start with {prefix!r}."
+                    )
             se_value = parse_int(se[2:], f"arch {text!r} stage {i} se")
             if se_value not in (0, 1):
                 raise InputError(f"arch {text!r}: stage {i} se must be se0 or se1, got {se!r}.")
@@ -228,6 +239,34 @@ class MbconvSpace(SearchSpace):
         out.append(Block("pool_dense", h, w, c, task.num_classes))
         return out
 
+    def all_blocks(self, task: TaskShape) -> list[Block]:
+        h, w, c = self._image_shape(task)
+        out = [Block("conv", h, w, c, self.stem_width, kernel=3, stride=self.stem_stride, act="relu6")]
+        h, w = -(-h // self.stem_stride), -(-w // self.stem_stride)
+        in_widths: tuple[int, ...] = (self.stem_width,)
+        combos = [
+            (k, e, se, act) for k in self.kernels for e in self.expands for se in self.se for act in self.acts
+        ]
+        for widths, stride in zip(self.widths, self.strides, strict=True):
+            for c_in in in_widths:
+                for c_out in widths:
+                    out += [
+                        Block("mbconv", h, w, c_in, c_out, k, stride, e, se, act) for k, e, se, act in combos
+                    ]
+            h, w = -(-h // stride), -(-w // stride)
+            if max(self.depths) > 1:
+                for c_out in widths:
+                    out += [Block("mbconv", h, w, c_out, c_out, k, 1, e, se, act) for k, e, se, act in combos]
+            in_widths = widths
+        for c in in_widths:
+            if self.head_width:
+                out.append(Block("conv", h, w, c, self.head_width, kernel=1, stride=1, act="relu6"))
+            else:
+                out.append(Block("pool_dense", h, w, c, task.num_classes))
+        if self.head_width:
+            out.append(Block("pool_dense", h, w, self.head_width, task.num_classes))
+        return list(dict.fromkeys(out))
+
     def size_terms(self, arch: MbconvArch, task: TaskShape) -> SizeTerms:
         total = SizeTerms(0, 0, 0)
         for b in self.blocks(arch, task):
@@ -260,7 +299,9 @@ class MbconvSpace(SearchSpace):
             x = k.layers.GlobalAveragePooling2D(name="pool")(inputs)
             x = k.layers.Dense(block.out_c, activation="softmax", name="classifier")(x)
         else:
-            raise InputError(f"space mbconv: unknown block kind {block.kind!r}; valid kinds: ['conv', 'mbconv', 'pool_dense'].")
+            raise InputError(
+                f"space mbconv: unknown block kind {block.kind!r}; valid kinds: ['conv', 'mbconv', 'pool_dense']."
+            )
         return k.Model(inputs, x, name=block.key.replace(".", "_"))
 
     def build(self, arch: MbconvArch, task: TaskShape) -> Any:
@@ -303,7 +344,9 @@ def _mbconv(layers: Any, inputs: Any, stage: MbconvStage, stride: int, name: str
     x = inputs
     if stage.expand != 1:
         x = _conv_bn_act(layers, x, mid, 1, 1, stage.act, f"{name}_expand")
-    x = layers.DepthwiseConv2D(stage.kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    x = layers.DepthwiseConv2D(
+        stage.kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw"
+    )(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
     x = _act(layers, x, stage.act, f"{name}_dw")
     if stage.se:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces import InputError
-from search_spaces.backend import tf
+from search_spaces.backend import native_stderr_muted, tf
 
 from . import Artifact, Runtime, Session
 
@@ -44,7 +44,8 @@ def convert_tflite(model: Any, dtype: str, representative: Iterable[np.ndarray] 
         converter.optimizations = [t.lite.Optimize.DEFAULT]
     elif dtype != "fp32":
         raise InputError(f"dtype: expected one of ['int8', 'fp16', 'fp32', 'dynamic'], got {dtype!r}.")
-    return bytes(converter.convert())
+    with native_stderr_muted():
+        return bytes(converter.convert())
 
 
 class LiteRTSession(Session):

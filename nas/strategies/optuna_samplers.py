@@ -22,7 +22,11 @@ def tpe_sampler(context: SearchContext) -> optuna.samplers.BaseSampler:
     import optuna
 
     return optuna.samplers.TPESampler(
-        seed=context.seed, constraints_func=constraints_of, multivariate=True, group=False, n_startup_trials=10
+        seed=context.seed,
+        constraints_func=constraints_of,
+        multivariate=True,
+        group=False,
+        n_startup_trials=10,
     )
 
 
@@ -30,4 +34,6 @@ def nsga2_sampler(context: SearchContext) -> optuna.samplers.BaseSampler:
     import optuna
 
     population = int(context.options.get("population_size", 20))
-    return optuna.samplers.NSGAIISampler(seed=context.seed, constraints_func=constraints_of, population_size=population)
+    return optuna.samplers.NSGAIISampler(
+        seed=context.seed, constraints_func=constraints_of, population_size=population
+    )

@@ -1,0 +1,248 @@
+"""The run's report: ``report.json`` (every trial and the exported winner's measured numbers)
+and ``pareto.png`` (accuracy against predicted latency, the front and the budget)."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+__all__ = ["REPORT_FORMAT", "trial_records", "pareto_front", "write_report", "library_versions"]
+
+REPORT_FORMAT = "edge-nas-report"
+REPORT_VERSION = 1
+LIBRARIES = (
+    "edge-nas",
+    "tensorflow",
+    "tf-keras",
+    "tensorflow-model-optimization",
+    "optuna",
+    "keras-tuner",
+    "ai-edge-litert",
+    "onnxruntime",
+    "tf2onnx",
+    "openvino",
+    "tflite-micro",
+    "ray",
+    "numpy",
+    "scikit-learn",
+)
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def trial_records(study: Any) -> list[dict[str, Any]]:
+    """One plain record per trial, in trial order (``accuracy`` is null when not trained)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        state = a.get("state", "failed" if t.state.name == "FAIL" else "running")
+        trained = state in ("complete", "duplicate") and t.values is not None
+        rows.append(
+            {
+                "number": t.number,
+                "arch": a.get("arch"),
+                "state": state,
+                "predicted_latency_ms": a.get("predicted_latency_ms"),
+                "size_bytes": a.get("predicted_size_bytes"),
+                "predicted_memory_bytes": a.get("predicted_memory_bytes"),
+                "accuracy": float(t.values[0]) if trained else None,
+                "violations": a.get("violations", {}),
+                "error": a.get("error"),
+                "fidelity_epochs": a.get("fidelity_epochs"),
+                "worker": {"host": a.get("host"), "pid": a.get("pid")} if a.get("pid") else None,
+                "queued_s": a.get("queued_s"),
+                "run_s": a.get("run_s"),
+            }
+        )
+    return rows
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[int]:
+    """Trial numbers on the (accuracy up, predicted latency down) front of trained trials."""
+    pts = sorted(
+        (r for r in rows if r["state"] == "complete"),
+        key=lambda r: (r["predicted_latency_ms"], -r["accuracy"]),
+    )
+    front, best = [], -1.0
+    for r in pts:
+        if r["accuracy"] > best:
+            front.append(r["number"])
+            best = r["accuracy"]
+    return front
+
+
+def _plot(
+    rows: list[dict[str, Any]], front: list[int], constraints: dict[str, float], winner: int | None
+) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    done = [r for r in rows if r["state"] == "complete"]
+    ax.scatter(
+        [r["predicted_latency_ms"] for r in done],
+        [100 * r["accuracy"] for r in done],
+        s=22,
+        color="#4c72b0",
+        label=f"trained ({len(done)})",
+        zorder=3,
+    )
+    infeasible = [r for r in rows if r["state"] == "infeasible"]
+    if infeasible:
+        lo = min([100 * r["accuracy"] for r in done], default=0.0)
+        ax.scatter(
+            [r["predicted_latency_ms"] for r in infeasible],
+            [lo] * len(infeasible),
+            marker="x",
+            s=18,
+            color="#c44e52",
+            alpha=0.6,
+            label=f"screened out, never trained ({len(infeasible)})",
+            zorder=2,
+        )
+    by_number = {r["number"]: r for r in rows}
+    fpts = [by_number[n] for n in front]
+    if fpts:
+        ax.step(
+            [r["predicted_latency_ms"] for r in fpts],
+            [100 * r["accuracy"] for r in fpts],
+            where="post",
+            color="#55a868",
+            lw=1.5,
+            label="Pareto front",
+            zorder=4,
+        )
+    if winner is not None and winner in by_number:
+        w = by_number[winner]
+        ax.scatter(
+            [w["predicted_latency_ms"]],
+            [100 * w["accuracy"]],
+            s=140,
+            marker="*",
+            color="#dd8452",
+            edgecolor="black",
+            label="winner",
+            zorder=5,
+        )
+    if "max_latency_ms" in constraints:
+        ax.axvline(
+            constraints["max_latency_ms"],
+            color="#c44e52",
+            ls="--",
+            lw=1,
+            label=f"latency budget {constraints['max_latency_ms']:g} ms",
+        )
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Accuracy against predicted latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(
+    out: Path,
+    *,
+    config: Any,
+    study: Any,
+    space: Any,
+    screen: Any,
+    latency_model: Any,
+    best_trial: Any,
+    exported: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    from latency_models.table import write_atomic
+
+    rows = trial_records(study)
+    front = pareto_front(rows)
+    constraints = config.constraints.as_dict()
+    winner_arch = space.parse(best_trial.user_attrs["arch"])
+    pred = screen([winner_arch])[0]
+    predicted_latency = pred.latency_ms
+    measured = exported["measured_latency_ms"]
+    size = exported["size_bytes"]
+    checks = {
+        "latency_by_prediction": constraints.get("max_latency_ms") is None
+        or predicted_latency <= constraints["max_latency_ms"],
+        "latency_measured": constraints.get("max_latency_ms") is None
+        or measured <= constraints["max_latency_ms"],
+        "size_by_prediction": constraints.get("max_size_kb") is None
+        or pred.size_bytes <= constraints["max_size_kb"] * 1024,
+        "size_measured": constraints.get("max_size_kb") is None or size <= constraints["max_size_kb"] * 1024,
+    }
+    counts = {
+        s: sum(r["state"] == s for r in rows) for s in ("complete", "infeasible", "failed", "duplicate")
+    }
+    report = {
+        "format": REPORT_FORMAT,
+        "version": REPORT_VERSION,
+        "task": {
+            "name": config.task.name,
+            "input_shape": list(screen.task.input_shape),
+            "num_classes": screen.task.num_classes,
+            "split_seed": config.task.seed,
+        },
+        "space": {"name": space.name, "options": dict(config.space.options)},
+        "device": config.latency.device,
+        "latency_model": {
+            "description": latency_model.description,
+            "correction": getattr(getattr(latency_model.predictor, "correction", None), "__dict__", None),
+            "size_model": latency_model.size.as_dict(),
+            "calibration": latency_model.calibration,
+        },
+        "constraints": constraints,
+        "strategy": config.search.strategy,
+        "best": {
+            "arch": str(winner_arch),
+            "trial": best_trial.number,
+            "accuracy": exported["accuracy"],
+            "accuracy_split": f"test ({exported['test_samples']} samples), measured on {exported['file']} with {exported['runtime']}",
+            "val_accuracy_search": float(best_trial.values[0]),
+            "size_bytes": size,
+            "predicted_size_bytes": pred.size_bytes,
+            "predicted_latency_ms": predicted_latency,
+            "measured_latency_ms": measured,
+            "latency_error": (measured - predicted_latency) / predicted_latency,
+            "latency_spread_ms": exported.get("latency_spread_ms"),
+            "file": exported["file"],
+            "format": exported["format"],
+            "params": exported.get("params"),
+            "meets_budgets": checks,
+        },
+        "counts": {"trials": len(rows), **counts},
+        "pareto_front": front,
+        "trials": rows,
+        "timings": timings,
+        "versions": library_versions(),
+        "config": config.as_dict(),
+    }
+    write_atomic(out / "pareto.png", _plot(rows, front, constraints, best_trial.number))
+    write_atomic(out / "report.json", json.dumps(report, indent=1, default=_plain) + "\n")
+    return report
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -1,0 +1,91 @@
+"""Every bad input the issue lists: exit code 2, one line naming the field or file, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nas.config import load_config, parse_config
+from search_spaces import InputError
+
+from .conftest import assert_one_line_error
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        ("searchh:\n  trainings: 3\n", ["unknown key 'searchh'", "valid keys"]),
+        ("search:\n  trainigs: 3\n", ["search.trainigs: unknown key", "valid keys"]),
+        ("search:\n  trainings: three\n", ["search.trainings: expected an integer", "'three'"]),
+        ("constraints:\n  max_latency_ms: -1\n", ["constraints.max_latency_ms: expected a number > 0", "-1"]),
+        ("constraints:\n  max_size_kb: 0\n", ["constraints.max_size_kb: expected a number > 0"]),
+        ("constraints:\n  max_latency_ms: fast\n", ["constraints.max_latency_ms: expected a number"]),
+        ("task:\n  data: nowhere.npz\n", ["nowhere.npz", "not found"]),
+        ("space:\n  name: resnet\n", ["unknown space 'resnet'", "valid spaces"]),
+        ("space:\n  name: mbconv\n  options:\n    kernels: [4]\n", ["kernels"]),
+        ("latency:\n  device: pixel\n", ["latency", "needs a latency model"]),
+        ("training:\n  epochs: 0\n", ["training.epochs: expected an int > 0"]),
+        ("- just\n- a list\n", ["expected a mapping"]),
+        ("search: [1\n", ["not valid YAML"]),
+    ],
+)
+def test_bad_configs_exit_2_with_one_line(run_nas, tmp_path: Path, text: str, needles: list[str]) -> None:
+    cfg = write(tmp_path, text)
+    out = tmp_path / "out"
+    proc = run_nas("run", str(cfg), "--out", str(out), timeout=120)
+    assert_one_line_error(proc, "cfg.yaml", *needles)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_npz_with_mismatched_lengths(run_nas, tmp_path: Path) -> None:
+    np.savez(tmp_path / "bad.npz", x=np.zeros((40, 8, 8, 1), np.float32), y=np.zeros(39, np.int64))
+    cfg = write(tmp_path, "task:\n  data: bad.npz\n")
+    proc = run_nas("run", str(cfg), "--out", str(tmp_path / "out"), timeout=120)
+    assert_one_line_error(proc, "bad.npz", "same length", "40", "39")
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_npz_missing_array(run_nas, tmp_path: Path) -> None:
+    np.savez(tmp_path / "bad.npz", x=np.zeros((40, 8, 8, 1), np.float32))
+    proc = run_nas(
+        "run", str(write(tmp_path, "task:\n  data: bad.npz\n")), "--out", str(tmp_path / "o"), timeout=120
+    )
+    assert_one_line_error(proc, "bad.npz", "missing array(s) ['y']")
+
+
+def test_missing_config_file(run_nas, tmp_path: Path) -> None:
+    assert_one_line_error(
+        run_nas("run", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")), "none.yaml", "not found"
+    )
+
+
+def test_config_relative_paths_and_defaults(tmp_path: Path) -> None:
+    np.savez(tmp_path / "mine.npz", x=np.zeros((40, 8, 8, 1), np.float32), y=np.arange(40) % 2)
+    cfg = load_config(write(tmp_path, "task:\n  data: mine.npz\nconstraints:\n  max_latency_ms: 2\n"))
+    assert cfg.task.data == str(tmp_path / "mine.npz")
+    assert cfg.constraints.as_dict() == {"max_latency_ms": 2.0}
+    assert cfg.search.strategy == "default"
+    with pytest.raises(InputError, match="export.formats"):
+        parse_config({"export": {"formats": []}})
+
+
+def test_data_export_writes_exact_split(run_nas, tmp_path: Path) -> None:
+    from nas.data import load_task
+
+    proc = run_nas(
+        "data", "export", "digits", "--split", "test", "--out", str(tmp_path / "t.npz"), timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    with np.load(tmp_path / "t.npz") as f:
+        data = load_task("digits")
+        assert np.array_equal(f["x"], data.x_test) and np.array_equal(f["y"], data.y_test)
+    bad = run_nas("data", "export", "digits", "--split", "test", "--out", str(tmp_path / "t.txt"))
+    assert_one_line_error(bad, "--out", ".npz")
