@@ -26,6 +26,7 @@ __all__ = [
 # name -> "module:Class"; modules are imported only when their space is asked for.
 SPACES: dict[str, str] = {
     "mbconv": "search_spaces.mbconv:MbconvSpace",
+    "ofa-mbv3": "search_spaces.ofa_mbv3:OfaMbv3Space",
     "nb201": "search_spaces.nb201:Nb201Space",
     "fbnet": "search_spaces.fbnet:FbnetSpace",
 }
