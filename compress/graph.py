@@ -41,12 +41,15 @@ def rebuild(model: Any, replace: Callable[[Any], Replacement | None], stage: str
         tensors[id(inp)] = new
         new_inputs.append(new)
     pending_weights: list[tuple[Any, list[np.ndarray]]] = []
+    uses: dict[int, int] = {}
+    for node in model_nodes(model):
+        uses[id(node.layer)] = uses.get(id(node.layer), 0) + 1
     for depth in sorted(model._nodes_by_depth, reverse=True):
         for node in model._nodes_by_depth[depth]:
             layer = node.layer
             if node.is_input:
                 continue
-            if len(layer._inbound_nodes) > 1:
+            if uses[id(layer)] > 1:
                 raise StageError(f"stage {stage}: layer {layer.name!r} is shared by several calls; cannot rebuild it.")
             args, kwargs = _map_tensors((node.call_args, node.call_kwargs), tensors, layer.name, stage)
             chain = replace(layer)
@@ -66,6 +69,11 @@ def rebuild(model: Any, replace: Callable[[Any], Replacement | None], stage: str
         except ValueError as e:
             raise StageError(f"stage {stage}: layer {new_layer.name!r}: weights do not fit ({e}).") from None
     return new_model
+
+
+def model_nodes(model: Any) -> list[Any]:
+    """The call nodes of ``model``'s own graph (a layer reused by another model has more)."""
+    return [node for depth in sorted(model._nodes_by_depth, reverse=True) for node in model._nodes_by_depth[depth]]
 
 
 def _flatten(x: Any) -> list[Any]:
@@ -138,11 +146,10 @@ def channel_groups(model: Any, stage: str) -> list[ChannelGroup]:
         parent[find(a)] = find(b)
 
     layer_inputs: dict[str, list[str]] = {}
-    for layer in model.layers:
-        nodes = layer._inbound_nodes
-        if len(nodes) != 1:
-            raise StageError(f"stage {stage}: layer {layer.name!r} is shared by several calls; cannot prune it.")
-        layer_inputs[layer.name] = [t.node.layer.name for t in _flatten(nodes[0].keras_inputs)]
+    for node in model_nodes(model):
+        if node.layer.name in layer_inputs:
+            raise StageError(f"stage {stage}: layer {node.layer.name!r} is shared by several calls; cannot prune it.")
+        layer_inputs[node.layer.name] = [t.node.layer.name for t in _flatten(node.keras_inputs)]
     barriers: dict[str, str] = {}
     for layer in model.layers:
         kind = type(layer).__name__

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._base import CompressData, Stage, StageError, stage_check
-from .graph import ChannelGroup, channel_groups, rebuild
+from .graph import ChannelGroup, channel_groups, model_nodes, rebuild
 from .training import Trainer, recalibrate_batchnorm
 
 __all__ = ["MagnitudePrune", "StructuredPrune", "copy_model", "weight_sparsity"]
@@ -99,7 +99,8 @@ class MagnitudePrune(Stage):
             )
         callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
         self.trainer.fit(wrapped, data, self.epochs, self.name, callbacks=callbacks, recalibrate=False)
-        stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
+        # strip_pruning reuses the layer objects; a copy gives the next stage a graph of its own.
+        stripped = copy_model(tfmot.sparsity.keras.strip_pruning(wrapped), self.name)
         recalibrate_batchnorm(stripped, data.x_train, self.trainer.batch_size)
         return stripped
 
@@ -145,7 +146,7 @@ def _importance(model: Any, group: ChannelGroup) -> np.ndarray:
         layer = layers[name]
         kernel = layer.get_weights()[0]
         l1 = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
-        nxt = [n.layer for n in layer._outbound_nodes]
+        nxt = [n.layer for n in layer._outbound_nodes if n.layer.name in layers and layers[n.layer.name] is n.layer]
         if len(nxt) == 1 and type(nxt[0]).__name__ == "BatchNormalization" and nxt[0].scale:
             bn = nxt[0]
             gamma, var = bn.gamma.numpy(), bn.moving_variance.numpy()
@@ -169,9 +170,7 @@ def prune_channels(model: Any, ratio: float, stage: str) -> Any:
             keep_of[name] = keep
     if not keep_of:
         raise StageError(f"stage {stage}: ratio {ratio:g} removes no channel from any group.")
-    source_of = {
-        layer.name: [t.node.layer.name for t in _inputs(layer)] for layer in model.layers if layer._inbound_nodes
-    }
+    source_of = {node.layer.name: [t.node.layer.name for t in _flatten(node.keras_inputs)] for node in model_nodes(model)}
 
     def replace(layer: Any) -> list[tuple[Any, list[np.ndarray]]] | None:
         kind = type(layer).__name__
@@ -210,10 +209,10 @@ def prune_channels(model: Any, ratio: float, stage: str) -> Any:
     return rebuild(model, replace, stage)
 
 
-def _inputs(layer: Any) -> list[Any]:
+def _flatten(x: Any) -> list[Any]:
     from search_spaces.backend import tf
 
-    return tf().nest.flatten(layer._inbound_nodes[0].keras_inputs)
+    return tf().nest.flatten(x)
 
 
 def _full(layer: Any) -> range:

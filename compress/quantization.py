@@ -4,6 +4,7 @@ configurable calibration set and optional mixed precision), and quantization-awa
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -108,8 +109,9 @@ class MixedInt8(Stage):
 class QuantizationAware(Stage):
     """Quantization-aware training with tfmot (fake-quant in the forward pass) for ``epochs``;
     sparse models keep their zeros (prune-preserving scheme). Layers tfmot has no int8 rule for
-    stop the stage with their name, except weight-free element-wise ``Multiply`` (hard-swish,
-    squeeze-excite gates), whose output is quantized like an ``Add``'s."""
+    stop the stage with their name, except weight-free ``Multiply`` (hard-swish, squeeze-excite
+    gates) and ``Activation`` layers tfmot has no rule for (hard-sigmoid): their output is
+    quantized like an ``Add``'s."""
 
     name: ClassVar[str] = "qat"
     main_arg: ClassVar[str | None] = "epochs"
@@ -135,28 +137,27 @@ class QuantizationAware(Stage):
         from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
             default_8bit_quantize_configs as configs,
         )
-        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-            default_8bit_quantize_registry as registry,
-        )
 
         from .pruning import copy_model, weight_sparsity
 
         qk = tfmot.quantization.keras
         if is_quantization_aware(model):
             raise StageError(f"stage {self.name}: the model is already quantization-aware.")
-        reg = registry.Default8BitQuantizeRegistry()
-
         def annotate(layer: Any) -> Any:
             if isinstance(layer, k.layers.InputLayer):
                 return layer
-            if reg.supports(layer):
-                return qk.quantize_annotate_layer(layer)
-            if isinstance(layer, k.layers.Multiply):
+            if isinstance(layer, k.layers.Multiply) or (
+                isinstance(layer, k.layers.Activation) and getattr(layer.activation, "__name__", "") not in _TFMOT_ACTS
+            ):
                 return qk.quantize_annotate_layer(layer, configs.Default8BitOutputQuantizeConfig())
-            raise StageError(
-                f"stage {self.name}: layer {layer.name!r} ({type(layer).__name__}) cannot be quantized by tfmot "
-                f"(no int8 rule for it); remove the stage or replace the layer."
-            )
+            act = getattr(layer, "activation", None)
+            if act is not None and getattr(act, "__name__", "") not in _TFMOT_ACTS:
+                raise StageError(
+                    f"stage {self.name}: layer {layer.name!r} ({type(layer).__name__}) has a fused "
+                    f"{getattr(act, '__name__', act)!r} activation tfmot cannot quantize; remove the stage or "
+                    f"use a separate Activation layer."
+                )
+            return qk.quantize_annotate_layer(layer)
 
         work = copy_model(model, self.name)
         annotated = k.models.clone_model(work, clone_function=annotate)
@@ -169,13 +170,23 @@ class QuantizationAware(Stage):
             with qk.quantize_scope({"Default8BitOutputQuantizeConfig": configs.Default8BitOutputQuantizeConfig}):
                 qat = qk.quantize_apply(annotated, scheme)
         except (ValueError, RuntimeError, TypeError) as e:
-            raise StageError(f"stage {self.name}: tfmot cannot quantize this model: {e}") from None
+            found = re.search(r"Layer (\S+?):<class '[\w.]*?(\w+)'>", str(e))
+            if found:
+                raise StageError(
+                    f"stage {self.name}: layer {found.group(1)!r} ({found.group(2)}) cannot be quantized by tfmot "
+                    f"(no int8 rule for it); remove the stage or replace the layer."
+                ) from None
+            raise StageError(f"stage {self.name}: tfmot cannot quantize this model: {str(e).splitlines()[0]}") from None
         # BatchNorm is folded into fake-quantized convs; its statistics must not be re-estimated.
         return self.trainer.fit(qat, data, self.epochs, self.name, recalibrate=False)
 
     @property
     def quantization(self) -> Quantization:
         return Quantization("int8", self.calibration)
+
+
+# Activations tfmot's default 8-bit scheme has a rule for (others get their output quantized).
+_TFMOT_ACTS = ("relu", "swish", "gelu", "relu6", "linear", "softmax", "sigmoid", "tanh")
 
 
 def is_quantization_aware(model: Any) -> bool:
