@@ -1,0 +1,122 @@
+"""edge-nas from Python: ``nas.run(config, out=...)`` searches and exports, ``nas.best(runs=...)``
+retrieves the best model of past studies. Importing ``nas`` loads nothing heavy.
+
+``nas.run`` is both the ``nas.run`` module and, when called, the API function: a submodule
+import rebinds the package attribute to the module, so the module itself is made callable
+(PEP 549-style ``__class__`` swap) rather than fighting the import system.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import RunConfig
+    from .retrieve import Answer
+
+__all__ = ["best", "load_config", "run"]
+
+
+def _run_api(
+    config: str | os.PathLike[str] | Mapping[str, Any] | RunConfig,
+    out: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    storage: str | None = None,
+    status: Callable[[str], None] | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    **overrides: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Run the whole job like ``nas run CONFIG --out OUT`` and return the report.
+
+    ``config`` is a YAML path, a mapping shaped like the YAML, or a ``RunConfig``. Each keyword
+    in ``overrides`` is a config section whose keys replace the config's, e.g.
+    ``nas.run("quickstart.yaml", out="runs/q2", search={"trainings": 4}, constraints={"max_size_kb": 30})``;
+    the result is validated like a YAML file.
+    """
+    from .config import RunConfig, load_config, parse_config
+    from .run import run as run_job
+
+    if isinstance(config, RunConfig):
+        base = config
+    elif isinstance(config, Mapping):
+        base = parse_config(dict(config), "config", base_dir=Path.cwd())
+    else:
+        base = load_config(config)
+    if overrides:
+        doc = base.as_dict()
+        for section, values in overrides.items():
+            if not isinstance(values, Mapping):
+                from search_spaces import InputError
+
+                raise InputError(f"{section}: expected a mapping of settings to override, got {values!r}.")
+            doc[section] = {**(doc.get(section) or {}), **dict(values)}
+        base = parse_config(doc, "overrides", base_dir=Path.cwd())
+    return run_job(base, out, resume=resume, storage=storage, status=status, on_event=on_event)
+
+
+class _CallableModule(types.ModuleType):
+    """The ``nas.run`` module, callable as ``nas.run(config, out=...)``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return _run_api(*args, **kwargs)
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "run" and isinstance(value, types.ModuleType) and not isinstance(value, _CallableModule):
+            value.__class__ = _CallableModule
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def best(
+    runs: str | os.PathLike[str],
+    *,
+    device: str = "host",
+    task: str | None = None,
+    max_latency_ms: float | None = None,
+    max_size_kb: float | None = None,
+    max_memory_kb: float | None = None,
+    top: int = 5,
+    export: str | os.PathLike[str] | None = None,
+    status: Callable[[str], None] | None = None,
+) -> Answer:
+    """The most accurate trained models under ``runs`` meeting the budgets on ``device``
+    (``answer.candidates``, best first; ``answer.as_dict()`` is what ``nas best --json`` prints).
+    With ``export=OUT`` the winner is retrained, compressed, exported and reported in OUT."""
+    from .retrieve import best as _best
+
+    return _best(
+        runs,
+        device=device,
+        task=task,
+        max_latency_ms=max_latency_ms,
+        max_size_kb=max_size_kb,
+        max_memory_kb=max_memory_kb,
+        top=top,
+        export=export,
+        status=status,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Load and validate a run configuration YAML (see the README's Configuration section)."""
+    from .config import load_config as _load
+
+    return _load(path)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run":
+        import importlib
+
+        return importlib.import_module(".run", __name__)  # the import makes it callable
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,540 @@
+"""``report.html``: the run's report as one self-contained page (inline SVG charts and CSS, no
+scripts, nothing fetched), written beside ``report.json`` from the same report dict."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["render_html_report", "write_html_report"]
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1180px;
+color:#1d2433;padding:0 16px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde;padding-bottom:4px}
+.sub{color:#556;margin:0 0 16px}.cards{display:flex;flex-wrap:wrap;gap:10px}
+.card{border:1px solid #dde;border-radius:8px;padding:8px 12px;min-width:150px;background:#f8f9fc}
+.card b{display:block;font-size:17px}.card span{color:#556;font-size:12px}
+table{border-collapse:collapse;width:100%;font-size:12.5px}th,td{padding:3px 8px;border-bottom:1px solid #eef;
+text-align:left;vertical-align:top}th{background:#f2f4f9;position:sticky;top:0}td.n{text-align:right;
+font-variant-numeric:tabular-nums}tr.complete td:first-child{border-left:3px solid #4c72b0}
+tr.infeasible{color:#8a3a3c}tr.infeasible td:first-child{border-left:3px solid #c44e52}
+tr.failed{color:#9a6a00}tr.failed td:first-child{border-left:3px solid #dd8452}tr.duplicate{color:#778}
+tr.winner{background:#fff5e6;font-weight:600}.ok{color:#2e7d32}.bad{color:#c62828}
+.charts{display:flex;flex-wrap:wrap;gap:16px}.charts figure{margin:0}figcaption{font-size:12px;color:#556}
+.scroll{max-height:520px;overflow:auto;border:1px solid #eef}code{font-size:12px}
+"""
+
+_COLORS = {
+    "complete": "#4c72b0",
+    "infeasible": "#c44e52",
+    "front": "#55a868",
+    "winner": "#dd8452",
+    "budget": "#c44e52",
+}
+
+
+def write_html_report(out: str | os.PathLike[str], report: Mapping[str, Any]) -> Path:
+    """Write ``out/report.html`` (atomically) and return its path."""
+    from latency_models.table import write_atomic
+
+    folder = Path(out)
+    path = folder / "report.html"
+    write_atomic(path, render_html_report(report, folder))
+    return path
+
+
+def render_html_report(report: Mapping[str, Any], folder: Path | None = None) -> str:
+    """The page for ``report`` (a ``report.json`` dict); ``folder`` supplies ``compress_report.json``
+    and the sizes of the files on disk when given."""
+    rows = list(report.get("trials", []))
+    best = report.get("best") or {}
+    budgets = dict(report.get("constraints") or {})
+    winner = best.get("trial")
+    task = report.get("task") or {}
+    title = f"edge-nas report: {task.get('name', '?')} on {report.get('device', '?')}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        # no network at all: not even a favicon request
+        '<link rel="icon" href="data:,">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="sub">space <code>{_e((report.get("space") or {}).get("name", "?"))}</code>, '
+        f"strategy {_e(report.get('strategy', '?'))}, latency model: "
+        f"{_e((report.get('latency_model') or {}).get('description', '?'))}</p>",
+        _summary(report, best, budgets),
+        "<h2>Pareto front</h2>",
+        _charts(rows, report.get("pareto_front") or [], budgets, winner),
+        "<h2>Exported files</h2>",
+        _exports(report, best, folder),
+        "<h2>Compression stages</h2>",
+        _compression(report, folder),
+        f"<h2>All trials ({len(rows)})</h2>",
+        _trials(rows, winner),
+        "<h2>Library versions</h2>",
+        _kv_table(report.get("versions") or {}),
+        "<h2>Configuration</h2>",
+        f"<pre>{_e(json.dumps(report.get('config') or {}, indent=1))}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _kb(value: Any) -> str:
+    return "–" if value is None else f"{float(value) / 1024:.1f}"
+
+
+# -- summary --------------------------------------------------------------------------------------
+def _summary(report: Mapping[str, Any], best: Mapping[str, Any], budgets: Mapping[str, float]) -> str:
+    task = report.get("task") or {}
+    counts = report.get("counts") or {}
+    cards = [
+        (
+            "task",
+            task.get("name", "?"),
+            f"input {task.get('input_shape')} · {task.get('num_classes')} classes",
+        ),
+        ("device", report.get("device", "?"), "latency budget is checked on this device's model"),
+    ]
+    names = {
+        "max_latency_ms": ("latency budget", "ms"),
+        "max_size_kb": ("size budget", "KB"),
+        "max_memory_kb": ("memory budget", "KB"),
+    }
+    for key, (label, unit) in names.items():
+        cards.append((label, f"{budgets[key]:g} {unit}" if key in budgets else "none", key))
+    if best:
+        cards += [
+            (
+                "winner accuracy",
+                f"{100 * float(best.get('accuracy', 0)):.2f}%",
+                _e(best.get("accuracy_split", "")),
+            ),
+            (
+                "measured latency",
+                f"{_fmt(best.get('measured_latency_ms'))} ms",
+                f"predicted {_fmt(best.get('predicted_latency_ms'))} ms",
+            ),
+            (
+                "file size",
+                f"{_kb(best.get('size_bytes'))} KB",
+                f"predicted {_kb(best.get('predicted_size_bytes'))} KB",
+            ),
+        ]
+    cards.append(
+        (
+            "trials",
+            str(counts.get("trials", len(report.get("trials", [])))),
+            " · ".join(f"{k} {v}" for k, v in counts.items() if k != "trials"),
+        )
+    )
+    html_cards = "".join(
+        f'<div class="card"><span>{_e(a)}</span><b>{_e(b)}</b><span>{c if a.startswith("winner") else _e(c)}</span></div>'
+        for a, b, c in cards
+    )
+    checks = best.get("meets_budgets") or {}
+    check_line = ""
+    if checks:
+        items = ", ".join(
+            f'<span class="{"ok" if ok else "bad"}">{_e(k.replace("_", " "))}: {"yes" if ok else "NO"}</span>'
+            for k, ok in checks.items()
+        )
+        check_line = f"<p>Winner <code>{_e(best.get('arch'))}</code> (trial {_e(best.get('trial'))}) meets the budgets: {items}</p>"
+    return f'<div class="cards">{html_cards}</div>{check_line}'
+
+
+# -- charts ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Axis:
+    lo: float
+    hi: float
+    px0: float
+    px1: float
+
+    def __call__(self, v: float) -> float:
+        span = self.hi - self.lo or 1.0
+        return self.px0 + (v - self.lo) / span * (self.px1 - self.px0)
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [round(first + i * step, 12) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _front(points: Sequence[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
+    """Non-dominated points (x down, y up), in x order."""
+    out, best = [], -math.inf
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if p[1] > best:
+            out.append(p)
+            best = p[1]
+    return out
+
+
+def _chart(
+    rows: Sequence[Mapping[str, Any]],
+    x_of: Callable[[Mapping[str, Any]], float | None],
+    x_label: str,
+    budget: float | None,
+    budget_label: str,
+    winner: Any,
+    title: str,
+) -> str:
+    w, h, left, right, top, bottom = 540, 360, 58, 16, 28, 64
+    done = [
+        r
+        for r in rows
+        if r.get("state") == "complete" and r.get("accuracy") is not None and x_of(r) is not None
+    ]
+    screened = [r for r in rows if r.get("state") == "infeasible" and x_of(r) is not None]
+    xs = [x_of(r) for r in done + screened] + ([budget] if budget else [])
+    ys = [100 * float(r["accuracy"]) for r in done]
+    if not xs:
+        return f"<p>No priced trials to plot for {_e(title)}.</p>"
+    x_lo, x_hi = min(xs), max(xs)
+    pad = (x_hi - x_lo) * 0.06 or max(abs(x_hi) * 0.1, 1e-3)
+    y_lo, y_hi = (min(ys), max(ys)) if ys else (0.0, 100.0)
+    y_pad = (y_hi - y_lo) * 0.08 or 2.0
+    ax = _Axis(max(0.0, x_lo - pad), x_hi + pad, left, w - right)
+    ay = _Axis(
+        max(0.0, y_lo - 2 * y_pad),
+        min(100.0, y_hi + y_pad) if y_hi + y_pad > y_lo else y_lo + 1,
+        h - bottom,
+        top,
+    )
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
+        f'aria-label="{_e(title)}" font-family="system-ui,sans-serif" font-size="11">',
+        f'<rect x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}" fill="#fbfcfe" stroke="#ccd"/>',
+        f'<text x="{w / 2}" y="17" text-anchor="middle" font-size="13" font-weight="600">{_e(title)}</text>',
+    ]
+    for t in _ticks(ax.lo, ax.hi):
+        x = ax(t)
+        out.append(
+            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{h - bottom}" stroke="#e6e8ef"/>'
+            f'<text x="{x:.1f}" y="{h - bottom + 14}" text-anchor="middle">{t:g}</text>'
+        )
+    for t in _ticks(ay.lo, ay.hi):
+        y = ay(t)
+        out.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="#e6e8ef"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{t:g}</text>'
+        )
+    out.append(
+        f'<text x="{(left + w - right) / 2}" y="{h - bottom + 30}" text-anchor="middle">{_e(x_label)}</text>'
+        f'<text x="14" y="{(top + h - bottom) / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {(top + h - bottom) / 2})">validation accuracy (%)</text>'
+    )
+    if budget:
+        x = ax(budget)
+        out.append(
+            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{h - bottom}" stroke="{_COLORS["budget"]}" '
+            f'stroke-dasharray="5 4" stroke-width="1.5"><title>{_e(budget_label)}</title></line>'
+            # feasible points lie left of the line: the label goes right of it unless there is no room
+            + (
+                f'<text x="{x + 4:.1f}" y="{top + 12}" fill="{_COLORS["budget"]}">{_e(budget_label)}</text>'
+                if x < w - right - 110
+                else f'<text x="{x - 4:.1f}" y="{h - bottom - 6}" text-anchor="end" fill="{_COLORS["budget"]}">{_e(budget_label)}</text>'
+            )
+        )
+    y_floor = ay(ay.lo) - 6
+    for r in screened:
+        x = ax(x_of(r))  # type: ignore[arg-type]
+        out.append(
+            f'<path d="M{x - 3:.1f},{y_floor - 3:.1f}l6,6m0,-6l-6,6" stroke="{_COLORS["infeasible"]}" '
+            f'stroke-opacity="0.6"><title>trial {r["number"]} screened out: {_e(_violations(r))}</title></path>'
+        )
+    front = _front([(x_of(r), 100 * float(r["accuracy"]), r) for r in done])  # type: ignore[misc]
+    if len(front) > 1:
+        pts = []
+        for (x0, y0, _), (x1, _y1, _) in zip(front, front[1:]):
+            pts += [f"{ax(x0):.1f},{ay(y0):.1f}", f"{ax(x1):.1f},{ay(y0):.1f}"]
+        pts.append(f"{ax(front[-1][0]):.1f},{ay(front[-1][1]):.1f}")
+        out.append(
+            f'<polyline points="{" ".join(pts)}" fill="none" stroke="{_COLORS["front"]}" stroke-width="2"/>'
+        )
+    on_front = {id(p[2]) for p in front}
+    for r in done:
+        x, y = ax(x_of(r)), ay(100 * float(r["accuracy"]))  # type: ignore[arg-type]
+        stroke = f' stroke="{_COLORS["front"]}" stroke-width="2"' if id(r) in on_front else ""
+        out.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{_COLORS["complete"]}" fill-opacity="0.85"{stroke}>'
+            f"<title>trial {r['number']}: {_e(r.get('arch'))}, accuracy {100 * float(r['accuracy']):.2f}%</title></circle>"
+        )
+    win = next((r for r in done if r.get("number") == winner), None)
+    if win is not None:
+        out.append(_star(ax(x_of(win)), ay(100 * float(win["accuracy"])), f"winner: trial {winner}"))  # type: ignore[arg-type]
+    # the legend sits under the axis, where it can never hide a point
+    legend = [
+        ("circle", _COLORS["complete"], f"trained ({len(done)})"),
+        ("line", _COLORS["front"], "Pareto front"),
+        ("star", _COLORS["winner"], "winner"),
+        ("x", _COLORS["infeasible"], f"screened out ({len(screened)})"),
+    ]
+    for i, (kind, color, label) in enumerate(legend):
+        lx, y = left + i * 118, h - 8
+        if kind == "circle":
+            out.append(f'<circle cx="{lx + 5}" cy="{y - 3}" r="4" fill="{color}"/>')
+        elif kind == "line":
+            out.append(
+                f'<line x1="{lx}" y1="{y - 3}" x2="{lx + 10}" y2="{y - 3}" stroke="{color}" stroke-width="2"/>'
+            )
+        elif kind == "star":
+            out.append(_star(lx + 5, y - 3, "winner", r=6))
+        else:
+            out.append(f'<path d="M{lx + 2},{y - 6}l6,6m0,-6l-6,6" stroke="{color}"/>')
+        out.append(f'<text x="{lx + 16}" y="{y}">{_e(label)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _star(cx: float, cy: float, title: str, r: float = 9) -> str:
+    pts = []
+    for i in range(10):
+        rad = r if i % 2 == 0 else r * 0.45
+        a = math.pi / 2 + i * math.pi / 5
+        pts.append(f"{cx + rad * math.cos(a):.1f},{cy - rad * math.sin(a):.1f}")
+    return (
+        f'<polygon points="{" ".join(pts)}" fill="{_COLORS["winner"]}" stroke="#222" stroke-width="1">'
+        f"<title>{_e(title)}</title></polygon>"
+    )
+
+
+def _charts(
+    rows: Sequence[Mapping[str, Any]], front: Sequence[int], budgets: Mapping[str, float], winner: Any
+) -> str:
+    lat_budget = budgets.get("max_latency_ms")
+    size_budget = budgets.get("max_size_kb")
+    a = _chart(
+        rows,
+        lambda r: r.get("predicted_latency_ms"),
+        "predicted latency (ms)",
+        lat_budget,
+        f"latency budget {lat_budget:g} ms" if lat_budget else "",
+        winner,
+        "Accuracy against latency",
+    )
+    b = _chart(
+        rows,
+        lambda r: None if r.get("size_bytes") is None else float(r["size_bytes"]) / 1024,
+        "predicted int8 size (KB)",
+        size_budget,
+        f"size budget {size_budget:g} KB" if size_budget else "",
+        winner,
+        "Accuracy against size",
+    )
+    note = (
+        f"Trained trials (validation accuracy at search fidelity) against the latency and size the models "
+        f"predicted; crosses are candidates screened out before training. The front on latency holds trials "
+        f"{', '.join(str(n) for n in front) or '–'}."
+    )
+    return f'<div class="charts"><figure>{a}</figure><figure>{b}</figure></div><p class="sub">{_e(note)}</p>'
+
+
+# -- tables ---------------------------------------------------------------------------------------
+def _violations(row: Mapping[str, Any]) -> str:
+    units = {"max_latency_ms": "ms", "max_size_kb": "KB", "max_memory_kb": "KB"}
+    over = [
+        f"{k.removeprefix('max_')} +{v:.3g} {units.get(k, '')} over"
+        for k, v in (row.get("violations") or {}).items()
+        if isinstance(v, (int, float)) and v > 0
+    ]
+    return "; ".join(over)
+
+
+def _trials(rows: Sequence[Mapping[str, Any]], winner: Any) -> str:
+    head = (
+        "#",
+        "state",
+        "why",
+        "accuracy",
+        "latency ms",
+        "size KB",
+        "memory KB",
+        "epochs",
+        "ran on",
+        "run s",
+        "arch",
+    )
+    body = []
+    for r in rows:
+        why = _violations(r) if r.get("state") == "infeasible" else (r.get("error") or "")
+        worker = r.get("worker") or {}
+        where = f"{worker.get('host') or '?'}:{worker.get('pid')}" if worker else "–"
+        acc = "–" if r.get("accuracy") is None else f"{100 * float(r['accuracy']):.2f}%"
+        cls = f"{r.get('state', '')}{' winner' if r.get('number') == winner else ''}"
+        cells = [
+            (str(r.get("number")), True),
+            (str(r.get("state")), False),
+            (why, False),
+            (acc, True),
+            (_fmt(r.get("predicted_latency_ms")), True),
+            (_kb(r.get("size_bytes")), True),
+            (_kb(r.get("predicted_memory_bytes")), True),
+            (_fmt(r.get("fidelity_epochs")), True),
+            (where, False),
+            (_fmt(r.get("run_s"), 3), True),
+            (str(r.get("arch")), False),
+        ]
+        body.append(
+            f'<tr class="{_e(cls)}">'
+            + "".join(f"<td{' class=n' if n else ''}>{_e(v)}</td>" for v, n in cells)
+            + "</tr>"
+        )
+    return (
+        '<div class="scroll"><table><thead><tr>'
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(body)
+        + "</tbody></table></div>"
+    )
+
+
+def _kv_table(items: Mapping[str, Any]) -> str:
+    if not items:
+        return "<p>–</p>"
+    return (
+        "<table>"
+        + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items.items())
+        + "</table>"
+    )
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    return (
+        "<table><thead><tr>"
+        + "".join(f"<th>{_e(h)}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+        + "</tbody></table>"
+    )
+
+
+def _compression_doc(report: Mapping[str, Any], folder: Path | None) -> Mapping[str, Any] | None:
+    if isinstance(report.get("compression"), Mapping):
+        return report["compression"]
+    if folder is not None and (folder / "compress_report.json").is_file():
+        try:
+            doc = json.loads((folder / "compress_report.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return doc if isinstance(doc, Mapping) else None
+    return None
+
+
+def _compression(report: Mapping[str, Any], folder: Path | None) -> str:
+    doc = _compression_doc(report, folder)
+    pipeline = ((report.get("config") or {}).get("export") or {}).get("pipeline")
+    if not doc or not doc.get("rows"):
+        return (
+            f"<p>No compression stages were recorded for this run (pipeline: "
+            f"<code>{_e(', '.join(pipeline or []) or '–')}</code>; the winner was exported directly).</p>"
+        )
+    rows = []
+    for r in doc["rows"]:
+        rows.append(
+            [
+                r.get("stage"),
+                r.get("dtype"),
+                f"{100 * float(r.get('accuracy', 0)):.2f}%",
+                f"{-float(r.get('accuracy_drop', 0)):+.2f} pts",
+                _kb(r.get("size_bytes")),
+                _kb(r.get("gzip_bytes")),
+                _fmt(r.get("sparsity"), 3),
+                _fmt(r.get("macs")),
+                _fmt(r.get("latency_ms")),
+                _fmt(r.get("params")),
+                _fmt(r.get("seconds"), 3),
+                "yes" if r.get("kept", True) else "undone",
+                "; ".join(r.get("notes") or ()),
+            ]
+        )
+    head = (
+        "stage",
+        "dtype",
+        "accuracy",
+        "change",
+        "size KB",
+        "gzip KB",
+        "sparsity",
+        "MACs",
+        "latency ms",
+        "params",
+        "seconds",
+        "kept",
+        "notes",
+    )
+    target = doc.get("target")
+    extra = f"<p>Target: {_e(target.get('reason', ''))}</p>" if isinstance(target, Mapping) else ""
+    return _table(head, rows) + extra
+
+
+def _exports(report: Mapping[str, Any], best: Mapping[str, Any], folder: Path | None) -> str:
+    rows = []
+    if best.get("file"):
+        on_disk = folder / best["file"] if folder is not None else None
+        size = on_disk.stat().st_size if on_disk is not None and on_disk.is_file() else best.get("size_bytes")
+        rows.append(
+            [
+                best["file"],
+                best.get("format"),
+                _kb(size),
+                f"{100 * float(best.get('accuracy', 0)):.2f}%",
+                _fmt(best.get("measured_latency_ms")),
+                " – ".join(_fmt(v) for v in best.get("latency_spread_ms") or []) or "–",
+                best.get("accuracy_split", ""),
+            ]
+        )
+    doc = _compression_doc(report, folder) or {}
+    for e in doc.get("exports") or []:
+        rows.append(
+            [
+                ", ".join(e.get("files") or []),
+                f"{e.get('format')} {e.get('dtype', '')}",
+                _kb(e.get("size_bytes")),
+                f"{100 * float(e.get('accuracy', 0)):.2f}%",
+                _fmt(e.get("latency_ms")),
+                "–",
+                f"{e.get('runtime', '')}"
+                + (f"; arena {_kb(e['arena_bytes'])} KB" if e.get("arena_bytes") else ""),
+            ]
+        )
+    if not rows:
+        return "<p>No exported files recorded.</p>"
+    head = (
+        "file",
+        "format",
+        "size KB",
+        "test accuracy",
+        "latency ms (median)",
+        "p10 – p90 ms",
+        "measured how",
+    )
+    return _table(head, rows)

@@ -1,0 +1,217 @@
+"""Progress of ``nas run``: a live bar (trials trained, feasible, best so far, ETA; per-stage bars
+for profiling, calibration and compression) on a terminal, plain log lines otherwise, nothing
+but warnings with ``--quiet``. It consumes the ``status`` and ``on_event`` callbacks of ``run``."""
+
+from __future__ import annotations
+
+import atexit
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+__all__ = ["MODES", "RunProgress", "format_eta"]
+
+MODES = ("bar", "plain", "quiet")
+# "profiling block 20/23", "calibrating the latency and size models: model 1/4"
+_COUNTED = re.compile(r"^(?P<label>[a-z][^0-9]*?)[:\s]+(?:\w+\s)?(?P<i>\d+)/(?P<n>\d+)\s*$")
+# compress.pipeline says "stage <spec> ..." before each stage
+_STAGE = re.compile(r"^stage (?P<spec>\S+) \.\.\.$")
+
+
+def format_eta(seconds: float | None) -> str:
+    """``None`` -> "?", 75 -> "1m15s", 3900 -> "1h05m"."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+@dataclass
+class _Search:
+    total: int
+    trained: int = 0
+    feasible: int = 0
+    screened: int = 0
+    failed: int = 0
+    best: float | None = None
+    started: float | None = None
+    done_here: int = 0  # trainings finished in this process (a resumed run restores the rest)
+
+    def eta(self, now: float) -> float | None:
+        if self.started is None or self.done_here == 0:
+            return None
+        per = (now - self.started) / self.done_here
+        return max(0, self.total - self.trained) * per
+
+    def line(self, now: float) -> str:
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        return (
+            f"trained {self.trained}/{self.total}, feasible {self.feasible}, screened out {self.screened}, "
+            f"failed {self.failed}, best {best}, ETA {format_eta(self.eta(now))}"
+        )
+
+
+class RunProgress:
+    """``status(message)`` and ``on_event(kind, info)`` for ``nas.run.run``; use as a context
+    manager (or call ``close``) so a live bar leaves the terminal clean."""
+
+    def __init__(
+        self,
+        trainings: int,
+        *,
+        quiet: bool = False,
+        stream: TextIO | None = None,
+        mode: str | None = None,
+        stages: Sequence[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        if mode is None:
+            mode = "quiet" if quiet else ("bar" if _is_terminal(self.stream) else "plain")
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}.")
+        self.mode = mode
+        self.clock = clock
+        self.search = _Search(trainings)
+        self.stages = list(stages)
+        self._stage_done = 0
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._closed = False
+        if mode == "bar":
+            self._start_bar()
+            atexit.register(self.close)
+
+    # -- the callbacks ---------------------------------------------------------------------------
+    def status(self, message: str) -> None:
+        if self.mode == "quiet":
+            return
+        if message.startswith("searching:") and self.search.started is None:
+            self.search.started = self.clock()
+        if self.mode == "plain":
+            self._print(f"[nas] {message}")
+            return
+        counted = _COUNTED.match(message)
+        if counted:
+            self._counted(counted.group("label").strip(), int(counted.group("i")), int(counted.group("n")))
+            return
+        stage = _STAGE.match(message)
+        if stage:
+            self._stage(stage.group("spec"))
+        self._bar.console.print(f"[nas] {message}", markup=False, highlight=False)
+
+    def on_event(self, kind: str, info: dict[str, Any]) -> None:
+        """SearchLoop events: submitted, duplicate, infeasible, complete, failed; and ``stage``
+        ({"name", "index", "total"}) from a compression pipeline that reports its stages."""
+        if kind == "stage":
+            self._stage(str(info.get("name")), info.get("index"), info.get("total"))
+            return
+        s = self.search
+        now = self.clock()
+        if s.started is None:
+            s.started = now
+        stats = info.get("stats")
+        if stats is not None:
+            s.trained = stats.trained
+            s.screened = stats.infeasible
+            s.failed = stats.failed
+            s.feasible = max(0, stats.asked - stats.infeasible)
+            s.best = stats.best_accuracy
+        if kind in ("complete", "failed"):
+            s.done_here += 1
+        if self.mode == "quiet":
+            return
+        if self.mode == "plain":
+            if kind == "complete":
+                self._print(
+                    f"[nas] trial complete: {info.get('arch')} accuracy {info['accuracy']:.4f} | {s.line(now)}"
+                )
+            elif kind == "failed":
+                self._print(f"[nas] trial failed: {info.get('arch')} ({info.get('error')}) | {s.line(now)}")
+            return
+        if kind in ("complete", "failed"):
+            what = (
+                f"accuracy {info['accuracy']:.4f}" if kind == "complete" else f"failed ({info.get('error')})"
+            )
+            self._bar.console.print(f"[nas] trial {info.get('arch')}: {what}", markup=False, highlight=False)
+        self._update_search(now)
+
+    # -- bar mode --------------------------------------------------------------------------------
+    def _start_bar(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = Console(file=self.stream, force_terminal=True, highlight=False)
+        self._bar = Progress(
+            TextColumn("{task.description:<12}"),
+            BarColumn(bar_width=28),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            auto_refresh=False,  # redrawn on every event: no thread to leak if the run dies
+        )
+        self._bar.start()
+
+    def _task(self, name: str, total: float | None) -> Any:
+        if name not in self._tasks:
+            self._tasks[name] = self._bar.add_task(name, total=total, info="")
+        return self._tasks[name]
+
+    def _update_search(self, now: float) -> None:
+        s = self.search
+        task = self._task("search", s.total)
+        best = "-" if s.best is None else f"{s.best:.4f}"
+        info = f"feasible {s.feasible} · screened out {s.screened} · failed {s.failed} · best {best} · ETA {format_eta(s.eta(now))}"
+        self._bar.update(task, completed=s.trained, info=info, refresh=True)
+
+    def _counted(self, label: str, i: int, n: int) -> None:
+        task = self._task(label[:12], n)
+        self._bar.update(task, completed=i, total=n, info=label, refresh=True)
+
+    def _stage(self, name: str, index: int | None = None, total: int | None = None) -> None:
+        self._stage_done = index if index is not None else self._stage_done + 1
+        total = total or (len(self.stages) or None)
+        if self.mode == "plain":
+            self._print(f"[nas] compression stage {self._stage_done}/{total or '?'}: {name}")
+            return
+        if self.mode == "bar":
+            task = self._task("compress", total)
+            self._bar.update(
+                task, completed=self._stage_done - 1, total=total, info=f"stage {name}", refresh=True
+            )
+
+    # -- both ------------------------------------------------------------------------------------
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._bar is not None:
+            for name, task in self._tasks.items():
+                if name == "compress":
+                    self._bar.update(task, completed=self._bar.tasks[task].total or self._stage_done)
+            self._bar.refresh()
+            self._bar.stop()
+
+    def __enter__(self) -> RunProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
