@@ -82,7 +82,7 @@ def render_html_report(report: Mapping[str, Any], folder: Path | None = None) ->
         "<h2>Library versions</h2>",
         _kv_table(report.get("versions") or {}),
         "<h2>Configuration</h2>",
-        f"<pre>{_e(json.dumps(report.get('config') or {}, indent=1))}</pre>",
+        f"<pre>{_e(json.dumps(report.get('config') or {}, indent=1, default=str))}</pre>",
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -274,7 +274,7 @@ def _chart(
     front = _front([(x_of(r), 100 * float(r["accuracy"]), r) for r in done])  # type: ignore[misc]
     if len(front) > 1:
         pts = []
-        for (x0, y0, _), (x1, _y1, _) in zip(front, front[1:]):
+        for (x0, y0, _), (x1, _y1, _) in zip(front, front[1:], strict=False):
             pts += [f"{ax(x0):.1f},{ay(y0):.1f}", f"{ax(x1):.1f},{ay(y0):.1f}"]
         pts.append(f"{ax(front[-1][0]):.1f},{ay(front[-1][1]):.1f}")
         out.append(

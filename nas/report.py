@@ -237,6 +237,9 @@ def write_report(
     }
     write_atomic(out / "pareto.png", _plot(rows, front, constraints, best_trial.number))
     write_atomic(out / "report.json", json.dumps(report, indent=1, default=_plain) + "\n")
+    from .html_report import write_html_report
+
+    write_html_report(out, json.loads(json.dumps(report, default=_plain)))
     return report
 
 

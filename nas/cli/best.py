@@ -126,7 +126,9 @@ def _table(answer: Any) -> str:
     lines = [head]
     for r in rows:
         lines.append(
-            "  ".join(v.rjust(w) if i < 5 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+            "  ".join(
+                v.rjust(w) if i < 5 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))
+            ).rstrip()
         )
     if any(c.repriced for c in answer.candidates):
         lines.append(
