@@ -5,14 +5,17 @@ but warnings with ``--quiet``. It consumes the ``status`` and ``on_event`` callb
 from __future__ import annotations
 
 import atexit
+import functools
 import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 __all__ = ["MODES", "RunProgress", "format_eta"]
+
+T = TypeVar("T")
 
 MODES = ("bar", "plain", "quiet")
 # "profiling block 20/23", "calibrating the latency and size models: model 1/4"
@@ -202,6 +205,19 @@ class RunProgress:
                     self._bar.update(task, completed=self._bar.tasks[task].total or self._stage_done)
             self._bar.refresh()
             self._bar.stop()
+
+    def closing_after(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn`` wrapped so the display is closed when it returns or raises (before the caller
+        prints a summary or an error line under the bar)."""
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.close()
+
+        return wrapper
 
     def __enter__(self) -> RunProgress:
         return self

@@ -21,12 +21,11 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_run)
 
 
-def _status_printer(quiet: bool) -> Any:
-    def say(message: str) -> None:
-        if not quiet:
-            print(f"[nas] {message}", file=sys.stderr, flush=True)
+def _status_printer(quiet: bool, trainings: int = 0, stages: Any = ()) -> Any:
+    """The run's progress display: a live bar on a terminal, plain lines otherwise, none with --quiet."""
+    from nas.progress import RunProgress
 
-    return say
+    return RunProgress(trainings, quiet=quiet, stages=stages, stream=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -45,17 +44,9 @@ def _run(args: argparse.Namespace) -> int:
             raise InputError(f"--trainings: expected an int >= 1, got {args.trainings}.")
         search = dataclasses.replace(search, trainings=args.trainings)
     config = dataclasses.replace(config, search=search)
-    say = _status_printer(args.quiet)
-
-    def on_event(kind: str, info: dict[str, Any]) -> None:
-        stats = info["stats"]
-        if kind in ("complete", "failed"):
-            best = f"{stats.best_accuracy:.4f}" if stats.best_accuracy is not None else "-"
-            extra = f" accuracy {info['accuracy']:.4f}" if kind == "complete" else f" ({info.get('error')})"
-            say(
-                f"trial {kind}: {info['arch']}{extra} | trained {stats.trained}/{config.search.trainings}, "
-                f"screened out {stats.infeasible}, best {best}"
-            )
+    progress = _status_printer(args.quiet, config.search.trainings, config.export.pipeline)
+    say, on_event = progress.status, progress.on_event
+    run = progress.closing_after(run)  # the bar is put away before the summary or an error line
 
     report = run(config, args.out, resume=args.resume, storage=args.storage, status=say, on_event=on_event)
     best = report["best"]
