@@ -126,13 +126,26 @@ class SearchConfig:
     max_asks: int | None = None
     seed: int = 0
     max_failures_in_row: int = 5
-    workers: int = 1
+    # Trainings at once: local worker processes, or a cap on the Ray cluster's slots.
+    # None: one per core locally, every slot the cluster has with --ray-address.
+    workers: int | None = None
+    # What each training asks for: CPU threads (and Ray CPUs), and Ray GPUs (0 = none).
+    cpus_per_trial: int = 1
+    gpus_per_trial: float = 0.0
 
     def __post_init__(self) -> None:
         _positive(self.trainings, "search.trainings", allow_none=False, integer=True)
         _positive(self.max_asks, "search.max_asks", integer=True)
         _positive(self.max_failures_in_row, "search.max_failures_in_row", allow_none=False, integer=True)
-        _positive(self.workers, "search.workers", allow_none=False, integer=True)
+        _positive(self.workers, "search.workers", integer=True)
+        _positive(self.cpus_per_trial, "search.cpus_per_trial", allow_none=False, integer=True)
+        if (
+            isinstance(self.gpus_per_trial, bool)
+            or not isinstance(self.gpus_per_trial, (int, float))
+            or not math.isfinite(self.gpus_per_trial)
+            or self.gpus_per_trial < 0
+        ):
+            raise InputError(f"search.gpus_per_trial: expected a number >= 0, got {self.gpus_per_trial!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InputError(f"search.seed: expected an int, got {self.seed!r}.")
         if not isinstance(self.strategy, str):
