@@ -123,7 +123,9 @@ class Stage(ABC):
         args = [
             f"{f.name}={getattr(self, f.name)}"
             for f in fields(self)  # type: ignore[arg-type]
-            if f.repr and (f.name == self.main_arg or getattr(self, f.name) != f.default)
+            if f.repr
+            and getattr(self, f.name) is not None
+            and (f.name == self.main_arg or getattr(self, f.name) != f.default)
         ]
         return ":".join([self.name, *args])
 
