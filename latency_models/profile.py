@@ -9,7 +9,8 @@ import json
 import os
 import platform
 import re
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,10 @@ __all__ = [
     "host_table",
     "machine_fingerprint",
     "measure_archs",
+    "measure_arenas",
+    "predict_arena_bytes",
     "profile_blocks",
+    "tflm_model_overhead_bytes",
     "random_representative",
     "table_path",
 ]
@@ -81,14 +85,30 @@ def profile_blocks(
 
     ``Entry.mean_ms`` holds the MEDIAN of the timed runs (what a table predicts), ``std_ms`` their
     spread and ``count`` the number of runs. On ``tflm`` ``memory_bytes`` is the arena the block
-    needs. Blocks are profiled one after another in key order, so a run is reproducible.
+    needs alone. Blocks are profiled one after another in key order, so a run is reproducible.
     """
+    entries, _ = _profile(space, blocks, runtime, dtype, threads, progress, timing)
+    return entries
+
+
+def _profile(
+    space: SearchSpace,
+    blocks: Iterable[Block],
+    runtime: str,
+    dtype: str,
+    threads: int,
+    progress: Progress | None,
+    timing: tuple[int, int, float],
+) -> tuple[dict[Block, Entry], dict[Block, int]]:
+    """Entries, and for TFLM each block's persistent arena bytes (the part that adds up across
+    a network's blocks, unlike the activation part)."""
     _check_threads(threads)
     rt = get_runtime(runtime)
     rt.check_dtype(dtype)
     todo = sorted(set(blocks), key=lambda b: b.key)
     runs, warmup, min_total_s = timing
     out: dict[Block, Entry] = {}
+    persistent: dict[Block, int] = {}
     for i, block in enumerate(todo):
         if progress is not None:
             progress(i, len(todo))
@@ -101,17 +121,94 @@ def profile_blocks(
             _clear_keras()
         session = rt.load(artifact, threads=threads)
         t = session.time(samples[0], runs=runs, warmup=warmup, min_total_s=min_total_s)
-        memory = _arena_bytes(rt, artifact)
+        use = _arena_use(rt, artifact)
+        if use is not None:
+            persistent[block] = use.tail
+        memory = None if use is None else use.total
         out[block] = Entry(mean_ms=max(t.median_ms, 1e-6), std_ms=t.std_ms, count=t.runs, memory_bytes=memory)
     if progress is not None:
         progress(len(todo), len(todo))
+    return out, persistent
+
+
+def _arena_use(rt: Runtime, artifact: Any) -> Any:
+    """The arena a block needs, for runtimes that report it (TFLite Micro), else None."""
+    fn = getattr(rt, "arena_use", None)
+    return fn(artifact) if fn is not None else None
+
+
+# -- TFLite Micro arena model ---------------------------------------------------------------------
+PERSISTENT_KEY = "tflm_persistent_bytes"
+OVERHEAD_KEY = "tflm_model_overhead_bytes"
+
+
+def tflm_model_overhead_bytes() -> int:
+    """Persistent bytes every separate TFLM model pays once (allocator structs, its input and
+    output tensors): measured as ``tail(A) + tail(B) - tail(A then B)`` for two small convs."""
+    from search_spaces.backend import keras
+
+    from .runtimes.tflm import arena_use
+
+    k = keras()
+    rt = get_runtime("tflm")
+
+    def conv_model(c_in: int, name: str) -> Any:
+        inputs = k.Input(shape=(8, 8, c_in), batch_size=1)
+        return k.Model(inputs, k.layers.Conv2D(8, 3, padding="same", name=f"{name}_conv")(inputs), name=name)
+
+    a, b = conv_model(4, "a"), conv_model(8, "b")
+    inputs = k.Input(shape=(8, 8, 4), batch_size=1)
+    both = k.Model(inputs, b(a(inputs)), name="ab")
+    tails = []
+    for model in (a, b, both):
+        artifact = rt.convert(model, "int8", random_representative(_model_input_shape(model)))
+        tails.append(arena_use(artifact).tail)
+    _clear_keras()
+    return max(0, tails[0] + tails[1] - tails[2])
+
+
+def predict_arena_bytes(table: LatencyTable, blocks: Sequence[Block]) -> int:
+    """TFLM arena bytes for a network of ``blocks`` from a ``tflm`` table.
+
+    Activations are planned per op and freed, so the network needs the largest block's activation
+    arena; persistent buffers (tensor structs, kernels' quantization data) all stay, so they add
+    up, less the per-model overhead each separately profiled block paid once too often. Tables
+    without the persistent part fall back to the peak of per-block arenas.
+    """
+    blocks = list(blocks)
+    if not blocks:
+        raise InputError("blocks: expected at least one block, got none.")
+    persistent = table.meta.extra.get(PERSISTENT_KEY)
+    if not isinstance(persistent, Mapping):
+        return table.memory(blocks)
+    head = tail = 0
+    for b in blocks:
+        total = table.lookup(b).memory_bytes
+        if total is None or b.key not in persistent:
+            raise InputError(f"table for {table.meta.device}: block {b.key} has no TFLM arena measurement.")
+        part = int(persistent[b.key])
+        head = max(head, total - part)
+        tail += part
+    overhead = int(table.meta.extra.get(OVERHEAD_KEY, 0))
+    return head + tail - overhead * (len(blocks) - 1)
+
+
+def measure_arenas(space: SearchSpace, task: TaskShape, archs: Iterable[Hashable]) -> list[int]:
+    """The arena bytes TFLM really allocates for each whole int8 network."""
+    from .runtimes.tflm import arena_bytes
+
+    rt = get_runtime("tflm")
+    samples = random_representative(task.input_shape)
+    out = []
+    for arch in archs:
+        model = space.build(arch, task)
+        try:
+            artifact = rt.convert(model, "int8", samples)
+        finally:
+            del model
+            _clear_keras()
+        out.append(arena_bytes(artifact))
     return out
-
-
-def _arena_bytes(rt: Runtime, artifact: Any) -> int | None:
-    """The arena bytes a block needs, for runtimes that report them (TFLite Micro)."""
-    fn = getattr(rt, "arena_bytes", None)
-    return int(fn(artifact)) if fn is not None else None
 
 
 # -- the host's persistent table cache ------------------------------------------------------------
@@ -184,22 +281,22 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _load_cached(path: Path, meta: TableMeta) -> dict[Block, Entry]:
+def _load_cached(path: Path, meta: TableMeta) -> LatencyTable | None:
     if not path.is_file():
-        return {}
+        return None
     try:
         table = LatencyTable.load(path)
     except InputError:
         # A cache is ours to rebuild: a damaged file costs a re-profile, not a failed search.
-        return {}
+        return None
     if (table.meta.runtime, table.meta.runtime_version, table.meta.dtype, table.meta.threads) != (
         meta.runtime,
         meta.runtime_version,
         meta.dtype,
         meta.threads,
     ):
-        return {}
-    return dict(table.entries)
+        return None
+    return table
 
 
 def host_table(
@@ -233,26 +330,25 @@ def host_table(
     )
     wanted = list(dict.fromkeys(blocks))
     with _locked(path):
-        entries = _load_cached(path, meta)
+        cached = _load_cached(path, meta)
+        entries = dict(cached.entries) if cached is not None else {}
+        extra = dict(cached.meta.extra) if cached is not None else dict(meta.extra)
         todo = [b for b in wanted if b not in entries]
         if todo:
-            entries.update(profile_blocks(space, todo, runtime, dtype, threads, progress))
-            LatencyTable(meta, entries).save(path)
+            new, persistent = _profile(space, todo, runtime, dtype, threads, progress, BLOCK_TIMING)
+            entries.update(new)
+            if persistent:
+                extra[PERSISTENT_KEY] = {
+                    **extra.get(PERSISTENT_KEY, {}),
+                    **{b.key: v for b, v in persistent.items()},
+                }
+                if OVERHEAD_KEY not in extra:
+                    extra[OVERHEAD_KEY] = tflm_model_overhead_bytes()
+            LatencyTable(replace(meta, extra=extra), entries).save(path)
         elif progress is not None:
             progress(0, 0)
-    extra = {**meta.extra, "input_shape": list(task.input_shape), "num_classes": task.num_classes}
-    return LatencyTable(TableMeta(**{**_meta_fields(meta), "extra": extra}), entries)
-
-
-def _meta_fields(meta: TableMeta) -> dict[str, Any]:
-    return {
-        "device": meta.device,
-        "runtime": meta.runtime,
-        "runtime_version": meta.runtime_version,
-        "dtype": meta.dtype,
-        "threads": meta.threads,
-        "source": meta.source,
-    }
+    extra = {**extra, "input_shape": list(task.input_shape), "num_classes": task.num_classes}
+    return LatencyTable(replace(meta, extra=extra), entries)
 
 
 # -- whole models ---------------------------------------------------------------------------------
