@@ -16,7 +16,22 @@ def register(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue the study already in --out (or --storage)")
     p.add_argument("--strategy", help="override search.strategy (e.g. default, tpe, nsga2, random)")
     p.add_argument("--trainings", type=int, help="override search.trainings")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL, e.g. postgresql://user@host/db (default: sqlite:///OUT/study.db)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="trainings at once: local worker processes (default: search.workers, else one per core); "
+        "with --ray-address, a cap on the cluster's slots",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run trainings on the Ray cluster whose head is at HOST:PORT (see `ray start --head`)",
+    )
     p.add_argument("--quiet", action="store_true", help="only warnings and the final summary")
     p.set_defaults(func=_run)
 
@@ -26,6 +41,39 @@ def _status_printer(quiet: bool, trainings: int = 0, stages: Any = ()) -> Any:
     from nas.progress import RunProgress
 
     return RunProgress(trainings, quiet=quiet, stages=stages, stream=sys.stderr)
+
+
+def _executor_choice(args: argparse.Namespace, config: Any) -> Any:
+    """Local worker processes or the Ray cluster, and the exact command that resumes this run."""
+    from nas.distributed import ExecutorChoice
+
+    resume = f"nas run {args.config} --out {args.out} --resume"
+    if args.ray_address:
+        resume += f" --ray-address {args.ray_address}"
+    if args.storage:
+        resume += f" --storage {args.storage}"
+    return ExecutorChoice(
+        workers=config.search.workers,
+        ray_address=args.ray_address,
+        cpus_per_trial=config.search.cpus_per_trial,
+        gpus_per_trial=config.search.gpus_per_trial,
+        verbose=bool(getattr(args, "verbose", False)),
+        resume_hint=resume,
+    )
+
+
+def _check_storage(url: str) -> None:
+    """Open the study storage now, not after the latency model is built."""
+    import optuna
+
+    from search_spaces import InputError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        optuna.study.get_all_study_names(url)
+    except Exception as e:  # noqa: BLE001 - any failure to open it is the user's URL
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise InputError(f"--storage: cannot open {url!r} ({e.__class__.__name__}: {first}).") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -43,12 +91,28 @@ def _run(args: argparse.Namespace) -> int:
         if args.trainings < 1:
             raise InputError(f"--trainings: expected an int >= 1, got {args.trainings}.")
         search = dataclasses.replace(search, trainings=args.trainings)
+    if args.workers is not None:
+        if args.workers < 1:
+            raise InputError(f"--workers: expected an int >= 1, got {args.workers}.")
+        search = dataclasses.replace(search, workers=args.workers)
     config = dataclasses.replace(config, search=search)
+    choice = _executor_choice(args, config)
+    if args.storage:
+        _check_storage(args.storage)
+    choice.connect()
     progress = _status_printer(args.quiet, config.search.trainings, config.export.pipeline)
     say, on_event = progress.status, progress.on_event
     run = progress.closing_after(run)  # the bar is put away before the summary or an error line
 
-    report = run(config, args.out, resume=args.resume, storage=args.storage, status=say, on_event=on_event)
+    report = run(
+        config,
+        args.out,
+        resume=args.resume,
+        storage=args.storage,
+        executor_factory=choice.factory(say),
+        status=say,
+        on_event=on_event,
+    )
     best = report["best"]
     print(
         f"best {best['arch']}: test accuracy {best['accuracy']:.4f} ({best['file']}), {best['size_bytes']} bytes, "
