@@ -110,9 +110,12 @@ class TrainConfig:
     final_epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 3e-3
+    optimizer: str = "adam"
     max_train_samples: int | None = None
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise InputError(f"training.optimizer: expected one of ['adam', 'sgd'], got {self.optimizer!r}.")
         for name in ("epochs", "final_epochs", "batch_size"):
             _positive(getattr(self, name), f"training.{name}", allow_none=False, integer=True)
         _positive(self.learning_rate, "training.learning_rate", allow_none=False)

@@ -240,7 +240,8 @@ class SearchLoop:
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        self.study._storage.set_trial_system_attr(trial._trial_id, "constraints", list(pred.violations))
+        for name, value in zip(self.screen.names, pred.violations, strict=True):
+            trial.set_constraint(name, value)  # Optuna's convention: > 0 means violated
         if not pred.feasible:
             trial.set_user_attr("state", "infeasible")
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)

@@ -47,7 +47,9 @@ def train_model(model: Any, data: TaskData, config: TrainConfig, epochs: int, se
     steps = max(1, math.ceil(len(x) / config.batch_size)) * epochs
     schedule = k.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.05)
     model.compile(
-        optimizer=k.optimizers.Adam(schedule),
+        optimizer=k.optimizers.Adam(schedule)
+        if config.optimizer == "adam"
+        else k.optimizers.SGD(schedule, momentum=0.9),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

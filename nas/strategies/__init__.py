@@ -3,7 +3,7 @@
 A strategy is built by name with ``make_strategy(name, context)``. Because it is a sampler, its
 whole state is the study (trials, values, user attributes), so a resumed study resumes the
 strategy too. Constraints reach every strategy as data: each trial carries Optuna's
-``constraints`` system attribute (> 0 means violated).
+``Trial.set_constraint`` (Optuna 5; > 0 means violated) before telling it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ STRATEGIES: dict[str, str] = {
     "random": "nas.strategies.optuna_samplers:random_sampler",
     "tpe": "nas.strategies.optuna_samplers:tpe_sampler",
     "nsga2": "nas.strategies.optuna_samplers:nsga2_sampler",
+    "default": "nas.strategies.default:default_sampler",
+    "kt-bayesian": "nas.strategies.keras_tuner:bayesian_sampler",
+    "kt-hyperband": "nas.strategies.keras_tuner:hyperband_sampler",
+    "kt-random": "nas.strategies.keras_tuner:random_sampler",
 }
 
 

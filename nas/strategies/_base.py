@@ -48,6 +48,7 @@ class SearchContext:
     options: dict[str, object] = field(default_factory=dict)
 
 
-def constraints_of(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
-    """Optuna ``constraints_func``: the violations the loop stored on the trial."""
-    return tuple(trial.system_attrs.get("constraints") or ())
+def constraints_of(trial: optuna.trial.FrozenTrial) -> tuple[float, ...]:
+    """The violations the loop set on the trial with ``Trial.set_constraint`` (one per budget,
+    > 0 means violated). Optuna 5's samplers read them from the trial by themselves."""
+    return tuple(trial.constraints.values())

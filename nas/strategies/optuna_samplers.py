@@ -1,10 +1,11 @@
-"""Optuna's own samplers as strategies, with the loop's constraints passed as data."""
+"""Optuna's own samplers as strategies. The loop sets each trial's constraints with
+``Trial.set_constraint`` before telling it, and Optuna 5's samplers read them from the trial."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._base import SearchContext, constraints_of
+from ._base import SearchContext
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -21,19 +22,11 @@ def random_sampler(context: SearchContext) -> optuna.samplers.BaseSampler:
 def tpe_sampler(context: SearchContext) -> optuna.samplers.BaseSampler:
     import optuna
 
-    return optuna.samplers.TPESampler(
-        seed=context.seed,
-        constraints_func=constraints_of,
-        multivariate=True,
-        group=False,
-        n_startup_trials=10,
-    )
+    return optuna.samplers.TPESampler(seed=context.seed, multivariate=True, n_startup_trials=10)
 
 
 def nsga2_sampler(context: SearchContext) -> optuna.samplers.BaseSampler:
     import optuna
 
     population = int(context.options.get("population_size", 20))
-    return optuna.samplers.NSGAIISampler(
-        seed=context.seed, constraints_func=constraints_of, population_size=population
-    )
+    return optuna.samplers.NSGAIISampler(seed=context.seed, population_size=population)
