@@ -308,6 +308,7 @@ def host_table(
     threads: int = 1,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    timing: tuple[int, int, float] = BLOCK_TIMING,
 ) -> LatencyTable:
     """This machine's table for ``blocks``: profiles only the blocks the cache lacks, merges them
     in and saves atomically, so asking again profiles nothing. Returns the whole cached table
@@ -335,7 +336,7 @@ def host_table(
         extra = dict(cached.meta.extra) if cached is not None else dict(meta.extra)
         todo = [b for b in wanted if b not in entries]
         if todo:
-            new, persistent = _profile(space, todo, runtime, dtype, threads, progress, BLOCK_TIMING)
+            new, persistent = _profile(space, todo, runtime, dtype, threads, progress, timing)
             entries.update(new)
             if persistent:
                 extra[PERSISTENT_KEY] = {

@@ -89,3 +89,17 @@ def test_measure_archs_times_whole_models(space, arch):
 def test_bad_settings_are_input_errors(space, arch, kwargs):
     with pytest.raises(InputError):
         profile_blocks(space, space.blocks(arch, TASK), **kwargs)
+
+
+@pytest.mark.slow  # a dozen TF conversions: minutes on a loaded machine
+def test_tflm_table_predicts_the_whole_model_arena(space, tmp_path: Path):
+    from latency_models.profile import measure_arenas, predict_arena_bytes
+
+    archs = [space.random(random.Random(s)) for s in (3, 4)]
+    blocks = [b for a in archs for b in space.blocks(a, TASK)]
+    table = host_table(space, TASK, blocks, runtime="tflm", cache_dir=tmp_path, timing=FAST)
+    assert all(table.lookup(b).memory_bytes for b in blocks)
+    assert table.meta.extra["tflm_model_overhead_bytes"] > 0
+    for arch, measured in zip(archs, measure_arenas(space, TASK, archs), strict=True):
+        predicted = predict_arena_bytes(table, space.blocks(arch, TASK))
+        assert abs(predicted - measured) <= 0.05 * measured
