@@ -77,6 +77,7 @@ def test_compress_data_checks_shapes_and_labels() -> None:
 # -- the stage contract on a real trained model ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_contract_every_model_changing_stage(tiny, cdata) -> None:
     """Each stage returns a new model with the task's input/output shape, leaves the original's
     weights alone, and the result still predicts well above chance."""
