@@ -13,6 +13,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,7 @@ def find_studies(runs: str | os.PathLike[str]) -> list[Study]:
     studies: list[Study] = []
     for path in paths:
         try:
-            with _connect(path) as con:
+            with closing(_connect(path)) as con:
                 rows = con.execute(
                     "SELECT s.study_id, s.study_name, a.key, a.value_json FROM studies s "
                     "LEFT JOIN study_user_attributes a ON a.study_id = s.study_id "
@@ -171,7 +172,7 @@ class _Trial:
 
 def _trained_trials(study: Study) -> list[_Trial]:
     """Complete (trained, feasible at search time) trials, one per distinct architecture."""
-    with _connect(study.path) as con:
+    with closing(_connect(study.path)) as con:
         rows = con.execute(
             "SELECT t.trial_id, t.number, a.key, a.value_json FROM trials t "
             "JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
