@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/nas run examples/quickstart.yaml --out runs/quickstart $(if $(wildcard runs/quickstart/study.db),--resume,)
+	rm -rf runs/quickstart
+	$(BIN)/nas run examples/quickstart.yaml --out runs/quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -279,7 +279,6 @@ def run(
     started = time.time()
     data = load_task(config.task)
     space = get_space(config.space.name, config.space.options)
-    out.mkdir(parents=True, exist_ok=True)
 
     model = build_latency_model(config, space, data, say)
     screen = Screen(space, data.shape, model.predictor, model.size, config.constraints, model.memory_table)
@@ -293,6 +292,7 @@ def run(
 
     from .strategies import SearchContext
 
+    out.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no folder behind
     context = SearchContext(
         space=space,
         seed=config.search.seed,
