@@ -31,7 +31,12 @@ LARGE = {
     "arch": "d1-k3-e1-w24-se0-relu6+d2-k3-e4-w48-se0-relu6+d3-k3-e6-w96-se0-relu6",
 }
 QUICK = {
-    "options": {"strides": [1, 2, 2], "widths": [[8, 16], [16, 24], [24, 40]], "kernels": [3, 5], "expands": [1, 3, 6]},
+    "options": {
+        "strides": [1, 2, 2],
+        "widths": [[8, 16], [16, 24], [24, 40]],
+        "kernels": [3, 5],
+        "expands": [1, 3, 6],
+    },
     "arch": "d1-k3-e1-w16-se0-relu6+d2-k3-e6-w24-se0-relu6+d2-k5-e6-w40-se0-relu6",
 }
 EPOCHS = 8
@@ -99,7 +104,10 @@ def main() -> int:
         say(f"trained {name} ({model.count_params():,} params) in {time.perf_counter() - t0:.0f} s")
 
     for name, model in models.items():
-        entry: dict[str, Any] = {"arch": (LARGE if name == "large" else QUICK)["arch"], "params": model.count_params()}
+        entry: dict[str, Any] = {
+            "arch": (LARGE if name == "large" else QUICK)["arch"],
+            "params": model.count_params(),
+        }
         int8 = run(model, data, "int8:300", tmp / f"{name}-int8")
         fp32, q = row(int8, 0), row(int8)
         fp32_bytes = fp32_file(model)
@@ -143,7 +151,13 @@ def main() -> int:
             teacher=large,
             trainer=seed_trainer,
         )
-        alone = run(build(QUICK, seed), data, f"finetune:{STUDENT_EPOCHS}:learning_rate=0.005", tmp / f"alone-{seed}", trainer=seed_trainer)
+        alone = run(
+            build(QUICK, seed),
+            data,
+            f"finetune:{STUDENT_EPOCHS}:learning_rate=0.005",
+            tmp / f"alone-{seed}",
+            trainer=seed_trainer,
+        )
         distill["with_teacher"].append(row(taught, 1)["accuracy"])
         distill["alone"].append(row(alone, 1)["accuracy"])
         if seed == SEEDS[0]:
@@ -166,7 +180,9 @@ def main() -> int:
         "structured MACs cut >= 30%": lg["structured_macs_cut"] >= 0.30,
         "structured latency cut >= 20%": lg["structured_latency_cut"] >= 0.20,
         "structured drop <= 1.5 points": lg["structured_accuracy_drop_points"] <= 1.5,
-        "distilled student beats student alone (mean of 3 seeds)": results["distillation"]["mean_with_teacher"]
+        "distilled student beats student alone (mean of 3 seeds)": results["distillation"][
+            "mean_with_teacher"
+        ]
         > results["distillation"]["mean_alone"],
     }
     results["seconds"] = time.perf_counter() - start

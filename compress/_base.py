@@ -36,11 +36,17 @@ class CompressData:
         for split in ("train", "val", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
-                raise InputError(f"data {split}: expected numpy arrays, got {type(x).__name__}, {type(y).__name__}.")
+                raise InputError(
+                    f"data {split}: expected numpy arrays, got {type(x).__name__}, {type(y).__name__}."
+                )
             if len(x) == 0 or len(x) != len(y):
-                raise InputError(f"data {split}: expected as many labels as inputs (> 0), got {len(x)} and {len(y)}.")
+                raise InputError(
+                    f"data {split}: expected as many labels as inputs (> 0), got {len(x)} and {len(y)}."
+                )
             if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-                raise InputError(f"data y_{split}: expected 1-D integer class labels, got {y.dtype} {y.shape}.")
+                raise InputError(
+                    f"data y_{split}: expected 1-D integer class labels, got {y.dtype} {y.shape}."
+                )
             if shape is not None and x.shape[1:] != shape:
                 raise InputError(f"data x_{split}: expected input shape {shape}, got {x.shape[1:]}.")
             shape = x.shape[1:]
@@ -81,7 +87,11 @@ class Quantization:
             raise InputError(
                 f"quantization dtype: expected one of ['dynamic', 'fp16', 'fp32', 'int8'], got {self.dtype!r}."
             )
-        if not isinstance(self.calibration, int) or isinstance(self.calibration, bool) or self.calibration < 1:
+        if (
+            not isinstance(self.calibration, int)
+            or isinstance(self.calibration, bool)
+            or self.calibration < 1
+        ):
             raise InputError(f"quantization calibration: expected an int >= 1, got {self.calibration!r}.")
         if self.max_error is not None and not (math.isfinite(self.max_error) and self.max_error > 0):
             raise InputError(f"quantization max_error: expected a number > 0, got {self.max_error!r}.")

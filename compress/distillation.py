@@ -29,7 +29,12 @@ class Distill(Stage):
     trainer: Trainer = field(default_factory=Trainer, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        stage_check(isinstance(self.epochs, int) and self.epochs >= 1, self.name, "epochs must be an int >= 1", self.epochs)
+        stage_check(
+            isinstance(self.epochs, int) and self.epochs >= 1,
+            self.name,
+            "epochs must be an int >= 1",
+            self.epochs,
+        )
         stage_check(
             math.isfinite(self.temperature) and self.temperature > 0,
             self.name,
@@ -68,7 +73,12 @@ class FineTune(Stage):
     trainer: Trainer = field(default_factory=Trainer, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        stage_check(isinstance(self.epochs, int) and self.epochs >= 1, self.name, "epochs must be an int >= 1", self.epochs)
+        stage_check(
+            isinstance(self.epochs, int) and self.epochs >= 1,
+            self.name,
+            "epochs must be an int >= 1",
+            self.epochs,
+        )
         stage_check(
             math.isfinite(self.learning_rate) and self.learning_rate > 0,
             self.name,

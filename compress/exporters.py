@@ -74,7 +74,9 @@ class ExportContext:
             from latency_models.runtimes.litert import LiteRTSession, convert_tflite
 
             data = _convert(lambda: convert_tflite(self.model, "fp32"), "tflite")
-            _, classes = accuracy_of(LiteRTSession(data, self.threads).run, self.data.x_test, self.data.y_test)
+            _, classes = accuracy_of(
+                LiteRTSession(data, self.threads).run, self.data.x_test, self.data.y_test
+            )
             self._reference = (classes, tflite_stats(data).macs)
         return self._reference
 
@@ -108,15 +110,20 @@ class TFLiteExporter(Exporter):
     name = "tflite"
 
     def export(self, quant: Quantization, out_dir: Path, ctx: ExportContext) -> Exported:
-        from latency_models.runtimes.litert import LiteRTSession, convert_tflite
+        from latency_models.runtimes.litert import convert_tflite
 
         notes: tuple[str, ...] = ()
         calibration = ctx.data.calibration(quant.calibration)
         if quant.dtype == "int8" and quant.max_error is not None:
             from .quantization import convert_mixed_int8
 
-            data, kept = _convert(lambda: convert_mixed_int8(ctx.model, calibration, quant.max_error), self.name)
-            notes = tuple(f"kept float (int8 error {err:.2f} > {quant.max_error:g}): {name}" for name, err in kept.items())
+            data, kept = _convert(
+                lambda: convert_mixed_int8(ctx.model, calibration, quant.max_error), self.name
+            )
+            notes = tuple(
+                f"kept float (int8 error {err:.2f} > {quant.max_error:g}): {name}"
+                for name, err in kept.items()
+            )
             if not kept:
                 notes = (f"mixed precision: every layer's int8 error is <= {quant.max_error:g}; all int8",)
             filename = "model_int8_mixed.tflite"
@@ -194,12 +201,16 @@ class TFLMExporter(Exporter):
         notes = [compile_check(out_dir / "model_data.cc")]
         stored = parse_c_array((out_dir / "model_data.cc").read_text())
         if stored != data:
-            raise StageError("export tflm: model_data.cc does not hold the converted model (read back differs).")
+            raise StageError(
+                "export tflm: model_data.cc does not hold the converted model (read back differs)."
+            )
         session = _convert(lambda: TFLMSession(stored), self.name)
         accuracy, _ = accuracy_of(session.run, ctx.data.x_test, ctx.data.y_test)
         stats = tflite_stats(stored)
         if quant.dtype != "int8":
-            notes.append("TFLite Micro runs integer models: exported int8 although the pipeline has no int8 stage")
+            notes.append(
+                "TFLite Micro runs integer models: exported int8 although the pipeline has no int8 stage"
+            )
         return Exported(
             format="tflm",
             dtype="int8",
@@ -207,7 +218,9 @@ class TFLMExporter(Exporter):
             size_bytes=len(stored),
             gzip_bytes=gzip_size(stored),
             accuracy=accuracy,
-            latency_ms=float(session.time(ctx.data.x_test[0], runs=max(3, ctx.runs // 5), warmup=2).median_ms),
+            latency_ms=float(
+                session.time(ctx.data.x_test[0], runs=max(3, ctx.runs // 5), warmup=2).median_ms
+            ),
             sparsity=stats.sparsity,
             macs=stats.macs,
             runtime="tflite-micro (reference kernels, this host)",
@@ -223,13 +236,24 @@ def compile_check(source: Path) -> str:
         return "g++ not found: the C array was not compile-checked here"
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run(
-            [compiler, "-std=c++11", "-c", str(source), "-I", str(source.parent), "-o", str(Path(tmp, "m.o"))],
+            [
+                compiler,
+                "-std=c++11",
+                "-c",
+                str(source),
+                "-I",
+                str(source.parent),
+                "-o",
+                str(Path(tmp, "m.o")),
+            ],
             capture_output=True,
             text=True,
             check=False,
         )
     if proc.returncode != 0:
-        raise StageError(f"export tflm: {source.name} does not compile: {proc.stderr.strip().splitlines()[0][:200]}")
+        raise StageError(
+            f"export tflm: {source.name} does not compile: {proc.stderr.strip().splitlines()[0][:200]}"
+        )
     return "model_data.cc compiles with g++ -std=c++11 -c"
 
 

@@ -50,7 +50,9 @@ def rebuild(model: Any, replace: Callable[[Any], Replacement | None], stage: str
             if node.is_input:
                 continue
             if uses[id(layer)] > 1:
-                raise StageError(f"stage {stage}: layer {layer.name!r} is shared by several calls; cannot rebuild it.")
+                raise StageError(
+                    f"stage {stage}: layer {layer.name!r} is shared by several calls; cannot rebuild it."
+                )
             args, kwargs = _map_tensors((node.call_args, node.call_kwargs), tensors, layer.name, stage)
             chain = replace(layer)
             if chain is None:
@@ -73,7 +75,9 @@ def rebuild(model: Any, replace: Callable[[Any], Replacement | None], stage: str
 
 def model_nodes(model: Any) -> list[Any]:
     """The call nodes of ``model``'s own graph (a layer reused by another model has more)."""
-    return [node for depth in sorted(model._nodes_by_depth, reverse=True) for node in model._nodes_by_depth[depth]]
+    return [
+        node for depth in sorted(model._nodes_by_depth, reverse=True) for node in model._nodes_by_depth[depth]
+    ]
 
 
 def _flatten(x: Any) -> list[Any]:
@@ -148,7 +152,9 @@ def channel_groups(model: Any, stage: str) -> list[ChannelGroup]:
     layer_inputs: dict[str, list[str]] = {}
     for node in model_nodes(model):
         if node.layer.name in layer_inputs:
-            raise StageError(f"stage {stage}: layer {node.layer.name!r} is shared by several calls; cannot prune it.")
+            raise StageError(
+                f"stage {stage}: layer {node.layer.name!r} is shared by several calls; cannot prune it."
+            )
         layer_inputs[node.layer.name] = [t.node.layer.name for t in _flatten(node.keras_inputs)]
     barriers: dict[str, str] = {}
     for layer in model.layers:

@@ -41,7 +41,10 @@ class LowRank(Stage):
         if self.rank is None and self.energy is None:
             object.__setattr__(self, "energy", 0.9)
         stage_check(
-            self.rank is None or self.energy is None, self.name, "give rank or energy, not both", (self.rank, self.energy)
+            self.rank is None or self.energy is None,
+            self.name,
+            "give rank or energy, not both",
+            (self.rank, self.energy),
         )
         if self.rank is not None:
             stage_check(
@@ -52,7 +55,12 @@ class LowRank(Stage):
             )
         if self.energy is not None:
             stage_check(0.0 < self.energy <= 1.0, self.name, "energy must be in (0, 1]", self.energy)
-        stage_check(isinstance(self.epochs, int) and self.epochs >= 0, self.name, "epochs must be an int >= 0", self.epochs)
+        stage_check(
+            isinstance(self.epochs, int) and self.epochs >= 0,
+            self.name,
+            "epochs must be an int >= 0",
+            self.epochs,
+        )
 
     def apply(self, model: Any, data: CompressData) -> Any:
         from search_spaces.backend import keras

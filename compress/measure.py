@@ -71,7 +71,9 @@ def _constant(model: Any, graph: Any, index: int, producer: dict[int, Any], op_n
         buffer = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
         if buffer is not None and len(buffer):
             dtype = _NUMPY.get(tensor.type)
-            return None if dtype is None else np.frombuffer(np.asarray(buffer, np.uint8).tobytes(), dtype=dtype)
+            return (
+                None if dtype is None else np.frombuffer(np.asarray(buffer, np.uint8).tobytes(), dtype=dtype)
+            )
         op = producer.get(index)
         if op is None:
             return None

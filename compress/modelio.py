@@ -18,7 +18,9 @@ def load_keras_model(path: str | os.PathLike[str], what: str = "MODEL") -> Any:
     if not path.exists():
         raise InputError(f"{what} {path}: file not found.")
     if path.is_dir() and not (path / "saved_model.pb").exists():
-        raise InputError(f"{what} {path}: expected a tf_keras SavedModel folder (with saved_model.pb), got a folder without one.")
+        raise InputError(
+            f"{what} {path}: expected a tf_keras SavedModel folder (with saved_model.pb), got a folder without one."
+        )
     from search_spaces.backend import keras
 
     k = keras()

@@ -18,7 +18,7 @@ from typing import Any
 from search_spaces import InputError
 
 from ._base import CompressData, Quantization, Stage, StageError, check_model_task
-from .exporters import EXPORTERS, Exported, ExportContext, get_exporter, measure_tflite
+from .exporters import EXPORTERS, ExportContext, Exported, get_exporter
 from .registry import build_pipeline
 from .training import Trainer
 
@@ -147,7 +147,18 @@ def compress_and_export(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        report = _run(model, data, stages, exporters, work, threads, say, target_size_kb, target_latency_ms, max_accuracy_drop)
+        report = _run(
+            model,
+            data,
+            stages,
+            exporters,
+            work,
+            threads,
+            say,
+            target_size_kb,
+            target_latency_ms,
+            max_accuracy_drop,
+        )
         from latency_models.table import write_atomic
 
         write_atomic(work / REPORT_NAME, report.to_json())
@@ -200,7 +211,14 @@ def _run(
             row = _row(stage.spec, exported, new_model, base.accuracy, time.perf_counter() - t0)
             within = max_drop is None or row.accuracy_drop <= max_drop + 1e-9
             if not within:
-                row = _replace(row, kept=False, notes=(*row.notes, f"accuracy drop {row.accuracy_drop:.2f} > {max_drop:g} points: stage undone"))
+                row = _replace(
+                    row,
+                    kept=False,
+                    notes=(
+                        *row.notes,
+                        f"accuracy drop {row.accuracy_drop:.2f} > {max_drop:g} points: stage undone",
+                    ),
+                )
             rows.append(row)
             say(_line(row))
             if within:
@@ -208,7 +226,11 @@ def _run(
                 if targeted and _meets(row, target_size_kb, target_latency_ms):
                     met_at = len(rows) - 1
                     break
-        target = _target_result(rows, met_at, current_row, target_size_kb, target_latency_ms, max_drop) if targeted else None
+        target = (
+            _target_result(rows, met_at, current_row, target_size_kb, target_latency_ms, max_drop)
+            if targeted
+            else None
+        )
         ctx = ExportContext(current, data, threads)
         exports = []
         for exporter in exporters:
@@ -225,7 +247,9 @@ def _run(
         "test_samples": int(len(data.x_test)),
         "latency": "median ms of single-sample runs on this host",
         "final_stage": rows[current_row].stage,
-        "versions": {p: version(p) for p in ("tensorflow", "tensorflow-model-optimization", "ai-edge-litert")},
+        "versions": {
+            p: version(p) for p in ("tensorflow", "tensorflow-model-optimization", "ai-edge-litert")
+        },
     }
     return CompressReport(tuple(rows), tuple(exports), target, meta)
 
@@ -238,10 +262,14 @@ def _apply(stage: Stage, model: Any, data: CompressData) -> Any:
         raise
     except Exception as e:  # TensorFlow/tfmot raise many types; the user needs the stage and the cause
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StageError(f"stage {stage.spec}: failed on this model ({type(e).__name__}: {first[:300]}).") from None
+        raise StageError(
+            f"stage {stage.spec}: failed on this model ({type(e).__name__}: {first[:300]})."
+        ) from None
 
 
-def _measure(model: Any, quant: Quantization, data: CompressData, scratch: Path, threads: int, tag: str) -> Exported:
+def _measure(
+    model: Any, quant: Quantization, data: CompressData, scratch: Path, threads: int, tag: str
+) -> Exported:
     from .exporters import TFLiteExporter
 
     folder = scratch / tag
@@ -284,7 +312,9 @@ def _line(row: ReportRow) -> str:
 
 
 def _meets(row: ReportRow, size_kb: float | None, latency_ms: float | None) -> bool:
-    return (size_kb is None or row.size_bytes <= size_kb * 1024) and (latency_ms is None or row.latency_ms <= latency_ms)
+    return (size_kb is None or row.size_bytes <= size_kb * 1024) and (
+        latency_ms is None or row.latency_ms <= latency_ms
+    )
 
 
 def _target_result(
@@ -296,14 +326,28 @@ def _target_result(
     max_drop: float | None,
 ) -> TargetResult:
     wanted = " and ".join(
-        [*([f"<= {size_kb:g} KB"] if size_kb is not None else []), *([f"<= {latency_ms:g} ms"] if latency_ms is not None else [])]
+        [
+            *([f"<= {size_kb:g} KB"] if size_kb is not None else []),
+            *([f"<= {latency_ms:g} ms"] if latency_ms is not None else []),
+        ]
     )
     if met_at is not None:
         row = rows[met_at]
-        return TargetResult(size_kb, latency_ms, max_drop, True, row.stage, f"{row.stage} reached {row.size_bytes / 1024:.1f} KB, {row.latency_ms:.3f} ms at {row.accuracy_drop:.2f} points drop ({wanted}).")
+        return TargetResult(
+            size_kb,
+            latency_ms,
+            max_drop,
+            True,
+            row.stage,
+            f"{row.stage} reached {row.size_bytes / 1024:.1f} KB, {row.latency_ms:.3f} ms at {row.accuracy_drop:.2f} points drop ({wanted}).",
+        )
     row = rows[final]
     undone = [r.stage for r in rows if not r.kept]
-    why = f"; undone for accuracy: {', '.join(undone)}" if undone else "; every stage kept, none went far enough"
+    why = (
+        f"; undone for accuracy: {', '.join(undone)}"
+        if undone
+        else "; every stage kept, none went far enough"
+    )
     return TargetResult(
         size_kb,
         latency_ms,

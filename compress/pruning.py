@@ -122,7 +122,10 @@ class StructuredPrune(Stage):
 
     def __post_init__(self) -> None:
         stage_check(
-            isinstance(self.ratio, float) and 0.0 < self.ratio < 1.0, self.name, "ratio must be in (0, 1)", self.ratio
+            isinstance(self.ratio, float) and 0.0 < self.ratio < 1.0,
+            self.name,
+            "ratio must be in (0, 1)",
+            self.ratio,
         )
         _check_common(self.name, self.epochs, self.rounds)
 
@@ -146,7 +149,11 @@ def _importance(model: Any, group: ChannelGroup) -> np.ndarray:
         layer = layers[name]
         kernel = layer.get_weights()[0]
         l1 = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
-        nxt = [n.layer for n in layer._outbound_nodes if n.layer.name in layers and layers[n.layer.name] is n.layer]
+        nxt = [
+            n.layer
+            for n in layer._outbound_nodes
+            if n.layer.name in layers and layers[n.layer.name] is n.layer
+        ]
         if len(nxt) == 1 and type(nxt[0]).__name__ == "BatchNormalization" and nxt[0].scale:
             bn = nxt[0]
             gamma, var = bn.gamma.numpy(), bn.moving_variance.numpy()
@@ -170,7 +177,10 @@ def prune_channels(model: Any, ratio: float, stage: str) -> Any:
             keep_of[name] = keep
     if not keep_of:
         raise StageError(f"stage {stage}: ratio {ratio:g} removes no channel from any group.")
-    source_of = {node.layer.name: [t.node.layer.name for t in _flatten(node.keras_inputs)] for node in model_nodes(model)}
+    source_of = {
+        node.layer.name: [t.node.layer.name for t in _flatten(node.keras_inputs)]
+        for node in model_nodes(model)
+    }
 
     def replace(layer: Any) -> list[tuple[Any, list[np.ndarray]]] | None:
         kind = type(layer).__name__
@@ -201,7 +211,9 @@ def prune_channels(model: Any, ratio: float, stage: str) -> Any:
             weights = [weights[0][:, :, out_keep, :]] + [b[out_keep] for b in weights[1:]]
         elif out_keep is not None:
             # Channel-wise layers (BatchNorm, PReLU, ...): their per-channel vectors shrink.
-            weights = [w[..., out_keep] if w.shape and w.shape[-1] == len(_full(layer)) else w for w in weights]
+            weights = [
+                w[..., out_keep] if w.shape and w.shape[-1] == len(_full(layer)) else w for w in weights
+            ]
         else:
             return None
         return [(layer.__class__.from_config(config), weights)]

@@ -121,7 +121,12 @@ class QuantizationAware(Stage):
     trainer: Trainer = field(default_factory=Trainer, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        stage_check(isinstance(self.epochs, int) and self.epochs >= 1, self.name, "epochs must be an int >= 1", self.epochs)
+        stage_check(
+            isinstance(self.epochs, int) and self.epochs >= 1,
+            self.name,
+            "epochs must be an int >= 1",
+            self.epochs,
+        )
         stage_check(
             isinstance(self.calibration, int) and self.calibration >= 1,
             self.name,
@@ -143,11 +148,13 @@ class QuantizationAware(Stage):
         qk = tfmot.quantization.keras
         if is_quantization_aware(model):
             raise StageError(f"stage {self.name}: the model is already quantization-aware.")
+
         def annotate(layer: Any) -> Any:
             if isinstance(layer, k.layers.InputLayer):
                 return layer
             if isinstance(layer, k.layers.Multiply) or (
-                isinstance(layer, k.layers.Activation) and getattr(layer.activation, "__name__", "") not in _TFMOT_ACTS
+                isinstance(layer, k.layers.Activation)
+                and getattr(layer.activation, "__name__", "") not in _TFMOT_ACTS
             ):
                 return qk.quantize_annotate_layer(layer, configs.Default8BitOutputQuantizeConfig())
             act = getattr(layer, "activation", None)
@@ -167,7 +174,9 @@ class QuantizationAware(Stage):
             else qk.default_8bit.Default8BitQuantizeScheme()
         )
         try:
-            with qk.quantize_scope({"Default8BitOutputQuantizeConfig": configs.Default8BitOutputQuantizeConfig}):
+            with qk.quantize_scope(
+                {"Default8BitOutputQuantizeConfig": configs.Default8BitOutputQuantizeConfig}
+            ):
                 qat = qk.quantize_apply(annotated, scheme)
         except (ValueError, RuntimeError, TypeError) as e:
             found = re.search(r"Layer (\S+?):<class '[\w.]*?(\w+)'>", str(e))
@@ -176,7 +185,9 @@ class QuantizationAware(Stage):
                     f"stage {self.name}: layer {found.group(1)!r} ({found.group(2)}) cannot be quantized by tfmot "
                     f"(no int8 rule for it); remove the stage or replace the layer."
                 ) from None
-            raise StageError(f"stage {self.name}: tfmot cannot quantize this model: {str(e).splitlines()[0]}") from None
+            raise StageError(
+                f"stage {self.name}: tfmot cannot quantize this model: {str(e).splitlines()[0]}"
+            ) from None
         # BatchNorm is folded into fake-quantized convs; its statistics must not be re-estimated.
         return self.trainer.fit(qat, data, self.epochs, self.name, recalibrate=False)
 
@@ -198,7 +209,9 @@ def _samples(x: np.ndarray) -> Iterator[list[np.ndarray]]:
         yield [s[None, ...].astype(np.float32)]
 
 
-def convert_mixed_int8(model: Any, calibration: np.ndarray, max_error: float) -> tuple[bytes, dict[str, float]]:
+def convert_mixed_int8(
+    model: Any, calibration: np.ndarray, max_error: float
+) -> tuple[bytes, dict[str, float]]:
     """int8 with float fallback: the quantization debugger measures every quantized tensor's
     RMSE / scale on the calibration set; ops above ``max_error`` are deny-listed (kept float).
 

@@ -46,7 +46,9 @@ def _convert(stage: str, key: str, text: str, annotation: str) -> Any:
         if kind == "float":
             return float(text)
     except ValueError:
-        raise InputError(f"stage {stage}: {key} must be {'an int' if kind == 'int' else 'a number'}, got {text!r}.") from None
+        raise InputError(
+            f"stage {stage}: {key} must be {'an int' if kind == 'int' else 'a number'}, got {text!r}."
+        ) from None
     return text
 
 
@@ -64,7 +66,9 @@ def parse_stage(spec: str, trainer: Trainer | None = None) -> Stage:
         key, sep, value = part.partition("=")
         if not sep:
             if cls.main_arg is None:
-                raise InputError(f"stage {name}: takes no bare argument, got {part!r}; valid arguments: {sorted(args_spec)}.")
+                raise InputError(
+                    f"stage {name}: takes no bare argument, got {part!r}; valid arguments: {sorted(args_spec)}."
+                )
             key, value = cls.main_arg, part
         key = key.strip()
         if key not in args_spec:

@@ -41,7 +41,9 @@ class Trainer:
         if not 0.0 <= self.alpha <= 1.0:
             raise InputError(f"alpha: expected a number in [0, 1], got {self.alpha!r}.")
 
-    def with_teacher(self, teacher: Any, temperature: float | None = None, alpha: float | None = None) -> Trainer:
+    def with_teacher(
+        self, teacher: Any, temperature: float | None = None, alpha: float | None = None
+    ) -> Trainer:
         from dataclasses import replace
 
         return replace(
@@ -92,7 +94,9 @@ class Trainer:
         )
         losses = history.history.get("loss", [])
         if not losses or not all(math.isfinite(v) for v in losses):
-            raise StageError(f"stage {stage}: fine-tuning diverged (loss {losses[-1] if losses else 'missing'}).")
+            raise StageError(
+                f"stage {stage}: fine-tuning diverged (loss {losses[-1] if losses else 'missing'})."
+            )
         if recalibrate:
             recalibrate_batchnorm(model, data.x_train, self.batch_size)
         return model
@@ -115,7 +119,9 @@ def _distillation_loss(num_classes: int, temperature: float, alpha: float) -> An
         hard = -t.reduce_sum(labels * t.math.log(y_pred), axis=-1)
         teacher_t = t.nn.softmax(t.math.log(t.clip_by_value(soft, _EPS, 1.0)) / temperature)
         student_log_t = t.nn.log_softmax(t.math.log(y_pred) / temperature)
-        kl = t.reduce_sum(teacher_t * (t.math.log(t.clip_by_value(teacher_t, _EPS, 1.0)) - student_log_t), axis=-1)
+        kl = t.reduce_sum(
+            teacher_t * (t.math.log(t.clip_by_value(teacher_t, _EPS, 1.0)) - student_log_t), axis=-1
+        )
         return alpha * hard + (1.0 - alpha) * (temperature**2) * kl
 
     return loss

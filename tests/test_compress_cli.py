@@ -15,7 +15,9 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from search_spaces import TaskShape, get_space
 
     space = get_space("mbconv", {"strides": [1, 2], "widths": [[8], [16]], "stem_width": 8})
-    model = space.build(space.parse("d1-k3-e1-w8-se0-relu6+d1-k3-e3-w16-se0-relu6"), TaskShape((28, 28, 1), 10))
+    model = space.build(
+        space.parse("d1-k3-e1-w8-se0-relu6+d1-k3-e3-w16-se0-relu6"), TaskShape((28, 28, 1), 10)
+    )
     path = tmp_path_factory.mktemp("models") / "tiny.keras"
     model.save(path)
     return path
@@ -29,12 +31,30 @@ def test_bad_inputs_exit_2_with_one_line(run_nas, saved_model: Path, tmp_path: P
     cases = [
         (["missing.keras", *base, "--pipeline", "int8"], ("MODEL missing.keras: file not found.",)),
         ([str(not_keras), *base, "--pipeline", "int8"], ("expected a saved tf_keras model",)),
-        ([str(saved_model), *base, "--pipeline", "int8,shrink"], ("unknown stage 'shrink'; valid stages:", "'prune'")),
-        ([str(saved_model), *base, "--pipeline", "int8", "--formats", "tflite,coreml"], ("unknown format 'coreml'; valid formats:",)),
-        ([str(saved_model), *base, "--pipeline", "prune:1.5"], ("stage prune: sparsity must be in (0, 1), got 1.5.",)),
-        ([str(saved_model), *base, "--pipeline", "lowrank:rank=0"], ("stage lowrank: rank must be an int >= 1, got 0.",)),
-        ([str(saved_model), *base, "--pipeline", "distill"], ("stage distill: needs a teacher model (--teacher)",)),
-        ([str(saved_model), "--task", "mnist1d", "--out", str(out), "--pipeline", "int8"], ("model: expected input shape",)),
+        (
+            [str(saved_model), *base, "--pipeline", "int8,shrink"],
+            ("unknown stage 'shrink'; valid stages:", "'prune'"),
+        ),
+        (
+            [str(saved_model), *base, "--pipeline", "int8", "--formats", "tflite,coreml"],
+            ("unknown format 'coreml'; valid formats:",),
+        ),
+        (
+            [str(saved_model), *base, "--pipeline", "prune:1.5"],
+            ("stage prune: sparsity must be in (0, 1), got 1.5.",),
+        ),
+        (
+            [str(saved_model), *base, "--pipeline", "lowrank:rank=0"],
+            ("stage lowrank: rank must be an int >= 1, got 0.",),
+        ),
+        (
+            [str(saved_model), *base, "--pipeline", "distill"],
+            ("stage distill: needs a teacher model (--teacher)",),
+        ),
+        (
+            [str(saved_model), "--task", "mnist1d", "--out", str(out), "--pipeline", "int8"],
+            ("model: expected input shape",),
+        ),
     ]
     for args, needles in cases:
         proc = run_nas("compress", *args)
@@ -52,7 +72,16 @@ def test_teacher_with_other_classes_is_refused(run_nas, saved_model: Path, tmp_p
     teacher.save(teacher_path)
     out = tmp_path / "out"
     proc = run_nas(
-        "compress", str(saved_model), "--task", "mnist5k", "--pipeline", "distill", "--teacher", str(teacher_path), "--out", str(out)
+        "compress",
+        str(saved_model),
+        "--task",
+        "mnist5k",
+        "--pipeline",
+        "distill",
+        "--teacher",
+        str(teacher_path),
+        "--out",
+        str(out),
     )
     assert_one_line_error(proc, "teacher: expected 10 classes")
     assert not out.exists()
@@ -63,7 +92,19 @@ def test_compress_command_writes_report(run_nas, saved_model: Path, tmp_path: Pa
     import json
 
     out = tmp_path / "out"
-    proc = run_nas("compress", str(saved_model), "--task", "mnist5k", "--pipeline", "finetune:1,int8:50", "--formats", "tflite,tflm", "--out", str(out), "--quiet")
+    proc = run_nas(
+        "compress",
+        str(saved_model),
+        "--task",
+        "mnist5k",
+        "--pipeline",
+        "finetune:1,int8:50",
+        "--formats",
+        "tflite,tflm",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "compress_report.json").read_text())
     assert [r["stage"] for r in report["rows"]] == ["original", "finetune:epochs=1", "int8:calibration=50"]

@@ -15,7 +15,12 @@ def cdata() -> CompressData:
 
     task = load_task("mnist5k")
     return CompressData(
-        task.x_train[:1200], task.y_train[:1200], task.x_val[:200], task.y_val[:200], task.x_test[:400], task.y_test[:400]
+        task.x_train[:1200],
+        task.y_train[:1200],
+        task.x_val[:200],
+        task.y_val[:200],
+        task.x_test[:400],
+        task.y_test[:400],
     )
 
 
@@ -26,7 +31,9 @@ def tiny(cdata: CompressData):
     from search_spaces import TaskShape, get_space
 
     space = get_space("mbconv", {"strides": [1, 2], "widths": [[8], [16]], "stem_width": 8, "head_width": 32})
-    model = space.build(space.parse("d1-k3-e1-w8-se0-relu6+d1-k3-e4-w16-se0-relu6"), TaskShape((28, 28, 1), 10))
+    model = space.build(
+        space.parse("d1-k3-e1-w8-se0-relu6+d1-k3-e4-w16-se0-relu6"), TaskShape((28, 28, 1), 10)
+    )
     Trainer(learning_rate=1e-2, batch_size=32, seed=0).fit(model, cdata, 6, "train")
     acc = float(np.mean(np.argmax(model.predict(cdata.x_test, verbose=0), 1) == cdata.y_test))
     assert acc > 0.6, f"the fixture model did not learn (accuracy {acc:.3f})"

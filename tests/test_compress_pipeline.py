@@ -13,7 +13,7 @@ from compress import StageError, compress_and_export
 from compress.exporters import c_array, parse_c_array
 from search_spaces import InputError
 
-from .test_compress_fixtures import cdata, tiny  # noqa: F401  (fixtures)
+pytest_plugins = ["tests.test_compress_fixtures"]  # the shared real data and trained tiny model
 
 
 @pytest.mark.slow
@@ -71,7 +71,13 @@ def test_c_array_round_trip() -> None:
 def test_target_size_stops_at_the_first_stage_that_fits(tiny, cdata, tmp_path: Path) -> None:
     fp32 = compress_and_export(tiny, cdata, ["fp16"], ["tflite"], tmp_path / "a").rows[0].size_bytes
     report = compress_and_export(
-        tiny, cdata, "fp16,int8:50,dynamic", ["tflite"], tmp_path / "b", target_size_kb=0.6 * fp32 / 1024, max_accuracy_drop=5
+        tiny,
+        cdata,
+        "fp16,int8:50,dynamic",
+        ["tflite"],
+        tmp_path / "b",
+        target_size_kb=0.6 * fp32 / 1024,
+        max_accuracy_drop=5,
     )
     assert report.target is not None and report.target.met
     assert report.target.stage == "fp16"
@@ -116,20 +122,31 @@ def test_bad_arguments_fail_before_any_work(tiny, cdata, tmp_path: Path) -> None
 
     k = keras()
     cases = [
-        (dict(formats=["tflite", "coreml"]), "unknown format 'coreml'; valid formats: ['onnx', 'openvino', 'tflite', 'tflm']"),
+        (
+            dict(formats=["tflite", "coreml"]),
+            "unknown format 'coreml'; valid formats: ['onnx', 'openvino', 'tflite', 'tflm']",
+        ),
         (dict(pipeline="prune:1.5"), "stage prune: sparsity must be in (0, 1), got 1.5."),
         (dict(target_size_kb=-1), "target_size_kb: expected a number > 0, got -1."),
         (dict(max_accuracy_drop=-0.5), "max_accuracy_drop: expected a number >= 0"),
     ]
     for overrides, message in cases:
-        kwargs = {"model": tiny, "data": cdata, "pipeline": "int8", "formats": ["tflite"], "out_dir": tmp_path / "x"}
+        kwargs = {
+            "model": tiny,
+            "data": cdata,
+            "pipeline": "int8",
+            "formats": ["tflite"],
+            "out_dir": tmp_path / "x",
+        }
         kwargs.update(overrides)
         with pytest.raises(InputError) as err:
             compress_and_export(**kwargs)
         assert message in str(err.value)
     inputs = k.Input((16,))
     wrong_input = k.Model(inputs, k.layers.Dense(10, activation="softmax")(inputs))
-    with pytest.raises(InputError, match=r"model: expected input shape \(28, 28, 1\) \(the task's\), got \(16,\)"):
+    with pytest.raises(
+        InputError, match=r"model: expected input shape \(28, 28, 1\) \(the task's\), got \(16,\)"
+    ):
         compress_and_export(wrong_input, cdata, "int8", ["tflite"], tmp_path / "x")
     inputs = k.Input((28, 28, 1))
     teacher = k.Model(inputs, k.layers.Dense(12, activation="softmax")(k.layers.Flatten()(inputs)))

@@ -9,7 +9,7 @@ from compress import STAGES, CompressData, StageError, Trainer, parse_stage
 from compress.registry import build_pipeline
 from search_spaces import InputError
 
-from .test_compress_fixtures import cdata, tiny  # noqa: F401  (fixtures)
+pytest_plugins = ["tests.test_compress_fixtures"]  # the shared real data and trained tiny model
 
 
 @pytest.mark.parametrize(
@@ -24,7 +24,10 @@ from .test_compress_fixtures import cdata, tiny  # noqa: F401  (fixtures)
         ("int8:ten", "stage int8: calibration must be an int, got 'ten'."),
         ("qat:epochs=0", "stage qat: epochs must be an int >= 1, got 0."),
         ("distill", "stage distill: needs a teacher model (--teacher), got None."),
-        ("prune:speed=3", "stage prune: unknown argument 'speed'; valid arguments: ['epochs', 'min_weights', 'rounds', 'sparsity']."),
+        (
+            "prune:speed=3",
+            "stage prune: unknown argument 'speed'; valid arguments: ['epochs', 'min_weights', 'rounds', 'sparsity'].",
+        ),
         ("fp16:2", "stage fp16: takes no bare argument, got '2'; valid arguments: []."),
     ],
 )
@@ -97,7 +100,13 @@ def test_magnitude_pruning_reaches_its_sparsity(tiny, cdata) -> None:
     from compress.pruning import weight_sparsity
 
     out = parse_stage("prune:0.6:epochs=1:min_weights=64").apply(tiny, cdata)
-    pruned = [w for layer in out.layers if type(layer).__name__ in ("Conv2D", "Dense") for w in layer.get_weights()[:1] if w.size >= 64]
+    pruned = [
+        w
+        for layer in out.layers
+        if type(layer).__name__ in ("Conv2D", "Dense")
+        for w in layer.get_weights()[:1]
+        if w.size >= 64
+    ]
     assert pruned and all(abs(float(np.mean(w == 0)) - 0.6) < 0.02 for w in pruned)
     assert weight_sparsity(out) > 0.3
 
@@ -105,7 +114,11 @@ def test_magnitude_pruning_reaches_its_sparsity(tiny, cdata) -> None:
 def test_structured_pruning_removes_filters(tiny, cdata) -> None:
     out = parse_stage("structured:0.5:epochs=1").apply(tiny, cdata)
     before = {layer.name: layer for layer in tiny.layers}
-    shrunk = [layer.name for layer in out.layers if type(layer).__name__ == "Conv2D" and layer.filters < before[layer.name].filters]
+    shrunk = [
+        layer.name
+        for layer in out.layers
+        if type(layer).__name__ == "Conv2D" and layer.filters < before[layer.name].filters
+    ]
     assert shrunk, "no Conv2D lost filters"
     assert out.count_params() < 0.8 * tiny.count_params()
 
@@ -143,7 +156,9 @@ def test_qat_on_an_unsupported_layer_names_it(cdata) -> None:
     x = k.layers.LayerNormalization(name="odd_norm")(x)
     x = k.layers.GlobalAveragePooling2D()(x)
     model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(x))
-    with pytest.raises(StageError, match=r"stage qat: layer 'odd_norm' \(LayerNormalization\) cannot be quantized"):
+    with pytest.raises(
+        StageError, match=r"stage qat: layer 'odd_norm' \(LayerNormalization\) cannot be quantized"
+    ):
         parse_stage("qat").apply(model, cdata)
 
 
@@ -152,7 +167,9 @@ def test_distillation_trains_toward_the_teacher(tiny, cdata) -> None:
     from search_spaces import TaskShape, get_space
 
     space = get_space("mbconv", {"strides": [1, 2], "widths": [[8], [16]], "stem_width": 8, "dropout": 0.0})
-    student = space.build(space.parse("d1-k3-e1-w8-se0-relu6+d1-k3-e3-w16-se0-relu6"), TaskShape((28, 28, 1), 10))
+    student = space.build(
+        space.parse("d1-k3-e1-w8-se0-relu6+d1-k3-e3-w16-se0-relu6"), TaskShape((28, 28, 1), 10)
+    )
     teacher_pred = np.argmax(tiny.predict(cdata.x_test, verbose=0), 1)
     before = float(np.mean(np.argmax(student.predict(cdata.x_test, verbose=0), 1) == teacher_pred))
     out = parse_stage("distill:2:alpha=0.0", Trainer(teacher=tiny, learning_rate=3e-3)).apply(student, cdata)

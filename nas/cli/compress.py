@@ -25,10 +25,14 @@ def register(sub: Any) -> None:
     p.add_argument("--pipeline", required=True, help="comma-separated stages, applied in order")
     p.add_argument("--formats", default="tflite", help="comma-separated export formats (default: tflite)")
     p.add_argument("--out", required=True, help="output folder (written only when everything worked)")
-    p.add_argument("--teacher", help="saved tf_keras teacher for distillation (also used by every fine-tuning)")
+    p.add_argument(
+        "--teacher", help="saved tf_keras teacher for distillation (also used by every fine-tuning)"
+    )
     p.add_argument("--target-size-kb", type=float, help="stop at the first stage whose file is this small")
     p.add_argument("--target-latency-ms", type=float, help="stop at the first stage this fast (LiteRT here)")
-    p.add_argument("--max-accuracy-drop", type=float, help="undo stages that lose more accuracy points than this")
+    p.add_argument(
+        "--max-accuracy-drop", type=float, help="undo stages that lose more accuracy points than this"
+    )
     p.add_argument("--threads", type=int, default=1, help="runtime threads for latency (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for fine-tuning")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
