@@ -149,15 +149,14 @@ class RunProgress:
     # -- bar mode --------------------------------------------------------------------------------
     def _start_bar(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         console = Console(file=self.stream, force_terminal=True, highlight=False)
         self._bar = Progress(
-            TextColumn("{task.description:<12}"),
-            BarColumn(bar_width=28),
+            TextColumn("{task.description:<9}"),
+            BarColumn(bar_width=14),
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
             console=console,
             auto_refresh=False,  # redrawn on every event: no thread to leak if the run dies
         )
@@ -170,13 +169,26 @@ class RunProgress:
 
     def _update_search(self, now: float) -> None:
         s = self.search
+        if "search" not in self._tasks:
+            self._finish_phases()
         task = self._task("search", s.total)
         best = "-" if s.best is None else f"{s.best:.4f}"
-        info = f"feasible {s.feasible} · screened out {s.screened} · failed {s.failed} · best {best} · ETA {format_eta(s.eta(now))}"
+        failed = f" · failed {s.failed}" if s.failed else ""
+        # fits an 80-column terminal: rich truncates the whole row to "…" when it does not
+        info = f"best {best} · feasible {s.feasible} · screened out {s.screened}{failed} · ETA {format_eta(s.eta(now))}"
         self._bar.update(task, completed=s.trained, info=info, refresh=True)
 
+    def _finish_phases(self, keep: str = "") -> None:
+        """Phases run one after another: when one starts, the earlier ones are done (their
+        callers report progress only every so often, never a last "n/n")."""
+        for name, task in self._tasks.items():
+            if name not in (keep, "search", "compress"):
+                total = self._bar.tasks[task].total
+                self._bar.update(task, completed=total)
+
     def _counted(self, label: str, i: int, n: int) -> None:
-        task = self._task(label[:12], n)
+        self._finish_phases(keep=label[:9])
+        task = self._task(label[:9], n)
         self._bar.update(task, completed=i, total=n, info=label, refresh=True)
 
     def _stage(self, name: str, index: int | None = None, total: int | None = None) -> None:
