@@ -41,6 +41,7 @@ __all__ = [
 BLOCK_TIMING = (50, 10, 0.3)
 MODEL_TIMING = (100, 10, 1.0)
 REPRESENTATIVE_SAMPLES = 8
+SAVE_EVERY = 16
 
 Progress = Callable[[int, int], None]
 
@@ -334,9 +335,16 @@ def host_table(
         cached = _load_cached(path, meta)
         entries = dict(cached.entries) if cached is not None else {}
         extra = dict(cached.meta.extra) if cached is not None else dict(meta.extra)
-        todo = [b for b in wanted if b not in entries]
-        if todo:
-            new, persistent = _profile(space, todo, runtime, dtype, threads, progress, timing)
+        todo = sorted((b for b in wanted if b not in entries), key=lambda b: b.key)
+        # Saved in chunks: an interrupted profile keeps what it measured.
+        for start in range(0, len(todo), SAVE_EVERY):
+            chunk = todo[start : start + SAVE_EVERY]
+
+            def chunk_progress(done: int, _total: int, start: int = start) -> None:
+                if progress is not None:
+                    progress(start + done, len(todo))
+
+            new, persistent = _profile(space, chunk, runtime, dtype, threads, chunk_progress, timing)
             entries.update(new)
             if persistent:
                 extra[PERSISTENT_KEY] = {
@@ -346,7 +354,7 @@ def host_table(
                 if OVERHEAD_KEY not in extra:
                     extra[OVERHEAD_KEY] = tflm_model_overhead_bytes()
             LatencyTable(replace(meta, extra=extra), entries).save(path)
-        elif progress is not None:
+        if not todo and progress is not None:
             progress(0, 0)
     extra = {**extra, "input_shape": list(task.input_shape), "num_classes": task.num_classes}
     return LatencyTable(replace(meta, extra=extra), entries)
