@@ -1,0 +1,1 @@
+"""Benchmarks with known answers that drive the real search engine (``nas benchmark ...``)."""

@@ -1,0 +1,457 @@
+"""``nas benchmark nb201``: the real search engine on NAS-Bench-201, where every answer is known.
+
+Each run drives the product's ``SearchLoop`` with an in-memory Optuna study, the real ``Screen``
+(priced by the device's latency table, or by a predictor fitted on K looked-up latencies) and an
+executor whose "training" looks up NAS-Bench-201's published test accuracy. The budget counts
+those look-ups, exactly as it counts trainings in a real run.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any, ClassVar
+
+import numpy as np
+
+from latency_models.predictor import LatencyPredictor
+from search_spaces import InputError, TaskShape
+from search_spaces.errors import check
+
+__all__ = [
+    "DATASETS",
+    "BenchmarkConfig",
+    "Nb201Data",
+    "LookupPredictor",
+    "load_data",
+    "run_benchmark",
+    "run_one",
+]
+
+DATASETS = {
+    "cifar10": ("CIFAR10TestAccuracy200Epochs", 10),
+    "cifar100": ("CIFAR100TestAccuracy200Epochs", 100),
+    "imagenet16": ("ImageNetTestAccuracy200Epochs", 120),
+}
+# The published NAS-Bench-201 macro skeleton: 16 channels, 5 cells per stage, 32x32 inputs.
+SPACE_OPTIONS = {"channels": 16, "cells_per_stage": 5}
+# With K latency samples: some are kept back to check the latency of the network to ship.
+VERIFY_FRACTION = 0.35
+MAX_VERIFY = 8
+
+
+@dataclass(frozen=True)
+class Nb201Data:
+    """All 15,625 cells: accuracy per dataset and latency (ms) per device, row-aligned."""
+
+    archs: tuple[str, ...]
+    accuracy: Mapping[str, np.ndarray]
+    devices: tuple[str, ...]
+    latency: np.ndarray  # (archs, devices)
+    index: Mapping[str, int] = field(default_factory=dict)
+
+    def device_latency(self, device: str) -> np.ndarray:
+        if device not in self.devices:
+            raise InputError(f"--device: unknown device {device!r}; valid devices: {sorted(self.devices)}.")
+        return self.latency[:, self.devices.index(device)]
+
+
+@cache
+def load_data() -> Nb201Data:
+    """The vendored NAS-Bench-201 tables (``nas/data/nb201``)."""
+    root = resources.files("nas") / "data" / "nb201"
+    with resources.as_file(root / "latency_ms_27dev.csv.gz") as p, gzip.open(p, "rt") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        devices = tuple(header[2:])
+        archs: list[str] = []
+        lat: list[list[float]] = []
+        for row in reader:
+            archs.append(row[1])
+            lat.append([float(v) for v in row[2:]])
+    with resources.as_file(root / "accuracy_200ep.csv.gz") as p, gzip.open(p, "rt") as f:
+        rows = list(csv.DictReader(f))
+    if [r["ArchitectureString"] for r in rows] != archs:
+        raise InputError("nas/data/nb201: accuracy and latency tables list different architectures.")
+    accuracy = {name: np.array([float(r[col]) for r in rows]) for name, (col, _) in DATASETS.items()}
+    return Nb201Data(tuple(archs), accuracy, devices, np.array(lat), {a: i for i, a in enumerate(archs)})
+
+
+def device_family(device: str) -> str:
+    """Settings of the same hardware (``titan_rtx_1`` / ``titan_rtx_32``) share a family."""
+    return re.sub(r"_(1|32|64|256)$", "", device)
+
+
+@dataclass(frozen=True)
+class LookupPredictor(LatencyPredictor):
+    """Latency by architecture string: a device's measured table, or predictions made once for
+    every architecture of a finite space."""
+
+    kind: ClassVar[str] = "lookup"
+    values: Mapping[str, float] = field(default_factory=dict)
+
+    def predict(self, archs: Sequence[Hashable]) -> np.ndarray:
+        try:
+            return np.array([self.values[str(a)] for a in archs], dtype=float)
+        except KeyError as e:
+            raise InputError(f"lookup predictor: no latency for arch {e.args[0]!r}.") from None
+
+    def _payload(self) -> dict[str, Any]:
+        return {"values": dict(self.values)}
+
+    @classmethod
+    def _from_payload(cls, doc: Mapping[str, Any], where: str) -> LookupPredictor:
+        values = doc.get("values")
+        if not isinstance(values, dict):
+            raise InputError(
+                f"{where}: values: expected an object of arch -> ms, got {type(values).__name__}."
+            )
+        return cls(
+            space=str(doc["space"]),
+            device=str(doc["device"]),
+            values={str(k): float(v) for k, v in values.items()},
+        )
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    dataset: str
+    device: str
+    max_latency_ms: float | None
+    budget: int = 100
+    seeds: int = 20
+    strategies: tuple[str, ...] = ("default",)
+    latency_samples: int | None = None
+    pareto: bool = False
+    first_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise InputError(
+                f"--dataset: unknown dataset {self.dataset!r}; valid datasets: {sorted(DATASETS)}."
+            )
+        if self.max_latency_ms is None and not self.pareto:
+            raise InputError("--max-latency-ms: expected a number > 0 (required unless --pareto), got none.")
+        if self.max_latency_ms is not None:
+            check(
+                math.isfinite(self.max_latency_ms) and self.max_latency_ms > 0,
+                "--max-latency-ms",
+                "a number > 0",
+                self.max_latency_ms,
+            )
+        check(self.budget >= 1, "--budget", "an int >= 1", self.budget)
+        check(self.seeds >= 1, "--seeds", "an int >= 1", self.seeds)
+        check(self.first_seed >= 0, "--first-seed", "an int >= 0", self.first_seed)
+        if self.latency_samples is not None:
+            check(self.latency_samples >= 3, "--latency-samples", "an int >= 3", self.latency_samples)
+        from nas.strategies import STRATEGIES
+
+        check(len(self.strategies) > 0, "--strategy", "at least one name", ",".join(self.strategies))
+        for s in self.strategies:
+            if s not in STRATEGIES:
+                raise InputError(
+                    f"--strategy: unknown strategy {s!r}; valid strategies: {sorted(STRATEGIES)}."
+                )
+
+
+# -- the engine's parts for this benchmark -------------------------------------------------------
+@cache
+def _space() -> Any:
+    from search_spaces import get_space
+
+    return get_space("nb201", SPACE_OPTIONS)
+
+
+@cache
+def _sizes(num_classes: int) -> dict[str, float]:
+    """Predicted exported size of every cell (the size model is part of the real screen)."""
+    from latency_models.size import SizeModel
+
+    space, task, model = _space(), TaskShape((32, 32, 3), num_classes), SizeModel()
+    return {a: float(model.predict(space.size_terms(space.parse(a), task))) for a in load_data().archs}
+
+
+def _make_screen(latency: LookupPredictor, num_classes: int, max_latency_ms: float | None) -> Any:
+    """The loop's ``Screen``, with sizes memoised per process (prices 15,625 cells per call)."""
+    from latency_models.size import SizeModel
+    from nas.config import Constraints
+    from nas.search import Screen
+    from nas.strategies._base import Prediction
+
+    sizes = _sizes(num_classes)
+
+    @dataclass(frozen=True)
+    class MemoScreen(Screen):
+        def __call__(self, archs: Sequence[Hashable]) -> list[Prediction]:
+            lat = self.latency.predict(list(archs))
+            out = []
+            for arch, ms in zip(archs, lat, strict=True):
+                size = sizes[str(arch)]
+                out.append(Prediction(float(ms), size, None, self._violations(float(ms), size, None)))
+            return out
+
+    return MemoScreen(
+        _space(),
+        TaskShape((32, 32, 3), num_classes),
+        latency,
+        SizeModel(),
+        Constraints(max_latency_ms=max_latency_ms),
+    )
+
+
+def _lookup_executor(accuracy: Callable[[str], float], queried: list[str]) -> Any:
+    from nas.executors import Executor, JobResult, TrainJob
+
+    class LookupExecutor(Executor):
+        """ "Trains" by looking up the published accuracy; every look-up is one training."""
+
+        def __init__(self) -> None:
+            self._done: list[JobResult] = []
+
+        def submit(self, job: TrainJob) -> None:
+            queried.append(job.arch)
+            self._done.append(
+                JobResult(job.trial_number, job.arch, True, accuracy=accuracy(job.arch), epochs=200)
+            )
+
+        def poll(self, timeout: float | None = None) -> list[JobResult]:
+            done, self._done = self._done, []
+            return done
+
+    return LookupExecutor()
+
+
+# -- few-shot latency ------------------------------------------------------------------------------
+@dataclass
+class _LatencyOracle:
+    """The device's true latencies, handed out at most ``limit`` times (each one a measurement)."""
+
+    truth: np.ndarray
+    limit: int
+    asked: list[int] = field(default_factory=list)
+
+    def measure(self, i: int) -> float:
+        if i not in self.asked:
+            if len(self.asked) >= self.limit:
+                raise RuntimeError("latency sample budget exhausted")  # pragma: no cover - guarded by callers
+            self.asked.append(i)
+        return float(self.truth[i])
+
+    @property
+    def left(self) -> int:
+        return self.limit - len(self.asked)
+
+
+def few_shot_latency(
+    data: Nb201Data, device: str, oracle: _LatencyOracle, n_fit: int, budget: float | None, seed: int
+) -> np.ndarray:
+    """Predict every cell's latency on ``device`` from ``n_fit`` measurements and the other
+    hardware families' tables: per reference device a line in log-log space, the three that
+    explain the measurements best (leave-one-out) averaged.
+
+    Half the measurements are spread over the whole predicted range, the rest near the budget,
+    where the ranking matters.
+    """
+    family = device_family(device)
+    refs = [j for j, d in enumerate(data.devices) if device_family(d) != family]
+    logref = np.log(np.maximum(data.latency[:, refs], 1e-6))
+    z = (logref - logref.mean(0)) / (logref.std(0) + 1e-12)
+    order = np.argsort(z.mean(1), kind="stable")
+    rng = np.random.default_rng(seed)
+    first = max(3, n_fit // 2)
+    picks = [
+        int(order[min(len(order) - 1, int((q + rng.uniform(-0.4, 0.4)) * len(order) / first))])
+        for q in np.arange(first) + 0.5
+    ]
+    for i in picks:
+        oracle.measure(i)
+    pred = _fit_log_lines(logref, oracle)
+    if budget is not None:
+        near = np.where((pred > 0.85 * budget) & (pred < 1.1 * budget))[0]
+        rest = n_fit - len(oracle.asked)
+        if rest > 0 and len(near):
+            near = near[np.argsort(pred[near])]
+            for i in near[np.linspace(0, len(near) - 1, rest).astype(int)]:
+                if oracle.left > 0 and len(oracle.asked) < n_fit:
+                    oracle.measure(int(i))
+            pred = _fit_log_lines(logref, oracle)
+    # Measured cells are known exactly.
+    for i in oracle.asked:
+        pred[i] = oracle.truth[i]
+    return pred
+
+
+def _fit_log_lines(logref: np.ndarray, oracle: _LatencyOracle) -> np.ndarray:
+    idx = np.array(oracle.asked)
+    y = np.log(np.maximum(oracle.truth[idx], 1e-6))
+    scored = []
+    for j in range(logref.shape[1]):
+        x = logref[idx, j]
+        errs = []
+        for k in range(len(idx)):
+            keep = np.arange(len(idx)) != k
+            a, b = _line(x[keep], y[keep])
+            errs.append((a * x[k] + b - y[k]) ** 2)
+        scored.append((float(np.mean(errs)), j))
+    scored.sort()
+    preds = []
+    for _, j in scored[:3]:
+        a, b = _line(logref[idx, j], y)
+        preds.append(a * logref[:, j] + b)
+    return np.exp(np.mean(preds, axis=0))
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    if len(x) < 2 or np.ptp(x) == 0:
+        return 1.0, float(np.mean(y - x)) if len(x) else 0.0
+    a, b = np.polyfit(x, y, 1)
+    return float(a), float(b)
+
+
+# -- one run -------------------------------------------------------------------------------------
+def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
+    """Non-dominated (accuracy up, latency down) archs, by latency."""
+    front, best = [], -math.inf
+    for arch, acc, _lat in sorted(points, key=lambda p: (p[2], -p[1])):
+        if acc > best:
+            front.append(arch)
+            best = acc
+    return front
+
+
+def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]:
+    """One search with ``strategy``: the record ``score_search.py`` checks."""
+    import optuna
+
+    from nas.search import SearchLoop
+    from nas.strategies import SearchContext, make_strategy
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = load_data()
+    acc = data.accuracy[config.dataset]
+    truth = data.device_latency(config.device)
+    num_classes = DATASETS[config.dataset][1]
+    started = time.perf_counter()
+
+    oracle: _LatencyOracle | None = None
+    if config.latency_samples is None:
+        latency_values = truth
+    else:
+        oracle = _LatencyOracle(truth, config.latency_samples)
+        n_verify = min(MAX_VERIFY, int(config.latency_samples * VERIFY_FRACTION))
+        latency_values = few_shot_latency(
+            data, config.device, oracle, config.latency_samples - n_verify, config.max_latency_ms, seed
+        )
+    predictor = LookupPredictor(
+        space="nb201",
+        device=config.device,
+        values=dict(zip(data.archs, latency_values.tolist(), strict=True)),
+    )
+    search_budget = None if config.pareto else config.max_latency_ms
+    screen = _make_screen(predictor, num_classes, search_budget)
+    context = SearchContext(
+        space=_space(),
+        seed=seed,
+        predict=screen,
+        max_latency_ms=search_budget,
+        n_trials=config.budget,
+        options={"pareto": config.pareto},
+    )
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_strategy(strategy, context))
+    queried: list[str] = []
+    executor = _lookup_executor(lambda a: float(acc[data.index[a]]), queried)
+    loop = SearchLoop(study, _space(), screen, executor, trainings=config.budget, seed=seed, epochs=200)
+    stats = loop.run()
+
+    best = _ship(config, queried, acc, latency_values, oracle, data)
+    record: dict[str, Any] = {
+        "strategy": strategy,
+        "seed": seed,
+        "best_arch": best,
+        "best_accuracy": float(acc[data.index[best]]) if best else None,
+        "queried": queried,
+        "asked": stats.asked,
+        "infeasible_proposals": stats.infeasible,
+        "duplicates": stats.duplicates,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if oracle is not None:
+        record["latency_queried"] = [data.archs[i] for i in oracle.asked]
+    if config.pareto:
+        record["front"] = pareto_front(
+            [(a, float(acc[data.index[a]]), float(latency_values[data.index[a]])) for a in queried]
+        )
+    return record
+
+
+def _ship(
+    config: BenchmarkConfig,
+    queried: list[str],
+    acc: np.ndarray,
+    latency: np.ndarray,
+    oracle: _LatencyOracle | None,
+    data: Nb201Data,
+) -> str | None:
+    """The most accurate queried network that meets the budget. With predicted latencies the
+    leading candidates are measured (kept-back samples) before one is shipped."""
+    if not queried:
+        return None
+    ranked = sorted(dict.fromkeys(queried), key=lambda a: -acc[data.index[a]])
+    if config.max_latency_ms is None:
+        return ranked[0]
+    budget = config.max_latency_ms
+    if oracle is None:
+        meets = [a for a in ranked if latency[data.index[a]] <= budget]
+        return meets[0] if meets else min(queried, key=lambda a: latency[data.index[a]])
+    for a in ranked:
+        i = data.index[a]
+        if latency[i] > budget:
+            continue  # predicted over budget
+        if i in oracle.asked or oracle.left > 0:
+            if oracle.measure(i) <= budget:
+                return a
+            continue
+        # No measurement left: ship the most accurate one predicted to fit with a margin.
+        if latency[i] <= 0.95 * budget:
+            return a
+    return min(queried, key=lambda a: latency[data.index[a]])
+
+
+def run_benchmark(
+    config: BenchmarkConfig, on_record: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Every strategy on every seed, in the same run (same budgets, same data)."""
+    records = []
+    for strategy in config.strategies:
+        for seed in range(config.first_seed, config.first_seed + config.seeds):
+            record = run_one(config, strategy, seed)
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
+    return records
+
+
+def to_json(config: BenchmarkConfig, records: list[dict[str, Any]]) -> str:
+    doc = {
+        "benchmark": "nb201",
+        "config": {
+            "dataset": config.dataset,
+            "device": config.device,
+            "max_latency_ms": config.max_latency_ms,
+            "budget": config.budget,
+            "seeds": config.seeds,
+            "strategies": list(config.strategies),
+            "latency_samples": config.latency_samples,
+            "pareto": config.pareto,
+        },
+        "runs": records,
+    }
+    return json.dumps(doc, indent=1) + "\n"

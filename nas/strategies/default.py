@@ -1,0 +1,343 @@
+"""``default``: our strategy. It screens candidates before training, never proposes a network
+already in the study, and ranks what is left by what is known before training, then by a
+Gaussian-process accuracy model fitted on the trials so far (expected improvement).
+
+The sampler proposes the whole architecture at once (``sample_relative``). Its only state is the
+study, so a resumed study resumes it. With no latency budget (Pareto search) every proposal
+targets a different latency level, so the trained set spreads along the accuracy/latency front.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+
+from ._base import Prediction, SearchContext
+
+__all__ = ["DefaultSampler", "default_sampler", "arch_features"]
+
+# Spaces up to this many parameter settings are enumerated; larger ones are sampled.
+ENUMERATE_LIMIT = 20_000
+POOL_RANDOM = 3000
+POOL_MUTATIONS = 1500
+# Trainings chosen from the prior alone (no accuracy model yet).
+N_PRIOR = 10
+# The prior picks at random among this top fraction of the ranked candidates (diversity).
+PRIOR_TOP_FRACTION = 0.05
+LENGTH_SCALES = (1.0, 2.0, 4.0)
+GP_NOISE = 1e-2
+# Pareto mode: proposals cycle through these quantiles of the candidates' predicted latency.
+PARETO_QUANTILES = (0.02, 0.65)
+GOLDEN = 0.6180339887498949
+# Feature weights in the GP's kernel (one-hot decisions weigh 1 each).
+EXTRA_WEIGHT = 1.5
+COST_WEIGHT = 2.0
+
+
+def default_sampler(context: SearchContext) -> DefaultSampler:
+    return DefaultSampler(context)
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """Candidate networks (one per canonical form) as arrays, row-aligned."""
+
+    archs: list[Hashable]
+    canonical: list[str]
+    feasible: np.ndarray
+    latency: np.ndarray | None
+    size: np.ndarray | None  # log bytes
+    static: np.ndarray  # one-hot decisions + zero-cost structure features
+
+
+class DefaultSampler(optuna.samplers.BaseSampler):
+    """Screen, de-duplicate, rank by the prior, then by expected improvement of a GP."""
+
+    def __init__(self, context: SearchContext) -> None:
+        self.context = context
+        self.space = context.space
+        self._choices = context.space.choices()
+        self._rng = np.random.default_rng(context.seed)
+        self._pred_cache: dict[str, Prediction | None] = {}
+        self._canon_cache: dict[str, str] = {}
+        self._feat_cache: dict[str, np.ndarray] = {}
+        self._static: _Pool | None = None
+        self._size_range: tuple[float, float] | None = None
+        self.pareto = bool(context.options.get("pareto")) or context.max_latency_ms is None
+
+    # -- optuna's sampler interface -------------------------------------------------------------
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+    ) -> dict[str, Any]:
+        return {c.name: optuna.distributions.CategoricalDistribution(list(c.values)) for c in self._choices}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict[str, Any]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        arch = self.propose(study.get_trials(deepcopy=False), trial.number)
+        if arch is None:
+            return {}
+        return dict(self.space.to_params(arch))
+
+    def sample_independent(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
+        # Reached only for parameters outside ``choices()`` or when nothing is left to propose.
+        choices = getattr(param_distribution, "choices", None)
+        if choices:
+            return choices[int(self._rng.integers(len(choices)))]
+        return param_distribution.to_external_repr(param_distribution.low)
+
+    # -- proposal -------------------------------------------------------------------------------
+    def propose(self, trials: Sequence[optuna.trial.FrozenTrial], number: int) -> Hashable | None:
+        """The next architecture to train, or None when every candidate is taken or infeasible."""
+        seen, observed = self._history(trials)
+        pool = self._pool(observed, number)
+        free = pool.feasible & np.array([c not in seen for c in pool.canonical], dtype=bool)
+        if not free.any():
+            return None
+        rng = np.random.default_rng([self.context.seed, number])
+        level = self.context.max_latency_ms
+        if self.pareto and pool.latency is not None:
+            level = self._level(pool.latency[free], number)
+            below = free & (pool.latency <= level)
+            free = below if below.any() else free
+        idx = np.flatnonzero(free)
+        prior = self._prior(pool, idx, level)
+        if len(observed) < N_PRIOR:
+            k = max(1, int(math.ceil(len(idx) * PRIOR_TOP_FRACTION)))
+            top = np.argsort(-prior, kind="stable")[:k]
+            return pool.archs[int(idx[int(rng.choice(top))])]
+        x_obs = np.stack([self._features_of(a, pool, level) for a, _ in observed])
+        y_obs = np.array([y for _, y in observed], dtype=float)
+        mu, sd = _gp_posterior(x_obs, y_obs, self._features(pool, idx, level))
+        # The incumbent is the best trained network that meets the (target) latency.
+        meets = [y for a, y in observed if level is None or self._latency(a) <= level]
+        best = float(max(meets)) if meets else float(y_obs.min())
+        ei = _expected_improvement(mu, sd, best)
+        # Ties (e.g. EI underflow far from the data) go to the prior's favourite.
+        return pool.archs[int(idx[int(np.argmax(ei + 1e-9 * prior))])]
+
+    def _history(
+        self, trials: Sequence[optuna.trial.FrozenTrial]
+    ) -> tuple[set[str], list[tuple[Hashable, float]]]:
+        """Canonical forms of every trial (any state, running ones too) and (arch, accuracy) of
+        the trained ones."""
+        seen: set[str] = set()
+        observed: list[tuple[Hashable, float]] = []
+        for t in trials:
+            canonical = t.user_attrs.get("canonical")
+            arch = None
+            if len(t.params) == len(self._choices):
+                try:
+                    arch = self.space.from_params(t.params)
+                except (ValueError, TypeError, KeyError):
+                    arch = None
+            if canonical is None and arch is not None:
+                canonical = self._canonical(arch)
+            if canonical is not None:
+                seen.add(str(canonical))
+            if (
+                arch is not None
+                and t.state == optuna.trial.TrialState.COMPLETE
+                and t.user_attrs.get("state", "complete") == "complete"
+                and t.values
+                and math.isfinite(t.values[0])
+            ):
+                observed.append((arch, float(t.values[0])))
+        return seen, observed
+
+    def _pool(self, observed: list[tuple[Hashable, float]], number: int) -> _Pool:
+        """Candidates, one per canonical network, with their screen results. A finite space is
+        enumerated (and screened) once; a large one is sampled anew around the best trials."""
+        if self.space.size() <= ENUMERATE_LIMIT:
+            if self._static is None:
+                names = [c.name for c in self._choices]
+                archs = []
+                for combo in itertools.product(*(c.values for c in self._choices)):
+                    try:
+                        archs.append(self.space.from_params(dict(zip(names, combo, strict=True))))
+                    except ValueError:
+                        continue
+                self._static = self._make_pool(archs)
+            return self._static
+        return self._make_pool(self._sampled_pool(observed, number))
+
+    def _make_pool(self, archs: Sequence[Hashable]) -> _Pool:
+        unique: dict[str, Hashable] = {}
+        for a in archs:
+            unique.setdefault(self._canonical(a), a)
+        kept = list(unique.values())
+        self._screen(kept)
+        preds = [self._pred_cache[str(a)] for a in kept]
+        onehot = np.stack([self._static_features(a) for a in kept])
+        if self.context.predict is None:
+            return _Pool(kept, list(unique), np.ones(len(kept), dtype=bool), None, None, onehot)
+        assert all(p is not None for p in preds)
+        lat = np.array([p.latency_ms for p in preds if p is not None])
+        size = np.log(np.maximum([p.size_bytes for p in preds if p is not None], 1.0))
+        if self._size_range is None:
+            self._size_range = (float(size.min()), float(np.ptp(size)) or 1.0)
+        feasible = np.array([p.feasible for p in preds if p is not None], dtype=bool)
+        return _Pool(kept, list(unique), feasible, lat, size, onehot)
+
+    def _sampled_pool(self, observed: list[tuple[Hashable, float]], number: int) -> list[Hashable]:
+        import random
+
+        rng = random.Random(f"{self.context.seed}-{number}")
+        archs = [self.space.random(rng) for _ in range(POOL_RANDOM)]
+        # Local moves around the best trained networks: one or two decisions changed.
+        parents = [a for a, _ in sorted(observed, key=lambda o: -o[1])[:10]]
+        for i in range(POOL_MUTATIONS if parents else 0):
+            params = dict(self.space.to_params(parents[i % len(parents)]))
+            for _ in range(rng.choice((1, 2))):
+                c = self._choices[rng.randrange(len(self._choices))]
+                params[c.name] = rng.choice(c.values)
+            try:
+                archs.append(self.space.from_params(params))
+            except ValueError:
+                continue
+        return archs
+
+    def _screen(self, archs: Sequence[Hashable]) -> None:
+        todo = [a for a in archs if str(a) not in self._pred_cache]
+        if not todo:
+            return
+        if self.context.predict is None:
+            for a in todo:
+                self._pred_cache[str(a)] = None
+            return
+        for start in range(0, len(todo), 4096):
+            chunk = todo[start : start + 4096]
+            for a, p in zip(chunk, self.context.predict(chunk), strict=True):
+                self._pred_cache[str(a)] = p
+
+    def _canonical(self, arch: Hashable) -> str:
+        key = str(arch)
+        if key not in self._canon_cache:
+            self._canon_cache[key] = str(self.space.canonical(arch))
+        return self._canon_cache[key]
+
+    def _latency(self, arch: Hashable) -> float:
+        self._screen([arch])
+        pred = self._pred_cache[str(arch)]
+        return pred.latency_ms if pred is not None else 0.0
+
+    def _level(self, latency: np.ndarray, number: int) -> float:
+        lo, hi = PARETO_QUANTILES
+        q = lo + (hi - lo) * ((number * GOLDEN) % 1.0)
+        return float(np.quantile(latency, q))
+
+    # -- what is known before training -----------------------------------------------------------
+    def _prior(self, pool: _Pool, idx: np.ndarray, level: float | None) -> np.ndarray:
+        """Bigger networks (more weights) and latency close to the budget: in edge spaces the most
+        accurate feasible networks use most of the budget."""
+        if pool.size is None or pool.latency is None:
+            return np.zeros(len(idx))
+        score = self._size_norm(pool.size[idx])
+        if level:
+            score = score + 0.5 * pool.latency[idx] / level
+        return score
+
+    def _size_norm(self, log_size: np.ndarray) -> np.ndarray:
+        lo, span = self._size_range or (0.0, 1.0)
+        return (log_size - lo) / span
+
+    def _static_features(self, arch: Hashable) -> np.ndarray:
+        key = str(arch)
+        if key not in self._feat_cache:
+            params = self.space.to_params(arch)
+            onehot = [float(params[c.name] == v) for c in self._choices for v in c.values]
+            extra = [EXTRA_WEIGHT * v for v in arch_features(self.space, arch)]
+            self._feat_cache[key] = np.array(onehot + extra, dtype=float)
+        return self._feat_cache[key]
+
+    def _features(self, pool: _Pool, idx: np.ndarray, level: float | None) -> np.ndarray:
+        cols = [pool.static[idx]]
+        if pool.size is not None and pool.latency is not None:
+            cols.append(COST_WEIGHT * self._size_norm(pool.size[idx])[:, None])
+            ratio = pool.latency[idx] / level if level else np.zeros(len(idx))
+            cols.append(COST_WEIGHT * ratio[:, None])
+        return np.hstack(cols)
+
+    def _features_of(self, arch: Hashable, pool: _Pool, level: float | None) -> np.ndarray:
+        static = self._static_features(arch)
+        if pool.size is None:
+            return static
+        self._screen([arch])
+        pred = self._pred_cache[str(arch)]
+        assert pred is not None
+        size = self._size_norm(np.array([math.log(max(pred.size_bytes, 1.0))]))[0]
+        ratio = pred.latency_ms / level if level else 0.0
+        return np.concatenate([static, [COST_WEIGHT * size, COST_WEIGHT * ratio]])
+
+
+def arch_features(space: Any, arch: Hashable) -> list[float]:
+    """Zero-cost structure signals a space can give (in [0, 1]); none for spaces without any.
+
+    For NAS-Bench-201 cells: convolutions on the longest input-output path, input-output paths,
+    and live convolutions/pools/skips (dead edges compute nothing).
+    """
+    if getattr(space, "name", "") != "nb201":
+        return []
+    from search_spaces.nb201 import EDGES, _live
+
+    live = _live(arch)
+    depth = [0, -1, -1, -1]
+    paths = [1, 0, 0, 0]
+    for e, (dst, src) in enumerate(EDGES):
+        if live[e]:
+            depth[dst] = max(depth[dst], depth[src] + int("conv" in arch.ops[e]))
+            paths[dst] += paths[src]
+    counts = [
+        sum(1 for on, op in zip(live, arch.ops, strict=True) if on and op == name) / 6
+        for name in ("nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3", "skip_connect")
+    ]
+    return [max(depth[3], 0) / 3, paths[3] / 6, *counts]
+
+
+def _gp_posterior(x_obs: np.ndarray, y_obs: np.ndarray, x_cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact GP with an RBF kernel; the length scale is the grid value of highest marginal likelihood."""
+    mean, scale = float(y_obs.mean()), float(y_obs.std()) or 1.0
+    y = (y_obs - mean) / scale
+    sq_obs = _sqdist(x_obs, x_obs)
+    best: tuple[float, float, np.ndarray, np.ndarray] | None = None
+    for ell in LENGTH_SCALES:
+        k = np.exp(-0.5 * sq_obs / ell**2) + GP_NOISE * np.eye(len(y))
+        try:
+            chol = np.linalg.cholesky(k)
+        except np.linalg.LinAlgError:
+            continue
+        alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y))
+        nll = 0.5 * float(y @ alpha) + float(np.log(np.diag(chol)).sum())
+        if best is None or nll < best[0]:
+            best = (nll, ell, chol, alpha)
+    if best is None:  # pragma: no cover - GP_NOISE keeps the matrix positive definite
+        return np.full(len(x_cand), mean), np.full(len(x_cand), scale)
+    _, ell, chol, alpha = best
+    k_cand = np.exp(-0.5 * _sqdist(x_cand, x_obs) / ell**2)
+    mu = k_cand @ alpha
+    v = np.linalg.solve(chol, k_cand.T)
+    var = np.maximum(1.0 - (v**2).sum(axis=0), 1e-12)
+    return mu * scale + mean, np.sqrt(var) * scale
+
+
+def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.maximum(d, 0.0)
+
+
+def _expected_improvement(mu: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
+    from scipy.stats import norm
+
+    sd = np.maximum(sd, 1e-9)
+    z = (mu - best) / sd
+    return (mu - best) * norm.cdf(z) + sd * norm.pdf(z)
