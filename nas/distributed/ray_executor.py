@@ -58,10 +58,28 @@ def _reachable(host: str, port: int, timeout: float = 5.0) -> str | None:
 def quiet_ray(verbose: bool) -> None:
     """Keep Ray's usage-stats notice, token warnings and worker logs out of the terminal."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not verbose:
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
-        for name in ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    if verbose:
+        return
+    for name in ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import ray._private.worker as ray_worker
+
+    # The driver prints the cluster's error notices (e.g. "(raylet) A worker died ...") to stdout
+    # even with log_to_driver=False; the executor reports those events itself, in one line.
+    # Ray's private hook, so only if it is there: route those notices to the debug log instead.
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_nas_quiet", False):
+        return
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            for line in data.get("lines", []):
+                logging.getLogger("nas.ray").debug("%s", line)
+            return
+        original(data, ignore_prefix)
+
+    to_log._nas_quiet = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_log
 
 
 def connect_ray(address: str, verbose: bool = False) -> None:
