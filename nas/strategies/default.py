@@ -160,34 +160,32 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         enumerated (and screened) once; a large one is sampled anew around the best trials."""
         if self.space.size() <= ENUMERATE_LIMIT:
             if self._static is None:
-                names = [c.name for c in self._choices]
-                archs = []
-                for combo in itertools.product(*(c.values for c in self._choices)):
-                    try:
-                        archs.append(self.space.from_params(dict(zip(names, combo, strict=True))))
-                    except ValueError:
-                        continue
-                self._static = self._make_pool(archs)
+                self._static = self._screened_pool(*_enumerated(self.space))
             return self._static
         return self._make_pool(self._sampled_pool(observed, number))
 
     def _make_pool(self, archs: Sequence[Hashable]) -> _Pool:
+        kept, canonical, static = self._dedupe(archs)
+        return self._screened_pool(kept, canonical, static)
+
+    def _dedupe(self, archs: Sequence[Hashable]) -> tuple[list[Hashable], list[str], np.ndarray]:
         unique: dict[str, Hashable] = {}
         for a in archs:
             unique.setdefault(self._canonical(a), a)
         kept = list(unique.values())
+        return kept, list(unique), np.stack([self._static_features(a) for a in kept])
+
+    def _screened_pool(self, kept: list[Hashable], canonical: list[str], static: np.ndarray) -> _Pool:
         self._screen(kept)
         preds = [self._pred_cache[str(a)] for a in kept]
-        onehot = np.stack([self._static_features(a) for a in kept])
         if self.context.predict is None:
-            return _Pool(kept, list(unique), np.ones(len(kept), dtype=bool), None, None, onehot)
-        assert all(p is not None for p in preds)
+            return _Pool(kept, canonical, np.ones(len(kept), dtype=bool), None, None, static)
         lat = np.array([p.latency_ms for p in preds if p is not None])
         size = np.log(np.maximum([p.size_bytes for p in preds if p is not None], 1.0))
         if self._size_range is None:
             self._size_range = (float(size.min()), float(np.ptp(size)) or 1.0)
         feasible = np.array([p.feasible for p in preds if p is not None], dtype=bool)
-        return _Pool(kept, list(unique), feasible, lat, size, onehot)
+        return _Pool(kept, canonical, feasible, lat, size, static)
 
     def _sampled_pool(self, observed: list[tuple[Hashable, float]], number: int) -> list[Hashable]:
         import random
@@ -278,6 +276,28 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         size = self._size_norm(np.array([math.log(max(pred.size_bytes, 1.0))]))[0]
         ratio = pred.latency_ms / level if level else 0.0
         return np.concatenate([static, [COST_WEIGHT * size, COST_WEIGHT * ratio]])
+
+
+_ENUMERATED: dict[Any, tuple[list[Hashable], list[str], np.ndarray]] = {}
+
+
+def _enumerated(space: Any) -> tuple[list[Hashable], list[str], np.ndarray]:
+    """Every network of a small space, one per canonical form, with its static features. Kept
+    per process: a benchmark runs many searches of the same space."""
+    if space not in _ENUMERATED:
+        helper = DefaultSampler.__new__(DefaultSampler)
+        helper.space, helper._choices = space, space.choices()
+        helper._canon_cache, helper._feat_cache = {}, {}
+        names = [c.name for c in helper._choices]
+        archs = []
+        for combo in itertools.product(*(c.values for c in helper._choices)):
+            try:
+                archs.append(space.from_params(dict(zip(names, combo, strict=True))))
+            except ValueError:
+                continue
+        _ENUMERATED.clear()  # one space at a time is enough; bounds the memory
+        _ENUMERATED[space] = helper._dedupe(archs)
+    return _ENUMERATED[space]
 
 
 def arch_features(space: Any, arch: Hashable) -> list[float]:
