@@ -73,7 +73,12 @@ def _check_storage(url: str) -> None:
         optuna.study.get_all_study_names(url)
     except Exception as e:  # noqa: BLE001 - any failure to open it is the user's URL
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise InputError(f"--storage: cannot open {url!r} ({e.__class__.__name__}: {first}).") from None
+        hint = (
+            "; install the database's driver, e.g. pip install psycopg2-binary"
+            if isinstance(e, ImportError)
+            else ""
+        )
+        raise InputError(f"--storage: cannot open {url!r} ({e.__class__.__name__}: {first}){hint}.") from None
 
 
 def _run(args: argparse.Namespace) -> int:
