@@ -116,7 +116,7 @@ def _summary(report: Mapping[str, Any], best: Mapping[str, Any], budgets: Mappin
             task.get("name", "?"),
             f"input {task.get('input_shape')} · {task.get('num_classes')} classes",
         ),
-        ("device", report.get("device", "?"), "latency budget is checked on this device's model"),
+        ("device", report.get("device", "?"), "the latency model prices candidates for this device"),
     ]
     names = {
         "max_latency_ms": ("latency budget", "ms"),
