@@ -235,6 +235,43 @@ class OfaMbv3Space(SearchSpace):
         out.append(Block("dense", 1, 1, w[8], task.num_classes))
         return out
 
+    def all_blocks(self, task: TaskShape) -> list[Block]:
+        """Every block of the space: a stage's first layer and its later layers, for each kernel
+        and expansion (96 with the full space, the same 96 keys as an OFA Note10 table)."""
+        first = self.blocks(
+            OfaMbv3Arch(tuple((OfaLayer(3, 3),) * 2 for _ in range(5))),
+            TaskShape(task.input_shape, task.num_classes),
+        )
+        out = first[:2]
+        size, in_c, w = first[1].in_h, first[1].out_c, self.widths
+        for i in range(5):
+            for j in (0, 1):
+                stride = STRIDES[i] if j == 0 else 1
+                c = in_c if j == 0 else w[2 + i]
+                for k in self.kernels:
+                    for e in self.expands:
+                        mid = make_divisible(round(c * e))
+                        skip = int(stride == 1 and c == w[2 + i])
+                        out.append(
+                            Block(
+                                "mbconv",
+                                size,
+                                size,
+                                c,
+                                w[2 + i],
+                                k,
+                                stride,
+                                mid / c,
+                                SE[i],
+                                ACTS[i],
+                                f"idskip:{skip}",
+                            )
+                        )
+                size = (size - 1) // stride + 1
+            in_c = w[2 + i]
+        out += first[-4:]
+        return list(dict.fromkeys(out))
+
     def block_model(self, block: Block) -> Any:
         from .backend import keras
 

@@ -80,6 +80,7 @@ def test_note10_tables_price_every_ofa_arch(resolution):
         and table.meta.extra["space"] == "ofa-mbv3"
     )
     space, task = get_space("ofa-mbv3"), TaskShape((resolution, resolution, 3), 1000)
+    assert set(space.all_blocks(task)) == set(table.entries)
     rng = random.Random(resolution)
     for _ in range(50):
         arch = space.random(rng)
