@@ -214,7 +214,12 @@ def _chart(
         if r.get("state") == "complete" and r.get("accuracy") is not None and x_of(r) is not None
     ]
     screened = [r for r in rows if r.get("state") == "infeasible" and x_of(r) is not None]
-    xs = [x_of(r) for r in done + screened] + ([budget] if budget else [])
+    xs = [x_of(r) for r in done + screened]
+    # a budget far beyond every point would squeeze them all into the left edge: it is then
+    # drawn as an arrow at the right edge instead of stretching the axis
+    budget_off = bool(budget and xs and budget > 2.5 * max(xs))
+    if budget and not budget_off:
+        xs.append(budget)
     ys = [100 * float(r["accuracy"]) for r in done]
     if not xs:
         return f"<p>No priced trials to plot for {_e(title)}.</p>"
@@ -252,7 +257,12 @@ def _chart(
         f'<text x="14" y="{(top + h - bottom) / 2}" text-anchor="middle" '
         f'transform="rotate(-90 14 {(top + h - bottom) / 2})">validation accuracy (%)</text>'
     )
-    if budget:
+    if budget and budget_off:
+        out.append(
+            f'<text x="{w - right - 4}" y="{top + 12}" text-anchor="end" fill="{_COLORS["budget"]}">'
+            f"{_e(budget_label)} →<title>beyond the axis: every point is under it</title></text>"
+        )
+    elif budget:
         x = ax(budget)
         out.append(
             f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{h - bottom}" stroke="{_COLORS["budget"]}" '

@@ -172,6 +172,13 @@ class _Trial:
 
 def _trained_trials(study: Study) -> list[_Trial]:
     """Complete (trained, feasible at search time) trials, one per distinct architecture."""
+    try:
+        return _read_trials(study)
+    except sqlite3.Error as e:  # e.g. locked for longer than the timeout by a running search
+        raise InputError(f"{study.path}: cannot read the trials of study {study.name!r} ({e}).") from None
+
+
+def _read_trials(study: Study) -> list[_Trial]:
     with closing(_connect(study.path)) as con:
         rows = con.execute(
             "SELECT t.trial_id, t.number, a.key, a.value_json FROM trials t "
