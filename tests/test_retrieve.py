@@ -257,6 +257,21 @@ def test_python_api_matches_the_cli(run_nas, table_runs: Path) -> None:
         nas.best(runs=table_runs, max_latency_ms=-1.0)
 
 
+def test_python_run_validates_overrides_before_any_work(tmp_path: Path) -> None:
+    import nas
+    from search_spaces import InputError
+
+    quickstart = Path(__file__).resolve().parent.parent / "examples" / "quickstart.yaml"
+    out = tmp_path / "never"
+    with pytest.raises(InputError, match="constraints.max_latency_ms"):
+        nas.run(quickstart, out=out, constraints={"max_latency_ms": -1})
+    with pytest.raises(InputError, match="unknown key 'searh'"):
+        nas.run(quickstart, out=out, searh={"trainings": 2})
+    with pytest.raises(InputError, match="search: expected a mapping"):
+        nas.run(quickstart, out=out, search=4)
+    assert not out.exists()
+
+
 @pytest.mark.slow  # a real retrain, int8 export and re-measure
 def test_export_retrains_and_exports_the_winner(run_nas, table_runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "exported"
