@@ -80,7 +80,10 @@ class KerasTunerSampler(optuna.samplers.BaseSampler):
             kwargs["max_epochs"] = int(self.context.options.get("max_epochs", 27))
             kwargs["factor"] = int(self.context.options.get("factor", 3))
             kwargs["hyperband_iterations"] = 10**6
-        elif self.kind == "bayesian":
+        else:
+            # keras-tuner's default (10) would stop the oracle; the loop counts the trainings.
+            kwargs["max_trials"] = 10**9
+        if self.kind == "bayesian":
             kwargs["num_initial_points"] = int(self.context.options.get("num_initial_points", 10))
         oracle = quiet(**kwargs)
         oracle.verbose = 0
@@ -144,8 +147,13 @@ class KerasTunerSampler(optuna.samplers.BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
+        import warnings
+
         self._sync(study)
-        kt_trial = self._oracle.create_trial(f"optuna-{trial.number}")
+        with warnings.catch_warnings():
+            # sklearn's GP (Bayesian oracle) warns on every fit of a flat one-hot space.
+            warnings.simplefilter("ignore")
+            kt_trial = self._oracle.create_trial(f"optuna-{trial.number}")
         if kt_trial.status != "RUNNING":
             # The oracle is exhausted or waiting: this trial falls back to random choices.
             return {}
