@@ -172,6 +172,6 @@ def test_distillation_trains_toward_the_teacher(tiny, cdata) -> None:
     )
     teacher_pred = np.argmax(tiny.predict(cdata.x_test, verbose=0), 1)
     before = float(np.mean(np.argmax(student.predict(cdata.x_test, verbose=0), 1) == teacher_pred))
-    out = parse_stage("distill:2:alpha=0.0", Trainer(teacher=tiny, learning_rate=3e-3)).apply(student, cdata)
+    out = parse_stage("distill:4:alpha=0.0:learning_rate=0.01", Trainer(teacher=tiny, batch_size=32)).apply(student, cdata)
     after = float(np.mean(np.argmax(out.predict(cdata.x_test, verbose=0), 1) == teacher_pred))
-    assert after > before + 0.2, (before, after)
+    assert after > max(0.5, before + 0.3), (before, after)
