@@ -21,6 +21,7 @@ LAYER_SCHEDULE = ((16, 1, 1), (24, 4, 2), (32, 4, 2), (64, 4, 2), (112, 4, 1), (
 STEM_CHANNELS = 16
 HEAD_CHANNELS = 1984
 NUM_LAYERS = sum(n for _, n, _ in LAYER_SCHEDULE)
+_LAYER_NAMES = tuple(f"layer_{i}" for i in range(NUM_LAYERS))
 
 
 def op_spec(op: str) -> tuple[int, int, int]:
@@ -90,7 +91,7 @@ class FbnetSpace(SearchSpace):
 
     # -- decisions -----------------------------------------------------------------------------
     def choices(self) -> tuple[Choice, ...]:
-        return tuple(Choice(f"layer_{i}", self.ops) for i in range(NUM_LAYERS))
+        return tuple(Choice(name, self.ops) for name in _LAYER_NAMES)
 
     def from_params(self, params: Mapping[str, Any]) -> FbnetArch:
         ops = []
@@ -103,7 +104,7 @@ class FbnetSpace(SearchSpace):
         return arch
 
     def to_params(self, arch: Any) -> dict[str, Any]:
-        return {f"layer_{i}": op for i, op in enumerate(arch.ops)}
+        return dict(zip(_LAYER_NAMES, arch.ops, strict=True))
 
     def validate(self, arch: FbnetArch) -> None:
         if len(arch.ops) != NUM_LAYERS:

@@ -7,6 +7,7 @@ maps isomorphic cells to one representative exactly as NAS-Bench-201's ``UniqueS
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -21,6 +22,9 @@ OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # (to_node, from_node) in the order the arch string lists them.
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
 _NODE_EDGES = ((0,), (1, 2), (3, 4, 5))  # edge indices feeding node 1, 2, 3
+_EDGE_NAMES = tuple(f"edge_{dst}_{src}" for dst, src in EDGES)
+# The standard string, matched in one go; anything else goes through the parser that names the fault.
+_FAST = re.compile(r"\|(\w+)~0\|\+\|(\w+)~0\|(\w+)~1\|\+\|(\w+)~0\|(\w+)~1\|(\w+)~2\|")
 
 
 @dataclass(frozen=True)
@@ -129,12 +133,11 @@ class Nb201Space(SearchSpace):
 
     # -- decisions -----------------------------------------------------------------------------
     def choices(self) -> tuple[Choice, ...]:
-        return tuple(Choice(f"edge_{dst}_{src}", self.ops) for dst, src in EDGES)
+        return tuple(Choice(name, self.ops) for name in _EDGE_NAMES)
 
     def from_params(self, params: Mapping[str, Any]) -> Nb201Arch:
         ops = []
-        for dst, src in EDGES:
-            key = f"edge_{dst}_{src}"
+        for key in _EDGE_NAMES:
             if key not in params:
                 raise InputError(f"space nb201: missing parameter {key!r}.")
             ops.append(str(params[key]))
@@ -143,7 +146,7 @@ class Nb201Space(SearchSpace):
         return arch
 
     def to_params(self, arch: Any) -> dict[str, Any]:
-        return {f"edge_{dst}_{src}": op for (dst, src), op in zip(EDGES, arch.ops, strict=True)}
+        return dict(zip(_EDGE_NAMES, arch.ops, strict=True))
 
     def validate(self, arch: Nb201Arch) -> None:
         for (dst, src), op in zip(EDGES, arch.ops, strict=True):
@@ -154,6 +157,9 @@ class Nb201Space(SearchSpace):
 
     def parse(self, text: str) -> Nb201Arch:
         s = str(text).strip()
+        fast = _FAST.fullmatch(s)
+        if fast is not None and all(op in self.ops for op in fast.groups()):
+            return Nb201Arch(fast.groups())
         example = "'|op~0|+|op~0|op~1|+|op~0|op~1|op~2|'"
         nodes = s.split("+")
         if len(nodes) != 3:

@@ -1,0 +1,599 @@
+"""Learned and few-shot latency predictors: a linear model on one-hot architecture features, fitted
+from a handful of end-to-end measurements, optionally transferred from reference devices (HELP's
+idea: a device is known by its latencies on reference architectures).
+
+Both kinds save as plain JSON (coefficients as lists) and price any architecture of the space,
+measured or not, with one gather-and-sum per feature block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from search_spaces import InputError, SearchSpace, get_space
+
+from .measurements import Measurements, Reference
+from .predictor import PREDICTORS, LatencyPredictor
+
+__all__ = [
+    "ArchEncoder",
+    "FewShotPredictor",
+    "FitReport",
+    "LearnedPredictor",
+    "LinearArchModel",
+    "fit_learned",
+    "fit_transfer",
+    "one_blas_thread",
+]
+
+TARGETS = ("log", "linear")
+# Ridge penalties tried by leave-one-out (features are 0/1, the target log-ms or relative ms).
+_LAMBDAS = tuple(10.0**e for e in np.arange(-3.0, 4.01, 0.5))
+# Weight of the per-feature correction next to the reference devices (0 = references only).
+_ALPHAS = (0.0, 0.1, 0.3, 1.0, 3.0)
+_SMOOTH_LAMBDA = 1.0
+# At most this many positions get all pairwise interaction features (nb201: 6 edges).
+_MAX_PAIR_POSITIONS = 8
+
+
+# -- features -----------------------------------------------------------------------------------
+def _nb201_live(codes: np.ndarray, values: Sequence[Sequence[Any]]) -> np.ndarray:
+    """Edges that compute (input not constant zero, output reaches the cell output), vectorised.
+
+    Mirrors ``search_spaces.nb201._live``: some runtimes (TFLite) fold away dead branches.
+    """
+    from search_spaces.nb201 import EDGES
+
+    n = len(codes)
+    not_none = np.stack(
+        [np.asarray([v != "none" for v in values[e]])[codes[:, e]] for e in range(len(EDGES))], axis=1
+    )
+    nonzero = np.zeros((n, 4), dtype=bool)
+    nonzero[:, 0] = True
+    for j in (1, 2, 3):
+        for e, (dst, src) in enumerate(EDGES):
+            if dst == j:
+                nonzero[:, j] |= not_none[:, e] & nonzero[:, src]
+    reaches = np.zeros((n, 4), dtype=bool)
+    reaches[:, 3] = True
+    for i in (2, 1, 0):
+        for e, (dst, src) in enumerate(EDGES):
+            if src == i:
+                reaches[:, i] |= not_none[:, e] & reaches[:, dst]
+    live = np.zeros((n, len(EDGES)), dtype=bool)
+    for e, (dst, src) in enumerate(EDGES):
+        live[:, e] = not_none[:, e] & nonzero[:, src] & reaches[:, dst] & nonzero[:, dst]
+    return live
+
+
+EXTRAS = {"nb201-live": "nb201"}
+
+
+@dataclass(frozen=True)
+class ArchEncoder:
+    """Architecture -> category codes -> one-hot features (positions, pairs, space extras).
+
+    ``values`` are the choices of the space in order; ``pairs`` the positions whose joint value
+    gets its own feature (all pairs for short cells, none for long chains such as fbnet).
+    """
+
+    space: str
+    space_options: Mapping[str, Any]
+    names: tuple[str, ...]
+    values: tuple[tuple[Any, ...], ...]
+    pairs: tuple[tuple[int, int], ...]
+    extras: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for extra in self.extras:
+            if extra not in EXTRAS:
+                raise InputError(f"encoder extras: unknown extra {extra!r}; valid extras: {sorted(EXTRAS)}.")
+            if EXTRAS[extra] != self.space:
+                raise InputError(
+                    f"encoder extras: {extra!r} needs space {EXTRAS[extra]!r}, got {self.space!r}."
+                )
+        for i, j in self.pairs:
+            if not (0 <= i < j < len(self.values)):
+                raise InputError(f"encoder pairs: expected 0 <= i < j < {len(self.values)}, got ({i}, {j}).")
+
+    @classmethod
+    def for_space(cls, space: SearchSpace, options: Mapping[str, Any] | None = None) -> ArchEncoder:
+        choices = space.choices()
+        n = len(choices)
+        pairs = tuple((i, j) for i in range(n) for j in range(i + 1, n)) if n <= _MAX_PAIR_POSITIONS else ()
+        extras = ("nb201-live",) if space.name == "nb201" else ()
+        return cls(
+            space.name,
+            dict(options or {}),
+            tuple(c.name for c in choices),
+            tuple(tuple(c.values) for c in choices),
+            pairs,
+            extras,
+        )
+
+    # blocks of the feature vector: (kind, positions, width)
+    def _blocks(self) -> list[tuple[str, tuple[int, ...], int]]:
+        sizes = [len(v) for v in self.values]
+        out: list[tuple[str, tuple[int, ...], int]] = [("one", (p,), sizes[p]) for p in range(len(sizes))]
+        out += [("pair", (i, j), sizes[i] * sizes[j]) for i, j in self.pairs]
+        if "nb201-live" in self.extras:
+            out += [("live", (p,), sizes[p]) for p in range(len(sizes))]
+            out += [("livepair", (i, j), sizes[i] * sizes[j]) for i, j in self.pairs]
+            out.append(("dead", (), 1))
+        return out
+
+    @property
+    def n_features(self) -> int:
+        return sum(width for _, _, width in self._blocks())
+
+    def codes(self, archs: Sequence[Hashable], space: SearchSpace) -> np.ndarray:
+        """Category index of every choice, one row per architecture."""
+        index = [{v: i for i, v in enumerate(vals)} for vals in self.values]
+        out = np.empty((len(archs), len(self.names)), dtype=np.int16)
+        for r, arch in enumerate(archs):
+            params = space.to_params(arch)
+            try:
+                out[r] = [index[p][params[name]] for p, name in enumerate(self.names)]
+            except KeyError as e:
+                raise InputError(
+                    f"arch {arch}: value {e.args[0]!r} is not one the predictor was fitted on "
+                    f"(space {self.space} with options {dict(self.space_options)})."
+                ) from None
+        return out
+
+    def _columns(self, codes: np.ndarray) -> list[np.ndarray]:
+        """For each feature block, the active column (offset within the block) per row; -1 = none."""
+        live_codes = None
+        if "nb201-live" in self.extras:
+            live = _nb201_live(codes, self.values)
+            none_idx = np.array([list(v).index("none") if "none" in v else 0 for v in self.values])
+            live_codes = np.where(live, codes, none_idx[None, :])
+        cols: list[np.ndarray] = []
+        for kind, pos, _ in self._blocks():
+            if kind == "one":
+                cols.append(codes[:, pos[0]].astype(np.int64))
+            elif kind == "pair":
+                i, j = pos
+                cols.append(codes[:, i].astype(np.int64) * len(self.values[j]) + codes[:, j])
+            elif kind == "live":
+                assert live_codes is not None
+                cols.append(live_codes[:, pos[0]].astype(np.int64))
+            elif kind == "livepair":
+                assert live_codes is not None
+                i, j = pos
+                cols.append(live_codes[:, i].astype(np.int64) * len(self.values[j]) + live_codes[:, j])
+            else:  # dead: the whole cell computes nothing
+                assert live_codes is not None
+                dead = ~_nb201_live(codes, self.values).any(axis=1)
+                cols.append(np.where(dead, 0, -1))
+        return cols
+
+    def features(self, codes: np.ndarray) -> np.ndarray:
+        """Dense 0/1 feature matrix (for fitting)."""
+        x = np.zeros((len(codes), self.n_features), dtype=float)
+        offset = 0
+        rows = np.arange(len(codes))
+        for (_, _, width), col in zip(self._blocks(), self._columns(codes), strict=True):
+            on = col >= 0
+            x[rows[on], offset + col[on]] = 1.0
+            offset += width
+        return x
+
+    def dot(self, codes: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        """``features(codes) @ coef`` without building the matrix (a gather per block)."""
+        out = np.zeros(len(codes), dtype=float)
+        offset = 0
+        for (_, _, width), col in zip(self._blocks(), self._columns(codes), strict=True):
+            on = col >= 0
+            out[on] += coef[offset + col[on]]
+            offset += width
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "space_options": dict(self.space_options),
+            "choices": [{"name": n, "values": list(v)} for n, v in zip(self.names, self.values, strict=True)],
+            "pairs": [list(p) for p in self.pairs],
+            "extras": list(self.extras),
+        }
+
+    @classmethod
+    def from_json(cls, space: str, doc: Mapping[str, Any]) -> ArchEncoder:
+        choices = doc["choices"]
+        return cls(
+            space,
+            dict(doc.get("space_options", {})),
+            tuple(str(c["name"]) for c in choices),
+            tuple(tuple(c["values"]) for c in choices),
+            tuple((int(p[0]), int(p[1])) for p in doc.get("pairs", [])),
+            tuple(str(e) for e in doc.get("extras", [])),
+        )
+
+
+# -- the deployable model -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class LinearArchModel:
+    """``latency = g(intercept + features(arch) . coef)`` with g = exp (log target) or identity."""
+
+    encoder: ArchEncoder
+    target: str
+    intercept: float
+    coef: np.ndarray
+    floor_ms: float
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise InputError(f"target: expected one of {list(TARGETS)}, got {self.target!r}.")
+        if self.coef.shape != (self.encoder.n_features,):
+            raise InputError(
+                f"coef: expected {self.encoder.n_features} coefficients for this encoder, got {self.coef.shape[0]}."
+            )
+        if not (np.all(np.isfinite(self.coef)) and math.isfinite(self.intercept)):
+            raise InputError("coef: expected finite numbers, got NaN or infinity.")
+        if not (math.isfinite(self.floor_ms) and self.floor_ms > 0):
+            raise InputError(f"floor_ms: expected a number > 0, got {self.floor_ms!r}.")
+
+    def predict_codes(self, codes: np.ndarray) -> np.ndarray:
+        raw = self.intercept + self.encoder.dot(codes, self.coef)
+        out = np.exp(raw) if self.target == "log" else raw
+        # A linear model can dip below zero far from its data; a latency cannot.
+        return np.maximum(out, self.floor_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder.to_json(),
+            "target": self.target,
+            "intercept": float(self.intercept),
+            "coef": [float(f"{c:.9g}") for c in self.coef],
+            "floor_ms": float(self.floor_ms),
+        }
+
+    @classmethod
+    def from_json(cls, space: str, doc: Mapping[str, Any]) -> LinearArchModel:
+        return cls(
+            ArchEncoder.from_json(space, doc["encoder"]),
+            str(doc["target"]),
+            float(doc["intercept"]),
+            np.asarray(doc["coef"], dtype=float),
+            float(doc["floor_ms"]),
+        )
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """How the model was chosen: leave-one-out error on the K measurements and the winner."""
+
+    method: str
+    target: str
+    loo_rel_rmse: float
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "target": self.target,
+            "loo_rel_rmse": float(self.loo_rel_rmse),
+            "params": dict(self.params),
+        }
+
+
+@dataclass(frozen=True)
+class _ArchModelPredictor(LatencyPredictor):
+    model: LinearArchModel | None = None
+    fit: FitReport | None = None
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            raise InputError(f"{self.kind} predictor: expected a fitted model, got none.")
+        if self.model.encoder.space != self.space:
+            raise InputError(
+                f"{self.kind} predictor: model is for space {self.model.encoder.space!r}, not {self.space!r}."
+            )
+
+    @property
+    def space_options(self) -> dict[str, Any]:
+        assert self.model is not None
+        return dict(self.model.encoder.space_options)
+
+    def _space(self) -> SearchSpace:
+        return get_space(self.space, self.space_options)
+
+    def predict(self, archs: Sequence[Hashable]) -> np.ndarray:
+        assert self.model is not None
+        return self.model.predict_codes(self.model.encoder.codes(archs, self._space()))
+
+    def _payload(self) -> dict[str, Any]:
+        assert self.model is not None
+        out: dict[str, Any] = {"model": self.model.to_json()}
+        if self.fit is not None:
+            out["fit"] = self.fit.to_json()
+        return out
+
+    @classmethod
+    def _from_payload(cls, doc: Mapping[str, Any], where: str) -> _ArchModelPredictor:
+        try:
+            space = str(doc["space"])
+            fit = doc.get("fit")
+            return cls(
+                space=space,
+                device=str(doc["device"]),
+                provenance=dict(doc.get("provenance", {})),
+                model=LinearArchModel.from_json(space, doc["model"]),
+                fit=FitReport(
+                    str(fit["method"]), str(fit["target"]), float(fit["loo_rel_rmse"]), dict(fit["params"])
+                )
+                if fit
+                else None,
+            )
+        except InputError as e:
+            raise InputError(f"{where}: {e}") from None
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise InputError(
+                f"{where}: malformed {cls.kind} predictor ({e.__class__.__name__}: {e})."
+            ) from None
+
+
+@dataclass(frozen=True)
+class LearnedPredictor(_ArchModelPredictor):
+    """Ridge regression on architecture features, fitted on the device's own measurements only."""
+
+    kind = "learned"
+
+
+@dataclass(frozen=True)
+class FewShotPredictor(_ArchModelPredictor):
+    """Reference devices' latency models combined to match K measurements on the target device."""
+
+    kind = "few-shot"
+
+
+PREDICTORS["learned"] = LearnedPredictor
+PREDICTORS["few-shot"] = FewShotPredictor
+
+
+# -- fitting ------------------------------------------------------------------------------------
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run small linear algebra on one BLAS thread: on a busy machine, threads only fight (8x slower)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - ships with scikit-learn
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def _ridge_path(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, lams: Sequence[float]
+) -> list[tuple[float, np.ndarray, float, np.ndarray]]:
+    """Weighted ridge (intercept unpenalised) for every lambda from one eigendecomposition.
+
+    Returns (lambda, leave-one-out residuals, intercept, coefficients) per lambda.
+    """
+    k = len(y)
+    wsum = float(w.sum())
+    xm = (w @ x) / wsum
+    ym = float(w @ y) / wsum
+    sw = np.sqrt(w)
+    xw = (x - xm) * sw[:, None]
+    yw = (y - ym) * sw
+    lev0 = w / wsum  # the intercept's share of each point's leverage
+    out = []
+    if k <= x.shape[1]:
+        s, u = np.linalg.eigh(xw @ xw.T)
+        s = np.clip(s, 0.0, None)
+        uy = u.T @ yw
+        for lam in lams:
+            shrink = s / (s + lam)
+            fitted = u @ (shrink * uy)
+            lev = np.einsum("ij,j,ij->i", u, shrink, u) + lev0
+            loo = (yw - fitted) / np.clip(1.0 - lev, 1e-6, None) / sw
+            coef = xw.T @ (u @ (uy / (s + lam)))
+            out.append((lam, loo, ym - float(xm @ coef), coef))
+    else:
+        s, v = np.linalg.eigh(xw.T @ xw)
+        s = np.clip(s, 0.0, None)
+        xv = xw @ v
+        vy = xv.T @ yw
+        for lam in lams:
+            inv = 1.0 / (s + lam)
+            coef = v @ (inv * vy)
+            fitted = xw @ coef
+            lev = np.einsum("ij,j,ij->i", xv, inv, xv) + lev0
+            loo = (yw - fitted) / np.clip(1.0 - lev, 1e-6, None) / sw
+            out.append((lam, loo, ym - float(xm @ coef), coef))
+    return out
+
+
+def _to_target(y_ms: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """Target values and weights so that squared error is relative error in both targets."""
+    if target == "log":
+        return np.log(y_ms), np.ones_like(y_ms)
+    return y_ms.copy(), 1.0 / y_ms**2
+
+
+def _rel_rmse(loo: np.ndarray, y_ms: np.ndarray, target: str) -> float:
+    rel = loo if target == "log" else loo / y_ms
+    return float(np.sqrt(np.mean(rel**2)))
+
+
+def _provenance(
+    measurements: Measurements, reference: Reference | None, extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    from pathlib import Path
+
+    from .measurements import file_digest
+
+    out: dict[str, Any] = {
+        "measurements": {
+            "file": Path(measurements.path).name,
+            "sha256": file_digest(measurements.path) if Path(measurements.path).is_file() else "",
+            "n_archs": len(measurements),
+        }
+    }
+    if reference is not None:
+        out["reference"] = {
+            "file": Path(reference.path).name,
+            "sha256": file_digest(reference.path) if Path(reference.path).is_file() else "",
+            "n_archs": len(reference),
+            "devices": list(reference.devices),
+        }
+    out.update(extra)
+    return out
+
+
+def fit_learned(
+    space: SearchSpace,
+    measurements: Measurements,
+    device: str = "target",
+    space_options: Mapping[str, Any] | None = None,
+) -> LearnedPredictor:
+    """Ridge on one-hot architecture features; target (log or ms) and penalty by leave-one-out."""
+    k = len(measurements)
+    if k < 2:
+        raise InputError(
+            f"{measurements.path}: expected at least 2 measurements to learn from without a reference, got {k}."
+        )
+    encoder = ArchEncoder.for_space(space, space_options)
+    codes = encoder.codes(measurements.archs, space)
+    x = encoder.features(codes)
+    y_ms = measurements.latency_ms
+    lams = _LAMBDAS if k >= 5 else (10.0,)  # too few points for leave-one-out to choose
+    best: tuple[float, str, float, float, np.ndarray] | None = None
+    for target in TARGETS:
+        y, w = _to_target(y_ms, target)
+        for lam, loo, b0, coef in _ridge_path(x, y, w, lams):
+            err = _rel_rmse(loo, y_ms, target)
+            if best is None or err < best[0]:
+                best = (err, target, lam, b0, coef)
+    assert best is not None
+    err, target, lam, b0, coef = best
+    model = LinearArchModel(encoder, target, b0, coef, floor_ms=float(y_ms.min()) * 0.1)
+    fit = FitReport("ridge", target, err, {"lambda": lam, "k": k})
+    return LearnedPredictor(
+        space=space.name,
+        device=device,
+        provenance=_provenance(measurements, None, {}),
+        model=model,
+        fit=fit,
+    )
+
+
+def _smooth(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column ridge fits of ``y`` (archs x devices) on features: (intercepts, coefs F x D)."""
+    xm = x.mean(axis=0)
+    ym = y.mean(axis=0)
+    xc = x - xm
+    gram = xc.T @ xc
+    gram[np.diag_indices_from(gram)] += lam
+    coef = np.linalg.solve(gram, xc.T @ (y - ym))
+    return ym - xm @ coef, coef
+
+
+def fit_transfer(
+    space: SearchSpace,
+    measurements: Measurements,
+    reference: Reference,
+    device: str = "target",
+    space_options: Mapping[str, Any] | None = None,
+) -> FewShotPredictor:
+    """Few-shot transfer from reference devices.
+
+    Every reference device gets its own feature model (fitted on all its reference archs, which
+    also smooths its measurement noise); the target is a combination of those models chosen by
+    leave-one-out on the K measurements: the single best device, a ridge mix of all, or (given
+    enough points) a mix plus a per-feature correction. The result collapses into one linear
+    feature model, so the file prices any architecture, measured anywhere or not.
+    """
+    k = len(measurements)
+    if k < 1:
+        raise InputError(f"{measurements.path}: expected at least 1 measurement, got none.")
+    encoder = ArchEncoder.for_space(space, space_options)
+    x_ref = encoder.features(encoder.codes(reference.archs, space))
+    x_k = encoder.features(encoder.codes(measurements.archs, space))
+    y_ms = measurements.latency_ms
+    n_dev = len(reference.devices)
+    best: dict[str, Any] | None = None
+    for target in TARGETS:
+        r = np.log(reference.matrix) if target == "log" else reference.matrix
+        b_dev, c_dev = _smooth(x_ref, r, _SMOOTH_LAMBDA)  # device d: b_dev[d] + x @ c_dev[:, d]
+        s_k = b_dev + x_k @ c_dev  # K x D smoothed reference latencies at the measured archs
+        mu = s_k.mean(axis=0)
+        sd = s_k.std(axis=0)
+        sd = np.where(sd > 1e-12, sd, 1.0)
+        z = (s_k - mu) / sd
+        y, w = _to_target(y_ms, target)
+        if k < 3:
+            # Too few points to choose anything: the mean reference device, shifted to the data.
+            wts = np.full(n_dev, 1.0 / n_dev) * sd
+            offset = float(np.mean(y - z @ wts))
+            cand = {"err": float("inf"), "method": "mean-device", "b0": offset, "wz": wts, "alpha": 0.0}
+            cand["delta"] = np.zeros(x_k.shape[1])
+            cands = [cand]
+        else:
+            cands = []
+            for d in range(n_dev):
+                ((_, loo, b0, coef),) = _ridge_path(z[:, [d]], y, w, (1e-9,))
+                wz = np.zeros(n_dev)
+                wz[d] = coef[0]
+                cands.append(
+                    {
+                        "err": _rel_rmse(loo, y_ms, target),
+                        "method": "single",
+                        "device": reference.devices[d],
+                        "b0": b0,
+                        "wz": wz,
+                        "alpha": 0.0,
+                        "delta": np.zeros(x_k.shape[1]),
+                    }
+                )
+            alphas = _ALPHAS if k >= 30 else (0.0,)
+            for alpha in alphas:
+                feats = np.hstack([z, alpha * x_k]) if alpha > 0 else z
+                for lam, loo, b0, coef in _ridge_path(feats, y, w, _LAMBDAS):
+                    delta = alpha * coef[n_dev:] if alpha > 0 else np.zeros(x_k.shape[1])
+                    cands.append(
+                        {
+                            "err": _rel_rmse(loo, y_ms, target),
+                            "method": "mix" if alpha == 0 else "mix+features",
+                            "b0": b0,
+                            "wz": coef[:n_dev],
+                            "alpha": alpha,
+                            "lambda": lam,
+                            "delta": delta,
+                        }
+                    )
+        win = min(cands, key=lambda c: c["err"])
+        if best is None or win["err"] < best["err"] or (math.isinf(best["err"]) and target == "log"):
+            # collapse: b0 + sum_d wz_d (b_dev_d + x c_d - mu_d) / sd_d + x delta
+            scale = win["wz"] / sd
+            intercept = float(win["b0"] + scale @ (b_dev - mu))
+            coef_all = c_dev @ scale + win["delta"]
+            best = {**win, "target": target, "intercept": intercept, "coef": coef_all}
+            if math.isinf(win["err"]):
+                break  # the fallback: log target only
+    assert best is not None
+    model = LinearArchModel(encoder, best["target"], best["intercept"], best["coef"], float(y_ms.min()) * 0.1)
+    params: dict[str, Any] = {"k": k, "alpha": best["alpha"]}
+    if "lambda" in best:
+        params["lambda"] = best["lambda"]
+    if "device" in best:
+        params["device"] = best["device"]
+    top = np.argsort(-np.abs(best["wz"]))[: min(5, n_dev)]
+    params["top_reference_weights"] = {reference.devices[i]: float(best["wz"][i]) for i in top}
+    err = best["err"] if math.isfinite(best["err"]) else -1.0
+    fit = FitReport(best["method"], best["target"], err, params)
+    return FewShotPredictor(
+        space=space.name,
+        device=device,
+        provenance=_provenance(measurements, reference, {}),
+        model=model,
+        fit=fit,
+    )
