@@ -1,0 +1,257 @@
+"""Search floors on NAS-Bench-201, scored by ``../shared/tools/score_search.py`` (which recomputes
+regret from the records and the ground truth, trusting nothing the engine reports).
+
+Parts (``--part``, default all):
+  table    B=100, the device table known: mean regret per strategy, default/random ratio,
+           queries needed to come within 0.1 points of the optimum;
+  fewshot  B=100 with ``--latency-samples 20``: mean regret, infeasible shipped;
+  pareto   B=200 ``--pareto``: hypervolume ratio of the found front;
+  kt       keras-tuner's Bayesian oracle next to default/random (fewer seeds: it is slow).
+
+Results merge into ``benchmarks/results/search_nb201.json`` and a table in ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SCORE = ROOT.parent / "shared" / "tools" / "score_search.py"
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = ROOT / "nas" / "data" / "nb201"
+NAS = [str(ROOT / ".venv" / "bin" / "nas")]
+PY = str(ROOT / ".venv" / "bin" / "python")
+ACC_COL = {
+    "cifar10": "CIFAR10TestAccuracy200Epochs",
+    "cifar100": "CIFAR100TestAccuracy200Epochs",
+    "imagenet16": "ImageNetTestAccuracy200Epochs",
+}
+LINE = re.compile(
+    r"^\s+(\S+)\s+seeds\s+(\d+)\s+mean regret (\S+)\s+median (\S+)\s+max (\S+)\s+infeasible shipped (\d+)(?:\s+HV ratio (\S+))?",
+    re.M,
+)
+
+
+def truth(dataset: str, device: str) -> tuple[dict[str, float], dict[str, float]]:
+    with gzip.open(DATA / "latency_ms_27dev.csv.gz", "rt") as f:
+        lat = {r["arch_str"]: float(r[device]) for r in csv.DictReader(f)}
+    with gzip.open(DATA / "accuracy_200ep.csv.gz", "rt") as f:
+        acc = {r["ArchitectureString"]: float(r[ACC_COL[dataset]]) for r in csv.DictReader(f)}
+    return acc, lat
+
+
+def run_config(part: str, dataset: str, device: str, quantile: float, args: argparse.Namespace) -> dict:
+    acc, lat = truth(dataset, device)
+    budget_ms = float(np.quantile(list(lat.values()), quantile))
+    strategies = {
+        "table": args.strategies,
+        "fewshot": "default,random",
+        "pareto": "default,random,nsga2",
+        "kt": "default,random,kt-bayesian",
+    }[part]
+    seeds = args.kt_seeds if part == "kt" else args.seeds
+    budget = 200 if part == "pareto" else 100
+    with tempfile.TemporaryDirectory() as td:
+        out = Path(td) / "out.json"
+        cmd = NAS + [
+            "benchmark",
+            "nb201",
+            "--dataset",
+            dataset,
+            "--device",
+            device,
+            "--max-latency-ms",
+            repr(budget_ms),
+            "--budget",
+            str(budget),
+            "--seeds",
+            str(seeds),
+            "--strategy",
+            strategies,
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+        if part == "fewshot":
+            cmd += ["--latency-samples", "20"]
+        if part == "pareto":
+            cmd += ["--pareto"]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            return {
+                "part": part,
+                "dataset": dataset,
+                "device": device,
+                "quantile": quantile,
+                "error": p.stderr[-2000:],
+            }
+        score_cmd = [
+            PY,
+            str(SCORE),
+            "--dataset",
+            dataset,
+            "--device",
+            device,
+            "--quantile",
+            str(quantile),
+            "--budget",
+            str(budget),
+            "--seeds",
+            str(seeds),
+            "--strategy",
+            strategies,
+            "--out-only",
+            str(out),
+        ]
+        if part == "fewshot":
+            score_cmd += ["--latency-samples", "20"]
+        s = subprocess.run(score_cmd, capture_output=True, text=True, cwd=ROOT)
+        records = json.loads(out.read_text())["runs"]
+    feasible_best = max(a for k, a in acc.items() if lat[k] <= budget_ms)
+    result: dict = {
+        "part": part,
+        "dataset": dataset,
+        "device": device,
+        "quantile": quantile,
+        "budget_ms": budget_ms,
+        "best_feasible": feasible_best,
+        "score_output": s.stdout,
+        "strategies": {},
+    }
+    for m in LINE.finditer(s.stdout):
+        name = m.group(1)
+        rs = [r for r in records if r["strategy"] == name]
+        within = []
+        for r in rs:
+            best_so_far, hit = -1e9, None
+            for i, a in enumerate(r["queried"]):
+                if lat[a] <= budget_ms:
+                    best_so_far = max(best_so_far, acc[a])
+                if best_so_far >= feasible_best - 0.1:
+                    hit = i + 1
+                    break
+            within.append(hit)
+        reached = [w for w in within if w is not None]
+        result["strategies"][name] = {
+            "seeds": int(m.group(2)),
+            "mean_regret": float(m.group(3)),
+            "median_regret": float(m.group(4)),
+            "max_regret": float(m.group(5)),
+            "infeasible_shipped": int(m.group(6)),
+            "hv_ratio": float(m.group(7)) if m.group(7) else None,
+            "seeds_within_0.1": len(reached),
+            "median_queries_within_0.1": float(np.median(reached)) if reached else None,
+            "mean_seconds": float(np.mean([r["seconds"] for r in rs])),
+        }
+    d, r = result["strategies"].get("default"), result["strategies"].get("random")
+    if d and r and r["mean_regret"] > 0:
+        result["default_random_ratio"] = d["mean_regret"] / r["mean_regret"]
+    return result
+
+
+def write(results: list[dict]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "search_nb201.json"
+    old = json.loads(path.read_text()) if path.exists() else []
+    key = lambda r: (r["part"], r["dataset"], r["device"], r["quantile"])  # noqa: E731
+    merged = {key(r): r for r in old}
+    merged.update({key(r): r for r in results})
+    rows = sorted(merged.values(), key=key)
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+    lines = ["# Search on NAS-Bench-201 (scored by score_search.py)", ""]
+    for part in ("table", "fewshot", "pareto", "kt"):
+        part_rows = [r for r in rows if r["part"] == part and "strategies" in r]
+        if not part_rows:
+            continue
+        names = list(dict.fromkeys(n for r in part_rows for n in r["strategies"]))
+        metric = "HV ratio" if part == "pareto" else "mean regret"
+        lines += [f"## {part}: {metric} per strategy", ""]
+        head = (
+            "| dataset | device | q | "
+            + " | ".join(names)
+            + " | default/random | default queries to 0.1 (median) | infeasible shipped (default) |"
+        )
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        for r in part_rows:
+            st = r["strategies"]
+            vals = [
+                (f"{st[n]['hv_ratio']:.3f}" if part == "pareto" else f"{st[n]['mean_regret']:.3f}")
+                if n in st
+                else "-"
+                for n in names
+            ]
+            ratio = f"{r['default_random_ratio']:.2f}" if "default_random_ratio" in r else "-"
+            d = st.get("default", {})
+            q = d.get("median_queries_within_0.1")
+            lines.append(
+                f"| {r['dataset']} | {r['device']} | {r['quantile']} | "
+                + " | ".join(vals)
+                + f" | {ratio} | {q if q is not None else '-'} ({d.get('seeds_within_0.1', 0)}/{d.get('seeds', 0)} seeds) | {d.get('infeasible_shipped', '-')} |"
+            )
+        means = {
+            n: np.mean(
+                [
+                    r["strategies"][n]["hv_ratio" if part == "pareto" else "mean_regret"]
+                    for r in part_rows
+                    if n in r["strategies"]
+                ]
+            )
+            for n in names
+        }
+        lines += ["", "Mean over rows: " + ", ".join(f"{n} {v:.3f}" for n, v in means.items()), ""]
+    errors = [r for r in rows if "error" in r]
+    for r in errors:
+        lines.append(f"- ERROR {r['part']} {r['dataset']} {r['device']} {r['quantile']}: {r['error'][-300:]}")
+    (RESULTS / "search_nb201.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", default="table,fewshot,pareto,kt")
+    ap.add_argument("--devices", default="pixel3,raspi4,gold_6240,eyeriss,titan_rtx_1,samsung_a50")
+    ap.add_argument("--datasets", default="cifar10,cifar100,imagenet16")
+    ap.add_argument("--quantiles", default="0.25,0.5")
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--kt-seeds", type=int, default=3)
+    ap.add_argument("--strategies", default="default,random,tpe")
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    jobs = []
+    for part in args.part.split(","):
+        quantiles = [0.5] if part == "pareto" else [float(q) for q in args.quantiles.split(",")]
+        for dataset in args.datasets.split(","):
+            for device in args.devices.split(","):
+                for q in quantiles:
+                    jobs.append((part, dataset, device, q))
+    results = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(run_config, *j, args) for j in jobs]
+        for f in futures:
+            r = f.result()
+            results.append(r)
+            st = r.get("strategies", {})
+            summary = ", ".join(
+                f"{n} {v['mean_regret']:.3f}" + (f" HV {v['hv_ratio']:.3f}" if v["hv_ratio"] else "")
+                for n, v in st.items()
+            )
+            print(
+                f"{r['part']} {r['dataset']} {r['device']} q{r['quantile']}: {summary or r.get('error', '')[-300:]}",
+                flush=True,
+            )
+            write(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
