@@ -73,14 +73,21 @@ def _nb201_live(codes: np.ndarray, values: Sequence[Sequence[Any]]) -> np.ndarra
 
 
 EXTRAS = {"nb201-live": "nb201"}
+# Feature blocks: "count" (how often each value occurs anywhere: the same op costs the same
+# everywhere), "group" (per group of positions, e.g. an fbnet stage), "one" (per position),
+# "pair" (joint value of two positions); nb201-live adds "livecount", "live", "livepair", "dead".
+# Ridge on all of them at once is a hierarchical prior: shared costs first, position-specific
+# deviations only where the data ask for them.
+BASIC_KINDS = ("count", "group", "livecount", "dead")
 
 
 @dataclass(frozen=True)
 class ArchEncoder:
-    """Architecture -> category codes -> one-hot features (positions, pairs, space extras).
+    """Architecture -> category codes -> 0/1 and count features (see the feature blocks above).
 
     ``values`` are the choices of the space in order; ``pairs`` the positions whose joint value
-    gets its own feature (all pairs for short cells, none for long chains such as fbnet).
+    gets its own feature (all pairs for short cells, none for long chains such as fbnet);
+    ``groups`` positions that share a shape (fbnet stages).
     """
 
     space: str
@@ -89,6 +96,7 @@ class ArchEncoder:
     values: tuple[tuple[Any, ...], ...]
     pairs: tuple[tuple[int, int], ...]
     extras: tuple[str, ...] = ()
+    groups: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         for extra in self.extras:
@@ -98,9 +106,15 @@ class ArchEncoder:
                 raise InputError(
                     f"encoder extras: {extra!r} needs space {EXTRAS[extra]!r}, got {self.space!r}."
                 )
+        n = len(self.values)
         for i, j in self.pairs:
-            if not (0 <= i < j < len(self.values)):
-                raise InputError(f"encoder pairs: expected 0 <= i < j < {len(self.values)}, got ({i}, {j}).")
+            if not (0 <= i < j < n):
+                raise InputError(f"encoder pairs: expected 0 <= i < j < {n}, got ({i}, {j}).")
+        for g in self.groups:
+            if not g or any(not 0 <= p < n for p in g) or len({self.values[p] for p in g}) != 1:
+                raise InputError(
+                    f"encoder groups: expected positions in [0, {n}) with the same values, got {list(g)}."
+                )
 
     @classmethod
     def for_space(cls, space: SearchSpace, options: Mapping[str, Any] | None = None) -> ArchEncoder:
@@ -108,6 +122,12 @@ class ArchEncoder:
         n = len(choices)
         pairs = tuple((i, j) for i in range(n) for j in range(i + 1, n)) if n <= _MAX_PAIR_POSITIONS else ()
         extras = ("nb201-live",) if space.name == "nb201" else ()
+        groups: tuple[tuple[int, ...], ...] = ()
+        if space.name == "fbnet":
+            from search_spaces.fbnet import LAYER_SCHEDULE
+
+            bounds = np.cumsum([0] + [layers for _, layers, _ in LAYER_SCHEDULE])
+            groups = tuple(tuple(range(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
         return cls(
             space.name,
             dict(options or {}),
@@ -115,15 +135,26 @@ class ArchEncoder:
             tuple(tuple(c.values) for c in choices),
             pairs,
             extras,
+            groups,
         )
+
+    @property
+    def _shared_values(self) -> bool:
+        return len(set(self.values)) == 1
 
     # blocks of the feature vector: (kind, positions, width)
     def _blocks(self) -> list[tuple[str, tuple[int, ...], int]]:
         sizes = [len(v) for v in self.values]
-        out: list[tuple[str, tuple[int, ...], int]] = [("one", (p,), sizes[p]) for p in range(len(sizes))]
+        n = len(sizes)
+        out: list[tuple[str, tuple[int, ...], int]] = []
+        if self._shared_values:
+            out.append(("count", tuple(range(n)), sizes[0]))
+        out += [("group", g, sizes[g[0]]) for g in self.groups]
+        out += [("one", (p,), sizes[p]) for p in range(n)]
         out += [("pair", (i, j), sizes[i] * sizes[j]) for i, j in self.pairs]
         if "nb201-live" in self.extras:
-            out += [("live", (p,), sizes[p]) for p in range(len(sizes))]
+            out.append(("livecount", tuple(range(n)), sizes[0]))
+            out += [("live", (p,), sizes[p]) for p in range(n)]
             out += [("livepair", (i, j), sizes[i] * sizes[j]) for i, j in self.pairs]
             out.append(("dead", (), 1))
         return out
@@ -131,6 +162,16 @@ class ArchEncoder:
     @property
     def n_features(self) -> int:
         return sum(width for _, _, width in self._blocks())
+
+    def columns_of(self, kinds: Sequence[str]) -> np.ndarray:
+        """Indices of the features in blocks of the given kinds (to fit a smaller model)."""
+        idx: list[int] = []
+        offset = 0
+        for kind, _, width in self._blocks():
+            if kind in kinds:
+                idx += range(offset, offset + width)
+            offset += width
+        return np.asarray(idx, dtype=np.int64)
 
     def codes(self, archs: Sequence[Hashable], space: SearchSpace) -> np.ndarray:
         """Category index of every choice, one row per architecture."""
@@ -147,41 +188,45 @@ class ArchEncoder:
                 ) from None
         return out
 
-    def _columns(self, codes: np.ndarray) -> list[np.ndarray]:
-        """For each feature block, the active column (offset within the block) per row; -1 = none."""
+    def _columns(self, codes: np.ndarray) -> list[list[np.ndarray]]:
+        """Per feature block, the column (within the block) each row adds 1 to; -1 adds nothing."""
         live_codes = None
+        dead = None
         if "nb201-live" in self.extras:
             live = _nb201_live(codes, self.values)
             none_idx = np.array([list(v).index("none") if "none" in v else 0 for v in self.values])
-            live_codes = np.where(live, codes, none_idx[None, :])
-        cols: list[np.ndarray] = []
+            live_codes = np.where(live, codes, none_idx[None, :]).astype(np.int64)
+            dead = ~live.any(axis=1)
+        c64 = codes.astype(np.int64)
+        cols: list[list[np.ndarray]] = []
         for kind, pos, _ in self._blocks():
-            if kind == "one":
-                cols.append(codes[:, pos[0]].astype(np.int64))
+            if kind in ("count", "group", "one"):
+                cols.append([c64[:, p] for p in pos])
             elif kind == "pair":
                 i, j = pos
-                cols.append(codes[:, i].astype(np.int64) * len(self.values[j]) + codes[:, j])
-            elif kind == "live":
+                cols.append([c64[:, i] * len(self.values[j]) + c64[:, j]])
+            elif kind in ("livecount", "live"):
                 assert live_codes is not None
-                cols.append(live_codes[:, pos[0]].astype(np.int64))
+                cols.append([live_codes[:, p] for p in pos])
             elif kind == "livepair":
                 assert live_codes is not None
                 i, j = pos
-                cols.append(live_codes[:, i].astype(np.int64) * len(self.values[j]) + live_codes[:, j])
+                cols.append([live_codes[:, i] * len(self.values[j]) + live_codes[:, j]])
             else:  # dead: the whole cell computes nothing
-                assert live_codes is not None
-                dead = ~_nb201_live(codes, self.values).any(axis=1)
-                cols.append(np.where(dead, 0, -1))
+                assert dead is not None
+                cols.append([np.where(dead, 0, -1)])
         return cols
 
     def features(self, codes: np.ndarray) -> np.ndarray:
-        """Dense 0/1 feature matrix (for fitting)."""
+        """Dense feature matrix (for fitting)."""
         x = np.zeros((len(codes), self.n_features), dtype=float)
         offset = 0
         rows = np.arange(len(codes))
-        for (_, _, width), col in zip(self._blocks(), self._columns(codes), strict=True):
-            on = col >= 0
-            x[rows[on], offset + col[on]] = 1.0
+        for (_, _, width), parts in zip(self._blocks(), self._columns(codes), strict=True):
+            for col in parts:
+                on = col >= 0
+                # one column per row within a part, so plain fancy-index += never collides
+                x[rows[on], offset + col[on]] += 1.0
             offset += width
         return x
 
@@ -189,9 +234,10 @@ class ArchEncoder:
         """``features(codes) @ coef`` without building the matrix (a gather per block)."""
         out = np.zeros(len(codes), dtype=float)
         offset = 0
-        for (_, _, width), col in zip(self._blocks(), self._columns(codes), strict=True):
-            on = col >= 0
-            out[on] += coef[offset + col[on]]
+        for (_, _, width), parts in zip(self._blocks(), self._columns(codes), strict=True):
+            for col in parts:
+                on = col >= 0
+                out[on] += coef[offset + col[on]]
             offset += width
         return out
 
@@ -200,6 +246,7 @@ class ArchEncoder:
             "space_options": dict(self.space_options),
             "choices": [{"name": n, "values": list(v)} for n, v in zip(self.names, self.values, strict=True)],
             "pairs": [list(p) for p in self.pairs],
+            "groups": [list(g) for g in self.groups],
             "extras": list(self.extras),
         }
 
@@ -213,6 +260,7 @@ class ArchEncoder:
             tuple(tuple(c["values"]) for c in choices),
             tuple((int(p[0]), int(p[1])) for p in doc.get("pairs", [])),
             tuple(str(e) for e in doc.get("extras", [])),
+            tuple(tuple(int(i) for i in g) for g in doc.get("groups", [])),
         )
 
 
@@ -466,17 +514,24 @@ def fit_learned(
     x = encoder.features(codes)
     y_ms = measurements.latency_ms
     lams = _LAMBDAS if k >= 5 else (10.0,)  # too few points for leave-one-out to choose
-    best: tuple[float, str, float, float, np.ndarray] | None = None
-    for target in TARGETS:
-        y, w = _to_target(y_ms, target)
-        for lam, loo, b0, coef in _ridge_path(x, y, w, lams):
-            err = _rel_rmse(loo, y_ms, target)
-            if best is None or err < best[0]:
-                best = (err, target, lam, b0, coef)
+    subsets = {"shared": BASIC_KINDS, "positions": (*BASIC_KINDS, "one", "live"), "all": None}
+    best: tuple[float, str, float, float, np.ndarray, str] | None = None
+    for subset, kinds in subsets.items():
+        cols = np.arange(x.shape[1]) if kinds is None else encoder.columns_of(kinds)
+        if len(cols) == 0:
+            continue
+        for target in TARGETS:
+            y, w = _to_target(y_ms, target)
+            for lam, loo, b0, sub_coef in _ridge_path(x[:, cols], y, w, lams):
+                err = _rel_rmse(loo, y_ms, target)
+                if best is None or err < best[0]:
+                    coef = np.zeros(x.shape[1])
+                    coef[cols] = sub_coef
+                    best = (err, target, lam, b0, coef, subset)
     assert best is not None
-    err, target, lam, b0, coef = best
+    err, target, lam, b0, coef, subset = best
     model = LinearArchModel(encoder, target, b0, coef, floor_ms=float(y_ms.min()) * 0.1)
-    fit = FitReport("ridge", target, err, {"lambda": lam, "k": k})
+    fit = FitReport("ridge", target, err, {"lambda": lam, "k": k, "features": subset})
     return LearnedPredictor(
         space=space.name,
         device=device,
