@@ -162,6 +162,7 @@ def _calibrate(
     from latency_models.runtimes import get_runtime
     from latency_models.table import write_atomic
     from search_spaces.backend import keras
+    from search_spaces.weights import randomize_like_trained
 
     lat = config.latency
     n = lat.calibration_models
@@ -200,7 +201,8 @@ def _calibrate(
     for i, arch in enumerate(archs):
         status(f"calibrating the latency and size models: model {i + 1}/{len(archs)}")
         keras().backend.clear_session()
-        artifact = rt.convert(space.build(arch, data.shape), lat.dtype, rep if lat.dtype == "int8" else None)
+        model = randomize_like_trained(space.build(arch, data.shape), seed=i)
+        artifact = rt.convert(model, lat.dtype, rep if lat.dtype == "int8" else None)
         timing = rt.load(artifact, threads=lat.threads).time(rep[0], runs=100, warmup=10, min_total_s=1.0)
         out.append(
             {
@@ -245,6 +247,28 @@ def _open_study(config: RunConfig, out_dir: Path, storage: str | None, resume: b
     return study
 
 
+def exact_size_fn(space: SearchSpace, data: TaskData, dtype: str) -> Callable[[Hashable], int]:
+    """Size of the exported file of ``arch``, by converting it with trained-looking weights (the
+    size of a TFLite file does not depend on the weights' values, only on their layout)."""
+    from latency_models.runtimes import get_runtime
+    from search_spaces.backend import keras
+    from search_spaces.weights import randomize_like_trained
+
+    rt = get_runtime("litert")
+    rep = list(data.x_train[:32])
+    cache: dict[str, int] = {}
+
+    def exact(arch: Hashable) -> int:
+        key = str(arch)
+        if key not in cache:
+            keras().backend.clear_session()
+            model = randomize_like_trained(space.build(arch, data.shape))
+            cache[key] = rt.convert(model, dtype, rep if dtype == "int8" else None).size_bytes
+        return cache[key]
+
+    return exact
+
+
 def select_best(study: Any) -> Any:
     """The most accurate trained, feasible trial (ties: lower predicted latency)."""
     done = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("state") == "complete"]
@@ -281,7 +305,15 @@ def run(
     space = get_space(config.space.name, config.space.options)
 
     model = build_latency_model(config, space, data, say)
-    screen = Screen(space, data.shape, model.predictor, model.size, config.constraints, model.memory_table)
+    screen = Screen(
+        space,
+        data.shape,
+        model.predictor,
+        model.size,
+        config.constraints,
+        model.memory_table,
+        exact_size=exact_size_fn(space, data, config.latency.dtype),
+    )
     achievable = smallest_achievable(space, screen, seed=config.search.seed)
     for name, budget in config.constraints.as_dict().items():
         if name in achievable and achievable[name] > budget:

@@ -45,6 +45,8 @@ class Screen:
     size: SizeModel
     constraints: Constraints
     memory_table: LatencyTable | None = None
+    exact_size: Callable[[Hashable], int] | None = None
+    verify_margin: float = 0.15
 
     def __post_init__(self) -> None:
         if self.constraints.max_memory_kb is not None and self.memory_table is None:
@@ -70,6 +72,19 @@ class Screen:
                 )
             )
         return out
+
+    def verify(self, arch: Hashable, pred: Prediction) -> tuple[Prediction, int | None]:
+        """Replace a size prediction near the budget by the exact size of the converted file
+        (about a second; size does not depend on the weights), so no candidate that breaks the
+        size budget is ever trained because of a prediction error. Returns the exact size too."""
+        budget = self.constraints.max_size_kb
+        if self.exact_size is None or budget is None:
+            return pred, None
+        if abs(pred.size_bytes / 1024.0 - budget) > self.verify_margin * budget:
+            return pred, None
+        exact = int(self.exact_size(arch))
+        violations = self._violations(pred.latency_ms, float(exact), pred.memory_bytes)
+        return Prediction(pred.latency_ms, float(exact), pred.memory_bytes, violations), exact
 
     def _violations(self, latency: float, size: float, memory: float | None) -> tuple[float, ...]:
         c = self.constraints
@@ -229,12 +244,14 @@ class SearchLoop:
             self.stats.failed += 1
             return
         canonical = str(self.space.canonical(arch))
-        pred = self.screen([arch])[0]
+        predicted = self.screen([arch])[0]
+        pred, exact_size = self.screen.verify(arch, predicted) if predicted.feasible else (predicted, None)
         attrs = {
             "arch": str(arch),
             "canonical": canonical,
             "predicted_latency_ms": pred.latency_ms,
-            "predicted_size_bytes": pred.size_bytes,
+            "predicted_size_bytes": predicted.size_bytes,
+            "exact_size_bytes": exact_size,
             "predicted_memory_bytes": pred.memory_bytes,
             "violations": dict(zip(self.screen.names, pred.violations, strict=True)),
         }

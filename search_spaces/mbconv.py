@@ -271,17 +271,20 @@ class MbconvSpace(SearchSpace):
         total = SizeTerms(0, 0, 0)
         for b in self.blocks(arch, task):
             if b.kind == "conv":
-                total += SizeTerms(b.kernel * b.kernel * b.in_c * b.out_c, b.out_c, 2)
+                total += SizeTerms(b.kernel * b.kernel * b.in_c * b.out_c, b.out_c, 3)
             elif b.kind == "pool_dense":
-                total += SizeTerms(b.in_c * b.out_c, b.out_c, 2)
+                total += SizeTerms(b.in_c * b.out_c, b.out_c, 5)
             else:
+                # tensors: weights, biases and the activations between ops (each has a header)
                 mid = b.in_c * int(b.expand)
-                terms = SizeTerms(b.kernel * b.kernel * mid + mid * b.out_c, mid + b.out_c, 4)
+                terms = SizeTerms(b.kernel * b.kernel * mid + mid * b.out_c, mid + b.out_c, 6)
                 if b.expand != 1:
-                    terms += SizeTerms(b.in_c * mid, mid, 2)
+                    terms += SizeTerms(b.in_c * mid, mid, 3)
                 if b.se:
                     r = _se_width(mid)
-                    terms += SizeTerms(2 * mid * r, r + mid, 4)
+                    terms += SizeTerms(2 * mid * r, r + mid, 11)
+                if b.stride == 1 and b.in_c == b.out_c:
+                    terms += SizeTerms(0, 0, 1)
                 total += terms
         return total
 
