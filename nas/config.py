@@ -157,12 +157,19 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
+    """Compression stages (``STAGE[:ARG]``, as ``nas compress --pipeline``) and export formats.
+    The last quantization stage decides ``model.tflite``; a bare ``int8`` stage calibrates on
+    ``calibration_samples`` training samples."""
+
     pipeline: tuple[str, ...] = ("int8",)
     formats: tuple[str, ...] = ("tflite",)
     calibration_samples: int = 300
 
     def __post_init__(self) -> None:
         _positive(self.calibration_samples, "export.calibration_samples", allow_none=False, integer=True)
+
+    def stages(self) -> list[str]:
+        return [f"int8:{self.calibration_samples}" if s == "int8" else s for s in self.pipeline]
         for name in ("pipeline", "formats"):
             value = getattr(self, name)
             if not value or not all(isinstance(v, str) and v for v in value):

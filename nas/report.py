@@ -229,6 +229,7 @@ def write_report(
             "params": exported.get("params"),
             "meets_budgets": checks,
         },
+        "compression": exported.get("compression"),
         "counts": {"trials": len(rows), **counts},
         "pareto_front": front,
         "trials": rows,

@@ -171,6 +171,7 @@ def _calibrate(
     rt = get_runtime(lat.runtime)
     key = json.dumps(
         [
+            "v2-trained-weights",
             space.name,
             dict(config.space.options),
             list(data.input_shape),
@@ -409,27 +410,41 @@ def _finish(
 def export_winner(
     config: RunConfig, model: Any, data: TaskData, out: Path, say: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Full-integer int8 ``model.tflite``; accuracy, size and latency measured on the written file
-    with LiteRT (never on the Keras model it came from)."""
-    from latency_models.runtimes import get_runtime
-    from latency_models.table import write_atomic
+    """Compress and export the winner through the same pipeline as ``nas compress`` (into
+    ``out/export/``), then re-measure the delivered ``model.tflite`` itself with LiteRT."""
+    import shutil
 
-    rt = get_runtime("litert")
-    rep = data.x_train[: config.export.calibration_samples]
-    say(f"quantizing to full-integer int8 with {len(rep)} calibration samples")
-    artifact = rt.convert(model, "int8", list(rep))
-    path = out / "model.tflite"
-    write_atomic(path, artifact.data)
-    session = rt.load(artifact, threads=config.latency.threads)
-    probs = session.run(data.x_test)
-    accuracy = float(np.mean(np.argmax(probs, axis=1) == data.y_test))
-    timing = rt.load(artifact, threads=config.latency.threads).time(
-        data.x_test[0], runs=200, warmup=20, min_total_s=2.0
+    from compress import compress_and_export
+    from latency_models.runtimes import Artifact, get_runtime
+
+    report = compress_and_export(
+        model,
+        data.compress_data(),
+        config.export.stages(),
+        list(config.export.formats),
+        out / "export",
+        threads=config.latency.threads,
+        progress=say,
     )
+    tflite = [e for e in report.exports if e.format == "tflite"]
+    if not tflite:
+        raise InputError(
+            f"export.formats: must include 'tflite' for model.tflite, got {list(config.export.formats)}."
+        )
+    exported = tflite[0]
+    source = out / "export" / exported.files[0]
+    tmp = out / ".model.tflite.tmp"
+    shutil.copyfile(source, tmp)
+    tmp.replace(out / "model.tflite")
+    data_bytes = (out / "model.tflite").read_bytes()
+    rt = get_runtime("litert")
+    session = rt.load(Artifact("litert", exported.dtype, data_bytes), threads=config.latency.threads)
+    accuracy = float(np.mean(np.argmax(session.run(data.x_test), axis=1) == data.y_test))
+    timing = session.time(data.x_test[0], runs=200, warmup=20, min_total_s=2.0)
     return {
-        "file": path.name,
-        "format": "tflite-int8",
-        "size_bytes": path.stat().st_size,
+        "file": "model.tflite",
+        "format": f"tflite-{exported.dtype}",
+        "size_bytes": len(data_bytes),
         "accuracy": accuracy,
         "test_samples": int(len(data.y_test)),
         "measured_latency_ms": timing.median_ms,
@@ -437,4 +452,5 @@ def export_winner(
         "latency_runs": timing.runs,
         "runtime": f"litert {rt.version()}",
         "threads": config.latency.threads,
+        "compression": report.to_dict(),
     }
