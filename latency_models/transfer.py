@@ -34,7 +34,7 @@ __all__ = [
 
 TARGETS = ("log", "linear")
 # Ridge penalties tried by leave-one-out (features are 0/1, the target log-ms or relative ms).
-_LAMBDAS = tuple(10.0**e for e in np.arange(-3.0, 4.01, 0.5))
+_LAMBDAS = tuple(10.0**e for e in np.arange(-4.0, 4.01, 0.5))
 # Weight of the per-feature correction next to the reference devices (0 = references only).
 _ALPHAS = (0.0, 0.1, 0.3, 1.0, 3.0)
 _SMOOTH_LAMBDA = 1.0
@@ -609,15 +609,22 @@ def fit_transfer(
                         "delta": np.zeros(x_k.shape[1]),
                     }
                 )
-            alphas = _ALPHAS if k >= 30 else (0.0,)
-            for alpha in alphas:
-                feats = np.hstack([z, alpha * x_k]) if alpha > 0 else z
+            # The per-feature correction: shared costs only (a strong prior) or every feature.
+            subsets = {"shared": encoder.columns_of(BASIC_KINDS), "all": np.arange(x_k.shape[1])}
+            grid = [(0.0, "none")]
+            if k >= 30:
+                grid += [(a, name) for name, cols in subsets.items() if len(cols) for a in _ALPHAS if a > 0]
+            for alpha, subset in grid:
+                cols = subsets.get(subset, np.arange(0))
+                feats = np.hstack([z, alpha * x_k[:, cols]]) if alpha > 0 else z
                 for lam, loo, b0, coef in _ridge_path(feats, y, w, _LAMBDAS):
-                    delta = alpha * coef[n_dev:] if alpha > 0 else np.zeros(x_k.shape[1])
+                    delta = np.zeros(x_k.shape[1])
+                    if alpha > 0:
+                        delta[cols] = alpha * coef[n_dev:]
                     cands.append(
                         {
                             "err": _rel_rmse(loo, y_ms, target),
-                            "method": "mix" if alpha == 0 else "mix+features",
+                            "method": "mix" if alpha == 0 else f"mix+{subset}-features",
                             "b0": b0,
                             "wz": coef[:n_dev],
                             "alpha": alpha,
