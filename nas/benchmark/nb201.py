@@ -429,13 +429,17 @@ def run_benchmark(
     config: BenchmarkConfig, on_record: Callable[[dict[str, Any]], None] | None = None
 ) -> list[dict[str, Any]]:
     """Every strategy on every seed, in the same run (same budgets, same data)."""
+    from threadpoolctl import threadpool_limits
+
     records = []
-    for strategy in config.strategies:
-        for seed in range(config.first_seed, config.first_seed + config.seeds):
-            record = run_one(config, strategy, seed)
-            records.append(record)
-            if on_record is not None:
-                on_record(record)
+    # Small matrices: BLAS threads only contend with each other (and with other searches).
+    with threadpool_limits(1):
+        for strategy in config.strategies:
+            for seed in range(config.first_seed, config.first_seed + config.seeds):
+                record = run_one(config, strategy, seed)
+                records.append(record)
+                if on_record is not None:
+                    on_record(record)
     return records
 
 

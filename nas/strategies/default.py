@@ -54,6 +54,7 @@ class _Pool:
     latency: np.ndarray | None
     size: np.ndarray | None  # log bytes
     static: np.ndarray  # one-hot decisions + zero-cost structure features
+    position: dict[str, int]  # canonical -> row
 
 
 class DefaultSampler(optuna.samplers.BaseSampler):
@@ -64,9 +65,12 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         self.space = context.space
         self._choices = context.space.choices()
         self._rng = np.random.default_rng(context.seed)
-        self._pred_cache: dict[str, Prediction | None] = {}
-        self._canon_cache: dict[str, str] = {}
-        self._feat_cache: dict[str, np.ndarray] = {}
+        self._pred_cache: dict[Hashable, Prediction | None] = {}
+        self._canon_cache: dict[Hashable, str] = {}
+        self._parsed: dict[tuple[int, int], tuple[Hashable | None, str | None]] = {}
+        self._full_key: tuple[int, float | None] | None = None
+        self._full = np.zeros((0, 0))
+        self._feat_cache: dict[Hashable, np.ndarray] = {}
         self._static: _Pool | None = None
         self._size_range: tuple[float, float] | None = None
         self.pareto = bool(context.options.get("pareto")) or context.max_latency_ms is None
@@ -101,7 +105,11 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         """The next architecture to train, or None when every candidate is taken or infeasible."""
         seen, observed = self._history(trials)
         pool = self._pool(observed, number)
-        free = pool.feasible & np.array([c not in seen for c in pool.canonical], dtype=bool)
+        free = pool.feasible.copy()
+        for c in seen:
+            i = pool.position.get(c)
+            if i is not None:
+                free[i] = False
         if not free.any():
             return None
         rng = np.random.default_rng([self.context.seed, number])
@@ -116,9 +124,10 @@ class DefaultSampler(optuna.samplers.BaseSampler):
             k = max(1, int(math.ceil(len(idx) * PRIOR_TOP_FRACTION)))
             top = np.argsort(-prior, kind="stable")[:k]
             return pool.archs[int(idx[int(rng.choice(top))])]
-        x_obs = np.stack([self._features_of(a, pool, level) for a, _ in observed])
+        full = self._full_features(pool, level)
+        x_obs = np.stack([self._features_of(a, pool, level, full) for a, _ in observed])
         y_obs = np.array([y for _, y in observed], dtype=float)
-        mu, sd = _gp_posterior(x_obs, y_obs, self._features(pool, idx, level))
+        mu, sd = _gp_posterior(x_obs, y_obs, full[idx])
         # The incumbent is the best trained network that meets the (target) latency.
         meets = [y for a, y in observed if level is None or self._latency(a) <= level]
         best = float(max(meets)) if meets else float(y_obs.min())
@@ -134,17 +143,21 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         seen: set[str] = set()
         observed: list[tuple[Hashable, float]] = []
         for t in trials:
-            canonical = t.user_attrs.get("canonical")
-            arch = None
-            if len(t.params) == len(self._choices):
-                try:
-                    arch = self.space.from_params(t.params)
-                except (ValueError, TypeError, KeyError):
-                    arch = None
-            if canonical is None and arch is not None:
-                canonical = self._canonical(arch)
+            key = (t.number, len(t.params))
+            if key not in self._parsed:
+                arch = None
+                if len(t.params) == len(self._choices):
+                    try:
+                        arch = self.space.from_params(t.params)
+                    except (ValueError, TypeError, KeyError):
+                        arch = None
+                canonical = t.user_attrs.get("canonical")
+                if canonical is None and arch is not None:
+                    canonical = self._canonical(arch)
+                self._parsed[key] = (arch, None if canonical is None else str(canonical))
+            arch, canonical = self._parsed[key]
             if canonical is not None:
-                seen.add(str(canonical))
+                seen.add(canonical)
             if (
                 arch is not None
                 and t.state == optuna.trial.TrialState.COMPLETE
@@ -177,15 +190,16 @@ class DefaultSampler(optuna.samplers.BaseSampler):
 
     def _screened_pool(self, kept: list[Hashable], canonical: list[str], static: np.ndarray) -> _Pool:
         self._screen(kept)
-        preds = [self._pred_cache[str(a)] for a in kept]
+        preds = [self._pred_cache[a] for a in kept]
         if self.context.predict is None:
-            return _Pool(kept, canonical, np.ones(len(kept), dtype=bool), None, None, static)
+            ones = np.ones(len(kept), dtype=bool)
+            return _Pool(kept, canonical, ones, None, None, static, {c: i for i, c in enumerate(canonical)})
         lat = np.array([p.latency_ms for p in preds if p is not None])
         size = np.log(np.maximum([p.size_bytes for p in preds if p is not None], 1.0))
         if self._size_range is None:
             self._size_range = (float(size.min()), float(np.ptp(size)) or 1.0)
         feasible = np.array([p.feasible for p in preds if p is not None], dtype=bool)
-        return _Pool(kept, canonical, feasible, lat, size, static)
+        return _Pool(kept, canonical, feasible, lat, size, static, {c: i for i, c in enumerate(canonical)})
 
     def _sampled_pool(self, observed: list[tuple[Hashable, float]], number: int) -> list[Hashable]:
         import random
@@ -206,27 +220,27 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         return archs
 
     def _screen(self, archs: Sequence[Hashable]) -> None:
-        todo = [a for a in archs if str(a) not in self._pred_cache]
+        todo = [a for a in archs if a not in self._pred_cache]
         if not todo:
             return
         if self.context.predict is None:
             for a in todo:
-                self._pred_cache[str(a)] = None
+                self._pred_cache[a] = None
             return
         for start in range(0, len(todo), 4096):
             chunk = todo[start : start + 4096]
             for a, p in zip(chunk, self.context.predict(chunk), strict=True):
-                self._pred_cache[str(a)] = p
+                self._pred_cache[a] = p
 
     def _canonical(self, arch: Hashable) -> str:
-        key = str(arch)
+        key = arch
         if key not in self._canon_cache:
             self._canon_cache[key] = str(self.space.canonical(arch))
         return self._canon_cache[key]
 
     def _latency(self, arch: Hashable) -> float:
         self._screen([arch])
-        pred = self._pred_cache[str(arch)]
+        pred = self._pred_cache[arch]
         return pred.latency_ms if pred is not None else 0.0
 
     def _level(self, latency: np.ndarray, number: int) -> float:
@@ -250,7 +264,7 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         return (log_size - lo) / span
 
     def _static_features(self, arch: Hashable) -> np.ndarray:
-        key = str(arch)
+        key = arch
         if key not in self._feat_cache:
             params = self.space.to_params(arch)
             onehot = [float(params[c.name] == v) for c in self._choices for v in c.values]
@@ -266,12 +280,23 @@ class DefaultSampler(optuna.samplers.BaseSampler):
             cols.append(COST_WEIGHT * ratio[:, None])
         return np.hstack(cols)
 
-    def _features_of(self, arch: Hashable, pool: _Pool, level: float | None) -> np.ndarray:
+    def _full_features(self, pool: _Pool, level: float | None) -> np.ndarray:
+        """Features of the whole pool (kept while the pool and the target latency stay)."""
+        key = (id(pool), level)
+        if self._full_key != key:
+            self._full = self._features(pool, np.arange(len(pool.archs)), level)
+            self._full_key = key
+        return self._full
+
+    def _features_of(self, arch: Hashable, pool: _Pool, level: float | None, full: np.ndarray) -> np.ndarray:
+        row = pool.position.get(self._canonical(arch))
+        if row is not None and pool.archs[row] == arch:
+            return full[row]
         static = self._static_features(arch)
         if pool.size is None:
             return static
         self._screen([arch])
-        pred = self._pred_cache[str(arch)]
+        pred = self._pred_cache[arch]
         assert pred is not None
         size = self._size_norm(np.array([math.log(max(pred.size_bytes, 1.0))]))[0]
         ratio = pred.latency_ms / level if level else 0.0
