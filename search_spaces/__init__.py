@@ -29,6 +29,8 @@ SPACES: dict[str, str] = {
     "ofa-mbv3": "search_spaces.ofa_mbv3:OfaMbv3Space",
     "nb201": "search_spaces.nb201:Nb201Space",
     "fbnet": "search_spaces.fbnet:FbnetSpace",
+    "dsconv": "search_spaces.dsconv:DsconvSpace",
+    "keras-tuner": "search_spaces.keras_tuner:KerasTunerSpace",
 }
 
 
