@@ -38,6 +38,8 @@ _LAMBDAS = tuple(10.0**e for e in np.arange(-4.0, 4.01, 0.5))
 # Weight of the per-feature correction next to the reference devices (0 = references only).
 _ALPHAS = (0.0, 0.1, 0.3, 1.0, 3.0)
 _SMOOTH_LAMBDA = 1.0
+# Candidates whose leave-one-out error is within this factor of the best are averaged.
+_ENSEMBLE_TOL = 0.03
 # At most this many positions get all pairwise interaction features (nb201: 6 edges).
 _MAX_PAIR_POSITIONS = 8
 
@@ -633,6 +635,16 @@ def fit_transfer(
                         }
                     )
         win = min(cands, key=lambda c: c["err"])
+        if math.isfinite(win["err"]):
+            # Leave-one-out on K noisy points cannot tell near-ties apart: average them.
+            near = [c for c in cands if c["err"] <= win["err"] * (1 + _ENSEMBLE_TOL)]
+            win = {
+                **win,
+                "b0": np.mean([c["b0"] for c in near]),
+                "wz": np.mean([c["wz"] for c in near], axis=0),
+                "delta": np.mean([c["delta"] for c in near], axis=0),
+                "n_ensemble": len(near),
+            }
         if best is None or win["err"] < best["err"] or (math.isinf(best["err"]) and target == "log"):
             # collapse: b0 + sum_d wz_d (b_dev_d + x c_d - mu_d) / sd_d + x delta
             scale = win["wz"] / sd
@@ -643,7 +655,7 @@ def fit_transfer(
                 break  # the fallback: log target only
     assert best is not None
     model = LinearArchModel(encoder, best["target"], best["intercept"], best["coef"], float(y_ms.min()) * 0.1)
-    params: dict[str, Any] = {"k": k, "alpha": best["alpha"]}
+    params: dict[str, Any] = {"k": k, "alpha": best["alpha"], "n_ensemble": int(best.get("n_ensemble", 1))}
     if "lambda" in best:
         params["lambda"] = best["lambda"]
     if "device" in best:

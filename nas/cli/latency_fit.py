@@ -101,10 +101,10 @@ def _fit(args: argparse.Namespace) -> int:
 
     from .space import space_from_args
 
-    if args.table is None and args.measurements is None:
-        raise InputError("nas latency fit: expected --table and/or --measurements, got neither.")
     if args.reference is not None and args.measurements is None:
         raise InputError("--reference: expected --measurements on the target device too, got none.")
+    if args.table is None and args.measurements is None:
+        raise InputError("nas latency fit: expected --table and/or --measurements, got neither.")
     if args.table is not None:
         if args.reference is not None:
             raise InputError(
