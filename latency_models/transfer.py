@@ -276,6 +276,9 @@ class LinearArchModel:
     intercept: float
     coef: np.ndarray
     floor_ms: float
+    # Per-arch offsets (in the target's units) for archs seen in the reference, keyed by
+    # ``_arch_keys``: what their raw reference latencies add to the feature model.
+    known: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -291,6 +294,11 @@ class LinearArchModel:
 
     def predict_codes(self, codes: np.ndarray) -> np.ndarray:
         raw = self.intercept + self.encoder.dot(codes, self.coef)
+        if self.known:
+            keys = _arch_keys(codes)
+            if keys is not None:
+                get = self.known.get
+                raw = raw + np.fromiter((get(key, 0.0) for key in keys), dtype=float, count=len(keys))
         out = np.exp(raw) if self.target == "log" else raw
         # A linear model can dip below zero far from its data; a latency cannot.
         return np.maximum(out, self.floor_ms)
@@ -302,6 +310,7 @@ class LinearArchModel:
             "intercept": float(self.intercept),
             "coef": [float(f"{c:.9g}") for c in self.coef],
             "floor_ms": float(self.floor_ms),
+            "known_archs": {"key": "one character chr(48 + code) per choice", "offsets": dict(self.known)},
         }
 
     @classmethod
@@ -312,6 +321,7 @@ class LinearArchModel:
             float(doc["intercept"]),
             np.asarray(doc["coef"], dtype=float),
             float(doc["floor_ms"]),
+            {str(key): float(v) for key, v in doc.get("known_archs", {}).get("offsets", {}).items()},
         )
 
 
@@ -554,6 +564,75 @@ def _smooth(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.nd
     return ym - xm @ coef, coef
 
 
+def _candidates(
+    z: np.ndarray,
+    x_k: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    y_ms: np.ndarray,
+    target: str,
+    devices: Sequence[str],
+    encoder: ArchEncoder,
+    source: str,
+) -> list[dict[str, Any]]:
+    """Combinations of the (standardised) reference columns ``z``, scored by leave-one-out."""
+    k, n_dev = z.shape
+    zeros = np.zeros(x_k.shape[1])
+    cands: list[dict[str, Any]] = []
+    for d in range(n_dev):
+        ((_, loo, b0, coef),) = _ridge_path(z[:, [d]], y, w, (1e-9,))
+        wz = np.zeros(n_dev)
+        wz[d] = coef[0]
+        cands.append(
+            {
+                "err": _rel_rmse(loo, y_ms, target),
+                "method": f"single-{source}",
+                "device": devices[d],
+                "b0": b0,
+                "wz": wz,
+                "alpha": 0.0,
+                "delta": zeros,
+                "source": source,
+            }
+        )
+    # The per-feature correction: shared costs only (a strong prior) or every feature; the
+    # latter with a floor on the penalty, as leave-one-out over hundreds of columns flatters.
+    subsets = {"shared": encoder.columns_of(BASIC_KINDS), "all": np.arange(x_k.shape[1])}
+    grid: list[tuple[float, str, tuple[float, ...]]] = [(0.0, "none", _LAMBDAS)]
+    if k >= 30:
+        grid += [(a, "shared", _LAMBDAS) for a in _ALPHAS if a > 0 and len(subsets["shared"])]
+        grid += [(a, "all", tuple(v for v in _LAMBDAS if v >= 1e-2)) for a in _ALPHAS if 0 < a <= 1.0]
+    for alpha, subset, lams in grid:
+        cols = subsets.get(subset, np.arange(0))
+        feats = np.hstack([z, alpha * x_k[:, cols]]) if alpha > 0 else z
+        for lam, loo, b0, coef in _ridge_path(feats, y, w, lams):
+            delta = zeros
+            if alpha > 0:
+                delta = np.zeros(x_k.shape[1])
+                delta[cols] = alpha * coef[n_dev:]
+            cands.append(
+                {
+                    "err": _rel_rmse(loo, y_ms, target),
+                    "method": (f"mix-{source}" if alpha == 0 else f"mix-{source}+{subset}-features"),
+                    "b0": b0,
+                    "wz": coef[:n_dev],
+                    "alpha": alpha,
+                    "lambda": lam,
+                    "delta": delta,
+                    "source": source,
+                }
+            )
+    return cands
+
+
+def _arch_keys(codes: np.ndarray) -> list[str] | None:
+    """One short string per arch (its codes as characters), or None if codes are too large."""
+    if codes.size and int(codes.max()) > 150:
+        return None
+    chars = (codes.astype(np.uint8) + 48).astype(np.uint8)
+    return [b.decode("latin-1") for b in chars.view(f"S{codes.shape[1]}").ravel()] if codes.size else []
+
+
 def fit_transfer(
     space: SearchSpace,
     measurements: Measurements,
@@ -564,98 +643,105 @@ def fit_transfer(
     """Few-shot transfer from reference devices.
 
     Every reference device gets its own feature model (fitted on all its reference archs, which
-    also smooths its measurement noise); the target is a combination of those models chosen by
-    leave-one-out on the K measurements: the single best device, a ridge mix of all, or (given
-    enough points) a mix plus a per-feature correction. The result collapses into one linear
-    feature model, so the file prices any architecture, measured anywhere or not.
+    also smooths its measurement noise). The target is a combination of the reference devices --
+    their smoothed models or their raw measurements -- chosen by leave-one-out on the K
+    measurements: the single best device, a ridge mix of all, or (given enough points) a mix plus a
+    per-feature correction. It collapses into one linear feature model plus, when raw reference
+    values help, a per-arch offset for the reference archs: the file prices any architecture.
     """
     k = len(measurements)
     if k < 1:
         raise InputError(f"{measurements.path}: expected at least 1 measurement, got none.")
     encoder = ArchEncoder.for_space(space, space_options)
-    x_ref = encoder.features(encoder.codes(reference.archs, space))
+    codes_ref = encoder.codes(reference.archs, space)
+    x_ref = encoder.features(codes_ref)
     x_k = encoder.features(encoder.codes(measurements.archs, space))
     y_ms = measurements.latency_ms
     n_dev = len(reference.devices)
+    index = {a: i for i, a in enumerate(reference.archs)}
+    rows_k = np.array([index.get(a, -1) for a in measurements.archs])
+    in_ref = rows_k >= 0
     best: dict[str, Any] | None = None
     for target in TARGETS:
         r = np.log(reference.matrix) if target == "log" else reference.matrix
         b_dev, c_dev = _smooth(x_ref, r, _SMOOTH_LAMBDA)  # device d: b_dev[d] + x @ c_dev[:, d]
         s_k = b_dev + x_k @ c_dev  # K x D smoothed reference latencies at the measured archs
-        mu = s_k.mean(axis=0)
-        sd = s_k.std(axis=0)
-        sd = np.where(sd > 1e-12, sd, 1.0)
-        z = (s_k - mu) / sd
+        raw_k = np.where(in_ref[:, None], r[np.maximum(rows_k, 0)], s_k)
         y, w = _to_target(y_ms, target)
-        if k < 3:
-            # Too few points to choose anything: the mean reference device, shifted to the data.
-            wts = np.full(n_dev, 1.0 / n_dev) * sd
-            offset = float(np.mean(y - z @ wts))
-            cand = {"err": float("inf"), "method": "mean-device", "b0": offset, "wz": wts, "alpha": 0.0}
-            cand["delta"] = np.zeros(x_k.shape[1])
-            cands = [cand]
-        else:
-            cands = []
-            for d in range(n_dev):
-                ((_, loo, b0, coef),) = _ridge_path(z[:, [d]], y, w, (1e-9,))
-                wz = np.zeros(n_dev)
-                wz[d] = coef[0]
+        sources = {"smooth": s_k}
+        if in_ref.sum() >= 3:
+            sources["raw"] = raw_k
+        stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        cands: list[dict[str, Any]] = []
+        for source, vals in sources.items():
+            mu = vals.mean(axis=0)
+            sd = vals.std(axis=0)
+            sd = np.where(sd > 1e-12, sd, 1.0)
+            stats[source] = (mu, sd)
+            z = (vals - mu) / sd
+            if k < 3:
+                # Too few points to choose anything: the mean reference device, shifted to the data.
+                wz = np.full(n_dev, 1.0 / n_dev) * sd
                 cands.append(
                     {
-                        "err": _rel_rmse(loo, y_ms, target),
-                        "method": "single",
-                        "device": reference.devices[d],
-                        "b0": b0,
+                        "err": float("inf"),
+                        "method": "mean-device",
+                        "b0": float(np.mean(y - z @ wz)),
                         "wz": wz,
                         "alpha": 0.0,
                         "delta": np.zeros(x_k.shape[1]),
+                        "source": source,
                     }
                 )
-            # The per-feature correction: shared costs only (a strong prior) or every feature.
-            subsets = {"shared": encoder.columns_of(BASIC_KINDS), "all": np.arange(x_k.shape[1])}
-            grid = [(0.0, "none")]
-            if k >= 30:
-                grid += [(a, name) for name, cols in subsets.items() if len(cols) for a in _ALPHAS if a > 0]
-            for alpha, subset in grid:
-                cols = subsets.get(subset, np.arange(0))
-                feats = np.hstack([z, alpha * x_k[:, cols]]) if alpha > 0 else z
-                for lam, loo, b0, coef in _ridge_path(feats, y, w, _LAMBDAS):
-                    delta = np.zeros(x_k.shape[1])
-                    if alpha > 0:
-                        delta[cols] = alpha * coef[n_dev:]
-                    cands.append(
-                        {
-                            "err": _rel_rmse(loo, y_ms, target),
-                            "method": "mix" if alpha == 0 else f"mix+{subset}-features",
-                            "b0": b0,
-                            "wz": coef[:n_dev],
-                            "alpha": alpha,
-                            "lambda": lam,
-                            "delta": delta,
-                        }
-                    )
+                break
+            cands += _candidates(z, x_k, y, w, y_ms, target, reference.devices, encoder, source)
         win = min(cands, key=lambda c: c["err"])
-        if math.isfinite(win["err"]):
-            # Leave-one-out on K noisy points cannot tell near-ties apart: average them.
-            near = [c for c in cands if c["err"] <= win["err"] * (1 + _ENSEMBLE_TOL)]
-            win = {
-                **win,
-                "b0": np.mean([c["b0"] for c in near]),
-                "wz": np.mean([c["wz"] for c in near], axis=0),
-                "delta": np.mean([c["delta"] for c in near], axis=0),
-                "n_ensemble": len(near),
-            }
+        # Leave-one-out on K noisy points cannot tell near-ties apart: average them (every part of
+        # the collapsed model is linear in the candidate's weights, so averaging is exact).
+        near = (
+            [c for c in cands if c["err"] <= win["err"] * (1 + _ENSEMBLE_TOL)]
+            if math.isfinite(win["err"])
+            else [win]
+        )
+        intercept, coef, oscale = 0.0, np.zeros(x_k.shape[1]), np.zeros(n_dev)
+        for c in near:
+            mu, sd = stats[c["source"]]
+            scale = c["wz"] / sd
+            intercept += float(c["b0"] + scale @ (b_dev - mu)) / len(near)
+            coef += (c_dev @ scale + c["delta"]) / len(near)
+            if c["source"] == "raw":
+                oscale += scale / len(near)
         if best is None or win["err"] < best["err"] or (math.isinf(best["err"]) and target == "log"):
-            # collapse: b0 + sum_d wz_d (b_dev_d + x c_d - mu_d) / sd_d + x delta
-            scale = win["wz"] / sd
-            intercept = float(win["b0"] + scale @ (b_dev - mu))
-            coef_all = c_dev @ scale + win["delta"]
-            best = {**win, "target": target, "intercept": intercept, "coef": coef_all}
+            offsets = None
+            if np.any(oscale != 0):
+                # Reference archs keep what their raw values say beyond the smoothed models.
+                offsets = (r - (b_dev + x_ref @ c_dev)) @ oscale
+            best = {
+                **win,
+                "target": target,
+                "intercept": intercept,
+                "coef": coef,
+                "offsets": offsets,
+                "n_ensemble": len(near),
+                "n_raw": sum(c["source"] == "raw" for c in near),
+            }
             if math.isinf(win["err"]):
                 break  # the fallback: log target only
     assert best is not None
-    model = LinearArchModel(encoder, best["target"], best["intercept"], best["coef"], float(y_ms.min()) * 0.1)
-    params: dict[str, Any] = {"k": k, "alpha": best["alpha"], "n_ensemble": int(best.get("n_ensemble", 1))}
+    known: dict[str, float] = {}
+    if best["offsets"] is not None:
+        keys = _arch_keys(codes_ref)
+        if keys is not None:
+            known = {key: float(f"{o:.7g}") for key, o in zip(keys, best["offsets"], strict=True)}
+    model = LinearArchModel(
+        encoder, best["target"], best["intercept"], best["coef"], float(y_ms.min()) * 0.1, known
+    )
+    params: dict[str, Any] = {
+        "k": k,
+        "alpha": best["alpha"],
+        "n_ensemble": int(best["n_ensemble"]),
+        "n_raw": int(best["n_raw"]),
+    }
     if "lambda" in best:
         params["lambda"] = best["lambda"]
     if "device" in best:
