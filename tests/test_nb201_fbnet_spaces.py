@@ -175,6 +175,7 @@ def test_blocks_list_only_computing_ops_for_nb201() -> None:
     assert kinds.count("resblock") == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space_name", ["nb201", "fbnet"])
 def test_a_model_learns_real_digits(space_name: str) -> None:
     """Real training on scikit-learn's 8x8 digits, upsampled to 16x16: loss must drop clearly."""
