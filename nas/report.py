@@ -170,6 +170,7 @@ def write_report(
     best_trial: Any,
     exported: dict[str, Any],
     timings: dict[str, float],
+    screening: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from latency_models.table import write_atomic
 
@@ -231,6 +232,7 @@ def write_report(
         },
         "compression": exported.get("compression"),
         "counts": {"trials": len(rows), **counts},
+        "screening": screening,
         "pareto_front": front,
         "trials": rows,
         "timings": timings,

@@ -313,7 +313,7 @@ def run(
     """Run the whole job and return the report (also written to ``out_dir/report.json``)."""
     from .executors import InlineExecutor, WorkerSetup
     from .report import write_report
-    from .search import Screen, SearchLoop, smallest_achievable
+    from .search import Screen, SearchLoop, budget_share, smallest_achievable
     from .strategies import make_strategy
 
     say = status or (lambda s: log.info(s))
@@ -339,6 +339,7 @@ def run(
         exact_size=exact_size_fn(space, data, config.latency.dtype),
     )
     achievable = smallest_achievable(space, screen, seed=config.search.seed)
+    screening = budget_share(space, screen, seed=config.search.seed)
     for name, budget in config.constraints.as_dict().items():
         if name in achievable and achievable[name] > budget:
             raise InputError(
@@ -394,6 +395,7 @@ def run(
         best_trial=best,
         exported=exported,
         timings={"search_s": search_s, "total_s": time.time() - started},
+        screening=screening,
     )
     return report
 
