@@ -474,7 +474,7 @@ def _compression(report: Mapping[str, Any], folder: Path | None) -> str:
                 r.get("stage"),
                 r.get("dtype"),
                 f"{100 * float(r.get('accuracy', 0)):.2f}%",
-                f"{-float(r.get('accuracy_drop', 0)):+.2f} pts",
+                f"{0.0 - float(r.get('accuracy_drop', 0)):+.2f} pts",  # 0.0 - 0.0 prints +0.00, not -0.00
                 _kb(r.get("size_bytes")),
                 _kb(r.get("gzip_bytes")),
                 _fmt(r.get("sparsity"), 3),
@@ -506,6 +506,13 @@ def _compression(report: Mapping[str, Any], folder: Path | None) -> str:
     return _table(head, rows) + extra
 
 
+def _where(name: str, folder: Path | None) -> str:
+    """A compression export's file relative to the run folder (``nas run`` puts them in export/)."""
+    if folder is not None and not (folder / name).is_file() and (folder / "export" / name).is_file():
+        return f"export/{name}"
+    return name
+
+
 def _exports(report: Mapping[str, Any], best: Mapping[str, Any], folder: Path | None) -> str:
     rows = []
     if best.get("file"):
@@ -526,7 +533,7 @@ def _exports(report: Mapping[str, Any], best: Mapping[str, Any], folder: Path | 
     for e in doc.get("exports") or []:
         rows.append(
             [
-                ", ".join(e.get("files") or []),
+                ", ".join(_where(f, folder) for f in e.get("files") or []),
                 f"{e.get('format')} {e.get('dtype', '')}",
                 _kb(e.get("size_bytes")),
                 f"{100 * float(e.get('accuracy', 0)):.2f}%",
