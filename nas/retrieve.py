@@ -706,7 +706,7 @@ def export_best(
     from .config import Constraints, LatencyConfig, parse_config
     from .data import load_task
     from .report import write_report
-    from .run import LatencyModel, _finish
+    from .run import LatencyModel, finish_winner
     from .search import Screen
 
     say = status or (lambda s: None)
@@ -758,7 +758,7 @@ def export_best(
     trial = next(t for t in source.get_trials(deepcopy=False) if t.number == winner.trial)
     target.mkdir(parents=True, exist_ok=True)
     say(f"retraining the winner {winner.arch} (study {study.folder}, trial {winner.trial})")
-    exported = _finish(config, space, space.parse(winner.arch), data, target, say)
+    exported = finish_winner(config, space, space.parse(winner.arch), data, target, say)
     report = write_report(
         target,
         config=config,

@@ -24,7 +24,7 @@ from search_spaces import FatalError, InputError, SearchSpace, get_space
 from .config import RunConfig
 from .data import TaskData, load_task
 
-__all__ = ["LatencyModel", "build_latency_model", "run", "study_name"]
+__all__ = ["LatencyModel", "build_latency_model", "finish_winner", "run", "study_name"]
 
 log = logging.getLogger("nas")
 REPORT_VERSION = 1
@@ -264,7 +264,11 @@ def _open_study(config: RunConfig, out_dir: Path, storage: str | None, resume: b
         sampler=sampler,
         load_if_exists=True,
     )
-    study.set_metric_names(["accuracy", "latency_ms"])
+    import warnings
+
+    with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5; it is what we want
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["accuracy", "latency_ms"])
     if not study.user_attrs.get("config"):
         study.set_user_attr("config", config.as_dict())
         study.set_user_attr("format_version", REPORT_VERSION)
@@ -384,7 +388,7 @@ def run(
         raise FatalError("no candidate was trained successfully; see the trials in the study for the reasons")
     winner = space.parse(best.user_attrs["arch"])
     say(f"retraining the winner {winner} for {config.training.final_epochs} epochs")
-    exported = _finish(config, space, winner, data, out, say)
+    exported = finish_winner(config, space, winner, data, out, say)
     report = write_report(
         out,
         config=config,
@@ -412,7 +416,7 @@ def _train_dict(config: RunConfig) -> dict[str, Any]:
     return asdict(config.training)
 
 
-def _finish(
+def finish_winner(
     config: RunConfig,
     space: SearchSpace,
     arch: Hashable,
