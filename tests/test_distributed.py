@@ -275,6 +275,18 @@ def test_ray_worker_killed_then_driver_killed_then_resumed(
     assert {r["number"] for r in report["trials"]} == {t.number for t in after}
 
 
+def test_trial_that_does_not_fit_the_cluster_is_refused_at_start(
+    run_nas, cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "gpu.yaml"
+    cfg.write_text(
+        _config(tmp_path, 2).read_text().replace("  seed: 1\n", "  seed: 1\n  gpus_per_trial: 1\n")
+    )
+    proc = run_nas("run", str(cfg), "--out", str(tmp_path / "run"), "--ray-address", cluster.address)
+    assert_one_line_error(proc, "gpus_per_trial", "0 GPU")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_cluster_lost_mid_run_stops_with_resume_hint(nas_bin: list[str], cache: Path, tmp_path: Path) -> None:
     cfg = _config(tmp_path, 6)

@@ -59,9 +59,10 @@ class ExecutorChoice:
     def connect(self) -> None:
         """Join the Ray cluster now (at start, before any profiling), if there is one."""
         if self.ray_address is not None:
-            from .ray_executor import connect_ray
+            from .ray_executor import check_fits, connect_ray
 
             connect_ray(self.ray_address, self.verbose)
+            check_fits(self.ray_address, self.cpus_per_trial, self.gpus_per_trial)
 
     def factory(self, status: Callable[[str], None] | None = None) -> Callable[[Any, Any], Any]:
         """``executor_factory(setup, data)`` for ``nas.run.run``."""

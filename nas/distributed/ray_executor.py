@@ -25,7 +25,7 @@ from search_spaces import FatalError, InputError
 from ..executors import Executor, JobResult, TrainJob, WorkerSetup
 from ._worker import RetriedJobResult, limit_threads, lost_result, safe_run_job
 
-__all__ = ["RayExecutor", "START_HINT", "connect_ray", "parse_ray_address", "ray_trial"]
+__all__ = ["RayExecutor", "START_HINT", "check_fits", "connect_ray", "parse_ray_address", "ray_trial"]
 
 START_HINT = "ray start --head --port=6379 --num-cpus=2 --include-dashboard=false"
 _HOST = r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
@@ -112,6 +112,20 @@ def connect_ray(address: str, verbose: bool = False) -> None:
         ) from None
 
 
+def check_fits(address: str, cpus_per_trial: int, gpus_per_trial: float) -> None:
+    """A trial must fit on the cluster, or nothing would ever be scheduled."""
+    import ray
+
+    res = ray.cluster_resources()
+    fits = res.get("CPU", 0) >= cpus_per_trial and (not gpus_per_trial or res.get("GPU", 0) >= gpus_per_trial)
+    if not fits:
+        raise InputError(
+            f"search.cpus_per_trial/gpus_per_trial: expected a trial to fit on the cluster at {address} "
+            f"({res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU), got {cpus_per_trial} CPU and "
+            f"{gpus_per_trial:g} GPU per trial."
+        )
+
+
 def ray_trial(setup: WorkerSetup, job: TrainJob, data: Any, threads: int) -> JobResult:
     """One trial inside a Ray worker process (``data`` arrives from the node's object store)."""
     limit_threads(threads)
@@ -170,12 +184,7 @@ class RayExecutor(Executor):
         return slots
 
     def _check_fits(self) -> None:
-        if self._slots() < 1:
-            res = self._ray.cluster_resources()
-            raise InputError(
-                f"search.cpus_per_trial/gpus_per_trial: a trial asks for {self.cpus} CPU and {self.gpus:g} GPU, "
-                f"but the cluster at {self.address} has {res.get('CPU', 0):g} CPU and {res.get('GPU', 0):g} GPU."
-            )
+        check_fits(self.address, self.cpus, self.gpus)
 
     @property  # type: ignore[override]
     def capacity(self) -> int:
