@@ -86,8 +86,12 @@ class ExportContext:
 
 def _convert(fn: Any, fmt: str) -> Any:
     """Run a converter; its failures become a ``StageError`` naming the format."""
+    from search_spaces.backend import native_stderr_muted
+
     try:
-        return fn()
+        # Converters and interpreters print C++ chatter on fd 2 (XNNPACK, calibration settings).
+        with native_stderr_muted():
+            return fn()
     except (InputError, StageError):
         raise
     except Exception as e:  # converters raise many unrelated types (ConverterError, RuntimeError...)
@@ -140,7 +144,7 @@ def measure_tflite(path: Path, dtype: str, ctx: ExportContext, notes: tuple[str,
     from latency_models.runtimes.litert import LiteRTSession
 
     data = path.read_bytes()
-    session = LiteRTSession(data, ctx.threads)
+    session = _convert(lambda: LiteRTSession(data, ctx.threads), "tflite")
     accuracy, _ = accuracy_of(session.run, ctx.data.x_test, ctx.data.y_test)
     stats = tflite_stats(data)
     return Exported(

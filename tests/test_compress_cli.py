@@ -116,3 +116,25 @@ def test_compress_command_writes_report(run_nas, saved_model: Path, tmp_path: Pa
     assert report["rows"][-1]["accuracy"] > 0.2  # twice chance after 2 epochs of a tiny untrained model
     for name in report["files"]:
         assert (out / name).is_file()
+
+
+def test_failing_stage_stops_with_one_line_and_no_output(run_nas, tmp_path: Path) -> None:
+    from search_spaces.backend import keras
+
+    k = keras()
+    inputs = k.Input((28, 28, 1))
+    x = k.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = k.layers.LayerNormalization(name="odd_norm")(x)
+    x = k.layers.GlobalAveragePooling2D()(x)
+    path = tmp_path / "odd.keras"
+    k.Model(inputs, k.layers.Dense(10, activation="softmax")(x)).save(path)
+    out = tmp_path / "out"
+    proc = run_nas(
+        "compress", str(path), "--task", "mnist5k", "--pipeline", "qat", "--out", str(out), "--quiet"
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "stage qat: layer 'odd_norm' (LayerNormalization) cannot be quantized" in lines[0]
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("cache")) == ["odd.keras"]

@@ -40,10 +40,11 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from compress import Trainer, build_pipeline, compress_and_export
+    from compress import StageError, Trainer, build_pipeline, compress_and_export
     from compress.exporters import get_exporter
     from compress.modelio import load_keras_model
     from nas.data import load_task
+    from search_spaces import FatalError
 
     # Cheap checks first, so a typo fails in a second, before TensorFlow loads a model.
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -58,20 +59,24 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"[nas compress] {message}", file=sys.stderr, flush=True)
 
-    report = compress_and_export(
-        model,
-        task.compress_data(),
-        args.pipeline,
-        formats,
-        args.out,
-        teacher=teacher,
-        target_size_kb=args.target_size_kb,
-        target_latency_ms=args.target_latency_ms,
-        max_accuracy_drop=args.max_accuracy_drop,
-        threads=args.threads,
-        progress=say,
-        trainer=Trainer(seed=args.seed),
-    )
+    try:
+        report = compress_and_export(
+            model,
+            task.compress_data(),
+            args.pipeline,
+            formats,
+            args.out,
+            teacher=teacher,
+            target_size_kb=args.target_size_kb,
+            target_latency_ms=args.target_latency_ms,
+            max_accuracy_drop=args.max_accuracy_drop,
+            threads=args.threads,
+            progress=say,
+            trainer=Trainer(seed=args.seed),
+        )
+    except StageError as e:
+        # A stage or an export that cannot handle this model: one line, exit 1, nothing written.
+        raise FatalError(str(e)) from None
     for e in report.exports:
         extra = f" arena {e.arena_bytes:,} B" if e.arena_bytes else ""
         extra += f" agreement {100 * e.agreement:.1f}%" if e.agreement is not None else ""
