@@ -207,7 +207,7 @@ def _make_screen(latency: LookupPredictor, num_classes: int, max_latency_ms: flo
     )
 
 
-def _lookup_executor(accuracy: Callable[[str], float], queried: list[str]) -> Any:
+def lookup_executor(accuracy: Callable[[str], float], queried: list[str]) -> Any:
     from nas.executors import Executor, JobResult, TrainJob
 
     class LookupExecutor(Executor):
@@ -367,7 +367,7 @@ def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]
     )
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_strategy(strategy, context))
     queried: list[str] = []
-    executor = _lookup_executor(lambda a: float(acc[data.index[a]]), queried)
+    executor = lookup_executor(lambda a: float(acc[data.index[a]]), queried)
     loop = SearchLoop(study, _space(), screen, executor, trainings=config.budget, seed=seed, epochs=200)
     stats = loop.run()
 

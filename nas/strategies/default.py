@@ -178,28 +178,34 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         return self._make_pool(self._sampled_pool(observed, number))
 
     def _make_pool(self, archs: Sequence[Hashable]) -> _Pool:
-        kept, canonical, static = self._dedupe(archs)
-        return self._screened_pool(kept, canonical, static)
+        canonical = [self._canonical(a) for a in archs]
+        return self._screened_pool(
+            list(archs), canonical, np.stack([self._static_features(a) for a in archs])
+        )
 
-    def _dedupe(self, archs: Sequence[Hashable]) -> tuple[list[Hashable], list[str], np.ndarray]:
-        unique: dict[str, Hashable] = {}
-        for a in archs:
-            unique.setdefault(self._canonical(a), a)
-        kept = list(unique.values())
-        return kept, list(unique), np.stack([self._static_features(a) for a in kept])
-
-    def _screened_pool(self, kept: list[Hashable], canonical: list[str], static: np.ndarray) -> _Pool:
-        self._screen(kept)
-        preds = [self._pred_cache[a] for a in kept]
+    def _screened_pool(self, archs: list[Hashable], canonical: list[str], static: np.ndarray) -> _Pool:
+        """One candidate per canonical network: the member predicted cheapest (equivalent cells
+        are one network, but a device runs some encodings faster than others)."""
+        self._screen(archs)
+        preds = [self._pred_cache[a] for a in archs]
+        best: dict[str, int] = {}
+        for i, (c, p) in enumerate(zip(canonical, preds, strict=True)):
+            j = best.get(c)
+            if j is None or (p is not None and preds[j] is not None and p.latency_ms < preds[j].latency_ms):
+                best[c] = i
+        rows = np.array(list(best.values()), dtype=int)
+        kept = [archs[i] for i in rows]
+        position = {c: k for k, c in enumerate(best)}
         if self.context.predict is None:
             ones = np.ones(len(kept), dtype=bool)
-            return _Pool(kept, canonical, ones, None, None, static, {c: i for i, c in enumerate(canonical)})
-        lat = np.array([p.latency_ms for p in preds if p is not None])
-        size = np.log(np.maximum([p.size_bytes for p in preds if p is not None], 1.0))
+            return _Pool(kept, list(best), ones, None, None, static[rows], position)
+        chosen = [preds[i] for i in rows]
+        lat = np.array([p.latency_ms for p in chosen if p is not None])
+        size = np.log(np.maximum([p.size_bytes for p in chosen if p is not None], 1.0))
         if self._size_range is None:
             self._size_range = (float(size.min()), float(np.ptp(size)) or 1.0)
-        feasible = np.array([p.feasible for p in preds if p is not None], dtype=bool)
-        return _Pool(kept, canonical, feasible, lat, size, static, {c: i for i, c in enumerate(canonical)})
+        feasible = np.array([p.feasible for p in chosen if p is not None], dtype=bool)
+        return _Pool(kept, list(best), feasible, lat, size, static[rows], position)
 
     def _sampled_pool(self, observed: list[tuple[Hashable, float]], number: int) -> list[Hashable]:
         import random
@@ -307,8 +313,8 @@ _ENUMERATED: dict[Any, tuple[list[Hashable], list[str], np.ndarray]] = {}
 
 
 def _enumerated(space: Any) -> tuple[list[Hashable], list[str], np.ndarray]:
-    """Every network of a small space, one per canonical form, with its static features. Kept
-    per process: a benchmark runs many searches of the same space."""
+    """Every architecture of a small space with its canonical form and static features. Kept per
+    process: a benchmark runs many searches of the same space."""
     if space not in _ENUMERATED:
         helper = DefaultSampler.__new__(DefaultSampler)
         helper.space, helper._choices = space, space.choices()
@@ -321,7 +327,8 @@ def _enumerated(space: Any) -> tuple[list[Hashable], list[str], np.ndarray]:
             except ValueError:
                 continue
         _ENUMERATED.clear()  # one space at a time is enough; bounds the memory
-        _ENUMERATED[space] = helper._dedupe(archs)
+        canonical = [helper._canonical(a) for a in archs]
+        _ENUMERATED[space] = (archs, canonical, np.stack([helper._static_features(a) for a in archs]))
     return _ENUMERATED[space]
 
 

@@ -1,0 +1,107 @@
+"""``nas benchmark nb201`` on the real vendored NAS-Bench-201 tables, small budgets and few seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nas.benchmark.nb201 import BenchmarkConfig, load_data, pareto_front, run_one
+from nas.cli import main
+
+DEVICE = "raspi4"
+
+
+def budget_at(q: float, device: str = DEVICE) -> float:
+    return float(np.quantile(load_data().device_latency(device), q))
+
+
+def truth(dataset: str = "cifar10", device: str = DEVICE) -> tuple[dict[str, float], dict[str, float]]:
+    data = load_data()
+    lat = data.device_latency(device)
+    acc = data.accuracy[dataset]
+    return {a: float(acc[i]) for i, a in enumerate(data.archs)}, {
+        a: float(lat[i]) for i, a in enumerate(data.archs)
+    }
+
+
+def test_vendored_tables_are_complete() -> None:
+    data = load_data()
+    assert len(data.archs) == 15625 == len(set(data.archs))
+    assert {"pixel3", "raspi4", "eyeriss", "gold_6240"} <= set(data.devices)
+    assert max(data.accuracy["cifar10"]) == pytest.approx(94.37, abs=0.01)
+
+
+def test_cli_writes_records_the_scorer_accepts(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    budget = budget_at(0.25)
+    code = main(
+        [
+            "benchmark", "nb201", "--dataset", "cifar100", "--device", DEVICE, "--max-latency-ms", repr(budget),
+            "--budget", "15", "--seeds", "2", "--strategy", "default,random", "--json", str(out), "--quiet",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["strategy"], r["seed"]) for r in runs] == [
+        ("default", 0),
+        ("default", 1),
+        ("random", 0),
+        ("random", 1),
+    ]
+    acc, lat = truth("cifar100")
+    for r in runs:
+        assert 0 < len(r["queried"]) <= 15
+        assert r["best_arch"] in r["queried"]
+        assert lat[r["best_arch"]] <= budget  # the shipped network meets the budget on the truth
+        assert r["best_accuracy"] == pytest.approx(max(acc[a] for a in r["queried"] if lat[a] <= budget))
+
+
+def test_few_shot_latency_ships_feasible_within_k_lookups() -> None:
+    budget = budget_at(0.5, "pixel3")
+    config = BenchmarkConfig("cifar10", "pixel3", budget, budget=20, seeds=1, latency_samples=12)
+    _, lat = truth(device="pixel3")
+    for seed in range(2):
+        r = run_one(config, "default", seed)
+        assert len(r["latency_queried"]) <= 12
+        assert r["best_arch"] in r["queried"] and len(r["queried"]) <= 20
+        assert lat[r["best_arch"]] <= budget
+
+
+def test_pareto_records_carry_a_front_from_the_queried() -> None:
+    config = BenchmarkConfig("cifar10", DEVICE, budget_at(0.5), budget=20, seeds=1, pareto=True)
+    r = run_one(config, "default", 0)
+    acc, lat = truth()
+    assert r["front"] and set(r["front"]) <= set(r["queried"])
+    points = [(a, acc[a], lat[a]) for a in r["queried"]]
+    assert r["front"] == pareto_front(points)
+    # a front point is never dominated by another queried arch
+    for a in r["front"]:
+        assert not any(acc[b] > acc[a] and lat[b] < lat[a] for b in r["queried"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--device", "toaster", "--max-latency-ms", "5"],
+            "--device: unknown device 'toaster'; valid devices",
+        ),
+        (["--device", DEVICE, "--max-latency-ms", "5", "--strategy", "default,anneal"], "valid strategies"),
+        (["--device", DEVICE], "--max-latency-ms: expected a number > 0"),
+        (["--device", DEVICE, "--max-latency-ms", "-1"], "--max-latency-ms: expected a number > 0"),
+        (["--device", DEVICE, "--max-latency-ms", "5", "--dataset", "mnist"], "valid datasets"),
+        (["--device", DEVICE, "--max-latency-ms", "5", "--latency-samples", "1"], "--latency-samples"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    out = tmp_path / "out.json"
+    code = main(["benchmark", "nb201", *args, "--budget", "5", "--seeds", "1", "--json", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()

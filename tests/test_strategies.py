@@ -1,0 +1,162 @@
+"""One contract every strategy passes, driven through the real SearchLoop on NAS-Bench-201's
+published accuracies and a device's measured latencies (a narrowed op set keeps it fast)."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+
+from latency_models.size import SizeModel
+from nas.benchmark.nb201 import LookupPredictor, load_data, lookup_executor
+from nas.config import Constraints
+from nas.search import Screen, SearchLoop
+from nas.strategies import STRATEGIES, SearchContext, make_strategy
+from search_spaces import InputError, TaskShape, get_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3"]
+SPACE = get_space("nb201", {"channels": 16, "cells_per_stage": 5, "ops": OPS})
+TASK = TaskShape((32, 32, 3), 10)
+DEVICE = "pixel3"
+ALL = ["default", "random", "tpe", "nsga2", "kt-random", "kt-bayesian", "kt-hyperband"]
+
+
+def _in_space() -> list[str]:
+    data = load_data()
+    return [
+        a
+        for a in data.archs
+        if all(op.split("~")[0] in OPS for op in a.strip("|").replace("|+|", "|").split("|"))
+    ]
+
+
+def budget_at(quantile: float) -> float:
+    data = load_data()
+    lat = data.device_latency(DEVICE)
+    return float(np.quantile([lat[data.index[a]] for a in _in_space()], quantile))
+
+
+class Harness:
+    """A study, the loop and what the executor looked up."""
+
+    def __init__(
+        self, strategy: str, max_latency_ms: float, seed: int = 0, study: optuna.Study | None = None
+    ):
+        data = load_data()
+        lat = data.device_latency(DEVICE)
+        acc = data.accuracy["cifar10"]
+        predictor = LookupPredictor(
+            space="nb201", device=DEVICE, values={a: float(lat[data.index[a]]) for a in data.archs}
+        )
+        self.screen = Screen(SPACE, TASK, predictor, SizeModel(), Constraints(max_latency_ms=max_latency_ms))
+        self.context = SearchContext(
+            space=SPACE, seed=seed, predict=self.screen, max_latency_ms=max_latency_ms, n_trials=10
+        )
+        sampler = make_strategy(strategy, self.context)
+        if study is None:
+            study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        else:
+            study.sampler = sampler
+        self.study = study
+        self.queried: list[str] = []
+        self.executor = lookup_executor(lambda a: float(acc[data.index[a]]), self.queried)
+        self.truth = {a: float(lat[data.index[a]]) for a in data.archs}
+
+    def run(self, trainings: int) -> SearchLoop:
+        loop = SearchLoop(self.study, SPACE, self.screen, self.executor, trainings=trainings, max_asks=400)
+        loop.run()
+        return loop
+
+
+@pytest.mark.parametrize("strategy", ALL)
+def test_proposes_valid_feasible_archs(strategy: str) -> None:
+    h = Harness(strategy, budget_at(0.5))
+    loop = h.run(8)
+    assert loop.stats.trained == 8 == len(h.queried)
+    for t in h.study.trials:
+        SPACE.from_params(t.params)  # every proposal is a valid architecture of the space
+    # Only screened-feasible candidates are trained.
+    assert all(h.truth[a] <= budget_at(0.5) for a in h.queried)
+
+
+@pytest.mark.parametrize("strategy", ALL)
+def test_infeasible_recorded_and_search_goes_on(strategy: str) -> None:
+    budget = budget_at(0.1)  # nine in ten candidates break it
+    h = Harness(strategy, budget, seed=1)
+    loop = h.run(6)
+    assert loop.stats.trained == 6
+    infeasible = [t for t in h.study.trials if t.user_attrs.get("state") == "infeasible"]
+    for t in infeasible:
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert max(t.constraints.values()) > 0
+    assert all(h.truth[a] <= budget for a in h.queried)
+    if strategy == "default":
+        # ours screens before proposing: nothing infeasible is even asked
+        assert loop.stats.infeasible == 0
+    elif strategy in ("random", "kt-random"):
+        # blind proposals meet a budget this tight rarely: the loop records them and goes on
+        assert loop.stats.infeasible > 0
+
+
+@pytest.mark.parametrize("strategy", ALL)
+def test_resumes_from_the_study(strategy: str) -> None:
+    budget = budget_at(0.5)
+    first = Harness(strategy, budget, seed=2)
+    first.run(4)
+    # A new process: a fresh sampler on the same study picks up where the first stopped.
+    second = Harness(strategy, budget, seed=2, study=first.study)
+    loop = second.run(9)
+    assert loop.stats.trained == 9
+    assert len(first.queried) + len(second.queried) == 9
+    trained = first.queried + second.queried
+    assert len({str(SPACE.canonical(SPACE.parse(a))) for a in trained}) == len(trained)
+
+
+def test_default_never_trains_a_network_twice() -> None:
+    h = Harness("default", budget_at(0.5), seed=3)
+    loop = h.run(40)
+    canon = [str(SPACE.canonical(SPACE.parse(a))) for a in h.queried]
+    assert len(set(canon)) == len(canon) == 40
+    assert loop.stats.duplicates == 0 and loop.stats.infeasible == 0
+
+
+def test_default_beats_random_on_average() -> None:
+    """At 20 trainings the prior and the accuracy model pick better networks than chance."""
+    budget = budget_at(0.25)
+    best = {"default": [], "random": []}
+    for seed in range(4):
+        for name in best:
+            h = Harness(name, budget, seed=seed)
+            h.run(20)
+            acc = load_data().accuracy["cifar10"]
+            best[name].append(max(acc[load_data().index[a]] for a in h.queried))
+    assert np.mean(best["default"]) > np.mean(best["random"])
+
+
+def test_default_pareto_mode_spreads_over_latency() -> None:
+    data = load_data()
+    lat = data.device_latency(DEVICE)
+    predictor = LookupPredictor(
+        space="nb201", device=DEVICE, values={a: float(lat[data.index[a]]) for a in data.archs}
+    )
+    screen = Screen(SPACE, TASK, predictor, SizeModel(), Constraints())
+    context = SearchContext(
+        space=SPACE, seed=0, predict=screen, max_latency_ms=None, options={"pareto": True}
+    )
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=make_strategy("default", context)
+    )
+    queried: list[str] = []
+    executor = lookup_executor(lambda a: float(data.accuracy["cifar10"][data.index[a]]), queried)
+    SearchLoop(study, SPACE, screen, executor, trainings=20).run()
+    lats = sorted(float(lat[data.index[a]]) for a in queried)
+    # targets cycle through latency levels: the trained set is not bunched at one end
+    assert lats[-1] > 1.5 * lats[0]
+
+
+def test_unknown_strategy_lists_the_valid_ones() -> None:
+    with pytest.raises(InputError, match="valid strategies"):
+        make_strategy("simulated-annealing", SearchContext(space=SPACE))
+    assert {"default", "kt-bayesian", "kt-hyperband", "kt-random"} <= set(STRATEGIES)
