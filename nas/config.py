@@ -167,13 +167,13 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         _positive(self.calibration_samples, "export.calibration_samples", allow_none=False, integer=True)
-
-    def stages(self) -> list[str]:
-        return [f"int8:{self.calibration_samples}" if s == "int8" else s for s in self.pipeline]
         for name in ("pipeline", "formats"):
             value = getattr(self, name)
             if not value or not all(isinstance(v, str) and v for v in value):
                 raise InputError(f"export.{name}: expected a non-empty list of names, got {list(value)!r}.")
+
+    def stages(self) -> list[str]:
+        return [f"int8:{self.calibration_samples}" if s == "int8" else s for s in self.pipeline]
 
 
 @dataclass(frozen=True)
