@@ -2,7 +2,8 @@
 scored by the project's leave-one-device-out tool ``score_latency.py`` through the real CLI.
 
 Runs: nb201 and fbnet at K=10 and K=100 with reference devices (seeds 0 and 1) and K=100 without
-reference devices (seed 0), plus an in-process pricing rate. Results go to
+reference devices (seed 0), plus an in-process pricing rate and, for scale, what a model fitted on 3,000 of each
+device's own measurements reaches. Results go to
 ``benchmarks/results/latency_transfer.{json,md}`` (partial runs are kept per job under
 ``benchmarks/results/latency_transfer/`` so spaces can run in parallel and be merged).
 
@@ -117,6 +118,43 @@ def _pricing_rate(space_name: str, data: Path) -> dict[str, float]:
     return {"n_archs": len(texts), "median_s": med, "archs_per_s": len(texts) / med}
 
 
+def _ceiling(space_name: str, data: Path, n_train: int = 3000) -> dict[str, Any]:
+    """What the data allow: per device, our learned model fitted on ``n_train`` of that device's
+    own measurements (no reference), scored on the rest. Not a floor: a sense of the noise."""
+    import csv
+    import gzip
+
+    from latency_models.measurements import Measurements
+    from latency_models.metrics import latency_metrics
+    from latency_models.transfer import fit_learned, one_blas_thread
+    from search_spaces import get_space
+
+    with gzip.open(data / space_name / "latency_ms_27dev.csv.gz", "rt") as f:
+        rows = list(csv.DictReader(f))
+    devices = [c for c in rows[0] if c not in ("arch_idx", "arch_str", "sample_id", "op_idx_list")]
+    space = get_space(space_name)
+    texts = [r["arch_str"] for r in rows]
+    archs = [space.parse(t) for t in texts]
+    order = np.random.default_rng(0).permutation(len(rows))
+    train, test = order[:n_train], order[n_train:]
+    per_dev = {}
+    with one_blas_thread():
+        for d in devices:
+            lat = np.array([float(r[d]) for r in rows])
+            m = Measurements(
+                "ceiling", tuple(texts[i] for i in train), tuple(archs[i] for i in train), lat[train]
+            )
+            pred = fit_learned(space, m).predict([archs[i] for i in test])
+            met = latency_metrics(pred, lat[test])
+            per_dev[d] = {"spearman": met.spearman, "within10": met.within10}
+    return {
+        "n_train": n_train,
+        "mean_spearman": float(np.mean([v["spearman"] for v in per_dev.values()])),
+        "mean_within10": float(np.mean([v["within10"] for v in per_dev.values()])),
+        "per_device": per_dev,
+    }
+
+
 def _summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     keys = sorted({(r["space"], r["k"], r["reference"]) for r in rows}, key=lambda t: (t[0], not t[2], t[1]))
@@ -168,7 +206,7 @@ def _summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _markdown(summaries: list[dict[str, Any]], rates: dict[str, Any]) -> str:
+def _markdown(summaries: list[dict[str, Any]], rates: dict[str, Any], ceilings: dict[str, Any]) -> str:
     lines = [
         "# Few-shot latency predictors on real device data (leave one device out)",
         "",
@@ -203,6 +241,22 @@ def _markdown(summaries: list[dict[str, Any]], rates: dict[str, Any]) -> str:
             f"{s['predict_archs_per_s_whole_command']:,.0f} archs/s, median fit {s['median_fit_s']:.1f} s, "
             f"median predict {s['median_predict_s']:.1f} s"
         )
+    if ceilings:
+        lines += [
+            "",
+            "What the data allow (not a floor): per device, the learned model fitted on 3,000 of that",
+            "device's own measurements, scored on the rest (seed 0):",
+            "",
+        ]
+        for space, c in ceilings.items():
+            lines.append(
+                f"- {space}: mean Spearman {c['mean_spearman']:.4f}, mean within 10% {c['mean_within10']:.3f}; "
+                + ", ".join(
+                    f"{d} {v['spearman']:.3f}"
+                    for d, v in sorted(c["per_device"].items(), key=lambda kv: kv[1]["spearman"])[:5]
+                )
+                + " (lowest five)"
+            )
     lines += ["", "## Per device (mean over seeds): Spearman / within 10%", ""]
     cols = [s for s in summaries]
     header = (
@@ -237,6 +291,9 @@ def main() -> int:
         "--seeds", default="0,1", help="seeds of the reference runs (the no-reference run uses the first)"
     )
     ap.add_argument("--merge-only", action="store_true", help="only merge the partial results into the table")
+    ap.add_argument(
+        "--no-ceiling", action="store_true", help="skip the 3,000-measurement per-device reference"
+    )
     args = ap.parse_args()
     PARTS.mkdir(parents=True, exist_ok=True)
     if not args.merge_only:
@@ -252,10 +309,13 @@ def main() -> int:
     if not rows:
         raise SystemExit("latency_transfer: no results yet")
     rates = {s: _pricing_rate(s, args.data) for s in sorted({r["space"] for r in rows})}
+    ceilings = (
+        {} if args.no_ceiling else {s: _ceiling(s, args.data) for s in sorted({r["space"] for r in rows})}
+    )
     summaries = _summarise(rows)
-    doc = {"summaries": summaries, "pricing_rate": rates, "rows": rows}
+    doc = {"summaries": summaries, "pricing_rate": rates, "ceiling_3000_own": ceilings, "rows": rows}
     write_atomic(RESULTS / "latency_transfer.json", json.dumps(doc, indent=1))
-    write_atomic(RESULTS / "latency_transfer.md", _markdown(summaries, rates))
+    write_atomic(RESULTS / "latency_transfer.md", _markdown(summaries, rates, ceilings))
     for s in summaries:
         print(
             f"{s['space']} K={s['k']} ref={s['reference']}: spearman {s['mean_spearman']:.4f} within10 "
