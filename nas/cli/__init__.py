@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from search_spaces.errors import FatalError, InputError
+    from search_spaces.errors import FatalError, InputError, NasError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"nas: error: {e}\n")
         return 2
-    except FatalError as e:
+    except (FatalError, NasError) as e:  # e.g. a compression stage that fails on the winner
         if getattr(args, "verbose", False):
             raise
         sys.stderr.write(f"nas: stopped: {e}\n")
