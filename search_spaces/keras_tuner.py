@@ -111,7 +111,11 @@ class KerasTunerSpace(SearchSpace):
         import keras_tuner as kt
 
         hp = kt.HyperParameters()
-        self._call(hp)
+        try:
+            self._call(hp)
+        except TrialFailedError as e:
+            # With its default values the function must build: otherwise the space is unusable.
+            raise InputError(f"space keras-tuner: discovering hyperparameters: {e}") from None
         out = []
         for p in hp.space:
             values = self._values_of(p)
@@ -160,9 +164,11 @@ class KerasTunerSpace(SearchSpace):
             if c.name not in params:
                 raise InputError(f"space keras-tuner: missing parameter {c.name!r}.")
             value = params[c.name]
-            if value not in c.values:
+            # keras-tuner hands booleans back as 0/1: keep the choice's own value.
+            same = [v for v in c.values if v == value and (type(v) is type(value) or isinstance(v, bool))]
+            if not same:
                 raise InputError(f"arch: {c.name}: expected one of {list(c.values)}, got {value!r}.")
-            values.append((c.name, value))
+            values.append((c.name, same[0]))
         return KtArch(tuple(values))
 
     def to_params(self, arch: Any) -> dict[str, Any]:

@@ -149,10 +149,11 @@ class KerasTunerSampler(optuna.samplers.BaseSampler):
             return {}
         import warnings
 
-        self._sync(study)
         with warnings.catch_warnings():
-            # sklearn's GP (Bayesian oracle) warns on every fit of a flat one-hot space.
+            # sklearn's GP (Bayesian oracle) warns on every fit of a flat one-hot space, and
+            # keras-tuner's locking calls a deprecated threading API on every call.
             warnings.simplefilter("ignore")
+            self._sync(study)
             kt_trial = self._oracle.create_trial(f"optuna-{trial.number}")
         if kt_trial.status != "RUNNING":
             # The oracle is exhausted or waiting: this trial falls back to random choices.
