@@ -75,12 +75,19 @@ class Quantization:
     ``dtype`` is ``fp32``, ``fp16``, ``dynamic`` (int8 weights, float activations) or ``int8``
     (full integer). ``calibration`` is the representative-set size; ``max_error`` (int8 only)
     turns on mixed precision: a layer whose int8 output error (RMSE / scale, from the TFLite
-    quantization debugger) is above it stays float.
+    quantization debugger) is above it stays float. ``strip`` (set by the ``strip`` stage) removes
+    the strings from exported .tflite/TFLite Micro files; ``None`` is each format's default
+    (``tflm`` strips, ``tflite`` keeps names and signatures for signature runners and debugging).
+    ``per_channel`` (int8 only) is the converter's default per-output-channel weight scales;
+    ``False`` asks for one scale per tensor (smaller file: no float32 scale + int64 zero point per
+    channel of every weight and bias, at some accuracy risk, measured in the report).
     """
 
     dtype: str = "fp32"
     calibration: int = 200
     max_error: float | None = None
+    strip: bool | None = None
+    per_channel: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("fp32", "fp16", "dynamic", "int8"):
@@ -95,6 +102,13 @@ class Quantization:
             raise InputError(f"quantization calibration: expected an int >= 1, got {self.calibration!r}.")
         if self.max_error is not None and not (math.isfinite(self.max_error) and self.max_error > 0):
             raise InputError(f"quantization max_error: expected a number > 0, got {self.max_error!r}.")
+        if self.strip is not None and not isinstance(self.strip, bool):
+            raise InputError(f"quantization strip: expected true, false or none, got {self.strip!r}.")
+        if not isinstance(self.per_channel, bool) or (not self.per_channel and self.dtype != "int8"):
+            raise InputError(
+                f"quantization per_channel: expected true, or false with dtype int8, got {self.per_channel!r} "
+                f"with {self.dtype}."
+            )
 
 
 def stage_check(ok: bool, stage: str, rule: str, got: object) -> None:
@@ -124,6 +138,14 @@ class Stage(ABC):
     def quantization(self) -> Quantization | None:
         """The quantization the exporters should use after this stage (``None``: unchanged)."""
         return None
+
+    def next_quantization(self, current: Quantization) -> Quantization:
+        """What the exporters use after this stage, given what they used before it: this stage's
+        ``quantization`` if it sets one (export options such as ``strip`` carry over)."""
+        from dataclasses import replace
+
+        chosen = self.quantization
+        return current if chosen is None else replace(chosen, strip=current.strip)
 
     @property
     def spec(self) -> str:

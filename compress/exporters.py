@@ -99,6 +99,24 @@ def _convert(fn: Any, fmt: str) -> Any:
         raise StageError(f"export {fmt}: conversion failed: {first[:300]}") from None
 
 
+def _int8(model: Any, calibration: np.ndarray, per_channel: bool, fmt: str) -> bytes:
+    from latency_models.runtimes.litert import convert_tflite
+
+    from .quantization import convert_int8_per_tensor
+
+    if per_channel:
+        return _convert(lambda: convert_tflite(model, "int8", calibration), fmt)
+    return _convert(lambda: convert_int8_per_tensor(model, calibration), fmt)
+
+
+def _stripped(data: bytes, fmt: str) -> tuple[bytes, str]:
+    """``data`` without its strings, and the report note saying so."""
+    from .strip import STRIP_NOTE, strip_tflite
+
+    stripped = _convert(lambda: strip_tflite(data), fmt)
+    return stripped, STRIP_NOTE.format(saved=len(data) - len(stripped))
+
+
 class Exporter(ABC):
     """Writes one format into ``out_dir`` and measures what it wrote."""
 
@@ -131,9 +149,16 @@ class TFLiteExporter(Exporter):
             if not kept:
                 notes = (f"mixed precision: every layer's int8 error is <= {quant.max_error:g}; all int8",)
             filename = "model_int8_mixed.tflite"
+        elif quant.dtype == "int8" and not quant.per_channel:
+            data = _int8(ctx.model, calibration, False, self.name)
+            notes = ("int8 with one weight scale per tensor (per_channel=0)",)
+            filename = "model_int8_per_tensor.tflite"
         else:
             data = _convert(lambda: convert_tflite(ctx.model, quant.dtype, calibration), self.name)
             filename = f"model_{quant.dtype}.tflite"
+        if quant.strip:
+            data, note = _stripped(data, self.name)
+            notes = (*notes, note)
         path = out_dir / filename
         write_atomic(path, data)
         return measure_tflite(path, quant.dtype, ctx, notes)
@@ -194,15 +219,20 @@ class TFLMExporter(Exporter):
     name = "tflm"
 
     def export(self, quant: Quantization, out_dir: Path, ctx: ExportContext) -> Exported:
-        from latency_models.runtimes.litert import convert_tflite
         from latency_models.runtimes.tflm import TFLMSession, arena_bytes
 
         calibration = ctx.data.calibration(quant.calibration if quant.dtype == "int8" else 200)
-        data = _convert(lambda: convert_tflite(ctx.model, "int8", calibration), self.name)
+        per_channel = quant.per_channel or quant.dtype != "int8"
+        data = _int8(ctx.model, calibration, per_channel, self.name)
+        notes = [] if per_channel else ["int8 with one weight scale per tensor (per_channel=0)"]
+        # A microcontroller never looks a tensor up by name: strip unless the user said keep.
+        if quant.strip is not False:
+            data, note = _stripped(data, self.name)
+            notes.append(note)
         source, header = c_array(data)
         write_atomic(out_dir / "model_data.h", header)
         write_atomic(out_dir / "model_data.cc", source)
-        notes = [compile_check(out_dir / "model_data.cc")]
+        notes.append(compile_check(out_dir / "model_data.cc"))
         stored = parse_c_array((out_dir / "model_data.cc").read_text())
         if stored != data:
             raise StageError(

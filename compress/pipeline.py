@@ -206,7 +206,7 @@ def _run(
             t0 = time.perf_counter()
             say(f"stage {stage.spec} ...")
             new_model = _apply(stage, current, data)
-            new_quant = stage.quantization or current_quant
+            new_quant = stage.next_quantization(current_quant)
             exported = _measure(new_model, new_quant, data, scratch, threads, f"{i + 1:02d}")
             row = _row(stage.spec, exported, new_model, base.accuracy, time.perf_counter() - t0)
             within = max_drop is None or row.accuracy_drop <= max_drop + 1e-9

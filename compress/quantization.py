@@ -14,7 +14,15 @@ import numpy as np
 from ._base import CompressData, Quantization, Stage, StageError, stage_check
 from .training import Trainer
 
-__all__ = ["DynamicRange", "Float16", "Int8", "MixedInt8", "QuantizationAware", "convert_mixed_int8"]
+__all__ = [
+    "DynamicRange",
+    "Float16",
+    "Int8",
+    "MixedInt8",
+    "QuantizationAware",
+    "convert_int8_per_tensor",
+    "convert_mixed_int8",
+]
 
 
 @dataclass(frozen=True)
@@ -48,12 +56,14 @@ class Float16(Stage):
 @dataclass(frozen=True)
 class Int8(Stage):
     """Post-training full-integer int8 (int8 input and output) calibrated on ``calibration``
-    training samples."""
+    training samples; ``per_channel=0`` uses one weight scale per tensor instead of one per
+    output channel (smaller file, some accuracy risk)."""
 
     name: ClassVar[str] = "int8"
     main_arg: ClassVar[str | None] = "calibration"
 
     calibration: int = 200
+    per_channel: int = 1
 
     def __post_init__(self) -> None:
         stage_check(
@@ -62,13 +72,34 @@ class Int8(Stage):
             "calibration must be an int >= 1",
             self.calibration,
         )
+        stage_check(self.per_channel in (0, 1), self.name, "per_channel must be 0 or 1", self.per_channel)
 
     def apply(self, model: Any, data: CompressData) -> Any:
         return model
 
     @property
     def quantization(self) -> Quantization:
-        return Quantization("int8", self.calibration)
+        return Quantization("int8", self.calibration, per_channel=bool(self.per_channel))
+
+
+def convert_int8_per_tensor(model: Any, calibration: np.ndarray) -> bytes:
+    """Full-integer int8 (int8 input and output) with one weight scale per tensor.
+
+    TensorFlow exposes this only as the converter attribute ``_experimental_disable_per_channel``
+    (present since TF 2.4, still in 2.21).
+    """
+    from search_spaces.backend import native_stderr_muted, tf
+
+    t = tf()
+    converter = t.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [t.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: _samples(calibration)
+    converter.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = t.int8
+    converter.inference_output_type = t.int8
+    converter._experimental_disable_per_channel = True
+    with native_stderr_muted():
+        return bytes(converter.convert())
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "distill": "compress.distillation:Distill",
     "finetune": "compress.distillation:FineTune",
     "lowrank": "compress.lowrank:LowRank",
+    "strip": "compress.strip:Strip",
 }
 
 
