@@ -76,8 +76,8 @@ class Quantization:
     (full integer). ``calibration`` is the representative-set size; ``max_error`` (int8 only)
     turns on mixed precision: a layer whose int8 output error (RMSE / scale, from the TFLite
     quantization debugger) is above it stays float. ``strip`` (set by the ``strip`` stage) removes
-    the strings from exported .tflite/TFLite Micro files; ``None`` is each format's default
-    (``tflm`` strips, ``tflite`` keeps names and signatures for signature runners and debugging).
+    the strings from exported .tflite/TFLite Micro files; ``None`` is the default: full-integer
+    int8 and ``tflm`` files are stripped, float ones keep names and signatures (signature runners).
     ``per_channel`` (int8 only) is the converter's default per-output-channel weight scales;
     ``False`` asks for one scale per tensor (smaller file: no float32 scale + int64 zero point per
     channel of every weight and bias, at some accuracy risk, measured in the report).

@@ -109,6 +109,13 @@ def _int8(model: Any, calibration: np.ndarray, per_channel: bool, fmt: str) -> b
     return _convert(lambda: convert_int8_per_tensor(model, calibration), fmt)
 
 
+def _strips(quant: Quantization) -> bool:
+    """Strip strings? As the ``strip`` stage says; by default only full-integer int8 files (the
+    microcontroller path, where names are dead weight), so float files keep the signature defs
+    that LiteRT signature runners look up."""
+    return quant.strip if quant.strip is not None else quant.dtype == "int8"
+
+
 def _stripped(data: bytes, fmt: str) -> tuple[bytes, str]:
     """``data`` without its strings, and the report note saying so."""
     from .strip import STRIP_NOTE, strip_tflite
@@ -156,7 +163,7 @@ class TFLiteExporter(Exporter):
         else:
             data = _convert(lambda: convert_tflite(ctx.model, quant.dtype, calibration), self.name)
             filename = f"model_{quant.dtype}.tflite"
-        if quant.strip:
+        if _strips(quant):
             data, note = _stripped(data, self.name)
             notes = (*notes, note)
         path = out_dir / filename
@@ -224,15 +231,15 @@ class TFLMExporter(Exporter):
         calibration = ctx.data.calibration(quant.calibration if quant.dtype == "int8" else 200)
         per_channel = quant.per_channel or quant.dtype != "int8"
         data = _int8(ctx.model, calibration, per_channel, self.name)
-        notes = [] if per_channel else ["int8 with one weight scale per tensor (per_channel=0)"]
+        later = [] if per_channel else ["int8 with one weight scale per tensor (per_channel=0)"]
         # A microcontroller never looks a tensor up by name: strip unless the user said keep.
         if quant.strip is not False:
             data, note = _stripped(data, self.name)
-            notes.append(note)
+            later.append(note)
         source, header = c_array(data)
         write_atomic(out_dir / "model_data.h", header)
         write_atomic(out_dir / "model_data.cc", source)
-        notes.append(compile_check(out_dir / "model_data.cc"))
+        notes = [compile_check(out_dir / "model_data.cc"), *later]
         stored = parse_c_array((out_dir / "model_data.cc").read_text())
         if stored != data:
             raise StageError(

@@ -81,8 +81,8 @@ def buffer_offsets(data: bytes) -> list[int]:
 @dataclass(frozen=True)
 class Strip(Stage):
     """Export option: ``strip`` (= ``strip:drop``) removes the strings from every .tflite and
-    TFLite Micro file exported after it; ``strip:keep`` keeps them, also in ``tflm`` (which
-    strips by default). The model itself is unchanged."""
+    TFLite Micro file exported after it (float ones too); ``strip:keep`` keeps them, also in int8
+    and ``tflm`` files (stripped by default). The model itself is unchanged."""
 
     name: ClassVar[str] = "strip"
     main_arg: ClassVar[str | None] = "strings"

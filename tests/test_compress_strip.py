@@ -12,18 +12,22 @@ from search_spaces import InputError
 
 
 @pytest.fixture(scope="module")
-def int8_model() -> tuple[bytes, np.ndarray]:
-    from latency_models.runtimes.litert import convert_tflite
+def keras_model() -> object:
     from search_spaces import TaskShape, get_space
     from search_spaces.backend import set_seed
 
     set_seed(0)
     space = get_space("mbconv", {})
     arch = space.parse("d1-k3-e1-w8-se0-relu6+d1-k3-e3-w16-se1-relu6+d1-k5-e4-w24-se0-hswish")
-    model = space.build(arch, TaskShape((12, 12, 1), 4))
-    rng = np.random.default_rng(1)
-    x = rng.random((16, 12, 12, 1), dtype=np.float32)
-    return convert_tflite(model, "int8", list(x)), x
+    return space.build(arch, TaskShape((12, 12, 1), 4))
+
+
+@pytest.fixture(scope="module")
+def int8_model(keras_model: object) -> tuple[bytes, np.ndarray]:
+    from latency_models.runtimes.litert import convert_tflite
+
+    x = np.random.default_rng(1).random((16, 12, 12, 1), dtype=np.float32)
+    return convert_tflite(keras_model, "int8", list(x)), x
 
 
 def _strings(data: bytes) -> tuple[list[object], int]:
@@ -79,3 +83,27 @@ def test_int8_per_channel_option_parses() -> None:
         parse_stage("int8:per_channel=2")
     with pytest.raises(InputError, match="quantization per_channel"):
         Quantization("fp16", per_channel=False)
+
+
+def test_exporter_strips_int8_by_default_and_obeys_the_stage(keras_model: object, tmp_path) -> None:
+    from compress import CompressData
+    from compress.exporters import ExportContext, TFLiteExporter
+
+    rng = np.random.default_rng(2)
+    x, y = rng.random((24, 12, 12, 1), dtype=np.float32), np.arange(24) % 4
+    ctx = ExportContext(keras_model, CompressData(x, y, x, y, x, y), runs=3)
+    sizes = {}
+    for label, quant in {
+        "int8": Quantization("int8", 8),
+        "int8 kept": Quantization("int8", 8, strip=False),
+        "fp32": Quantization(),
+        "fp32 stripped": Quantization(strip=True),
+    }.items():
+        folder = tmp_path / label.replace(" ", "_")
+        folder.mkdir()
+        exported = TFLiteExporter().export(quant, folder, ctx)
+        names, _ = _strings((folder / exported.files[0]).read_bytes())
+        sizes[label] = exported.size_bytes
+        stripped = any(n.startswith("strings stripped") for n in exported.notes)
+        assert stripped == (label in ("int8", "fp32 stripped")) == (not any(names)), (label, exported.notes)
+    assert sizes["int8"] < sizes["int8 kept"] and sizes["fp32 stripped"] < sizes["fp32"]
