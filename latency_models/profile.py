@@ -9,7 +9,7 @@ import json
 import os
 import platform
 import re
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,8 @@ import numpy as np
 
 from search_spaces import Block, InputError, SearchSpace, TaskShape
 
-from .runtimes import Runtime, Timing, get_runtime
-from .table import DTYPES, Entry, LatencyTable, TableMeta
+from .runtimes import Runtime, Timing, get_runtime, time_calls
+from .table import DTYPES, OVERHEAD_KEY, PERSISTENT_KEY, Entry, LatencyTable, TableMeta
 
 __all__ = [
     "BLOCK_TIMING",
@@ -77,44 +77,13 @@ def _model_input_shape(model: Any) -> tuple[int, ...]:
 def time_session(
     session: Any, sample: np.ndarray, timing: tuple[int, int, float], threads: int = 1
 ) -> Timing:
-    """Median-based timing of ``session`` that drops runs the OS preempted.
-
-    On a shared machine a run that loses the CPU mid-way takes milliseconds longer, and long
-    runs lose it more often than short ones, which would bias whole models against the tiny
-    blocks a table sums. With one thread the run executes on this thread, so its CPU time tells:
-    a run whose wall time exceeds its thread CPU time by more than 20 us + 10% waited for the CPU
-    and is left out (the runs kept are counted in ``runs``).
-    """
-    import statistics
-    import time
-
+    """Time ``session`` on ``sample`` with ``(runs, warmup, min_total_s)``; preempted runs are
+    dropped (see ``latency_models.runtimes.time_calls``)."""
     runs, warmup, min_total_s = timing
     session.prepare(sample)
-    for _ in range(warmup):
-        session.invoke_once()
-    wall: list[float] = []
-    kept: list[float] = []
-    start = time.perf_counter()
-    while len(kept) < runs or (time.perf_counter() - start < min_total_s and len(wall) < 100 * runs):
-        c0, t0 = time.thread_time(), time.perf_counter()
-        session.invoke_once()
-        t1, c1 = time.perf_counter(), time.thread_time()
-        w, c = (t1 - t0) * 1e3, (c1 - c0) * 1e3
-        wall.append(w)
-        if threads != 1 or w - c <= 0.02 + 0.1 * c:
-            kept.append(w)
-        if len(wall) >= 100 * runs:
-            break
-    samples = kept if len(kept) >= 3 else wall
-    arr = np.asarray(samples)
-    return Timing(
-        median_ms=float(np.median(arr)),
-        p10_ms=float(np.percentile(arr, 10)),
-        p90_ms=float(np.percentile(arr, 90)),
-        mean_ms=float(arr.mean()),
-        std_ms=float(statistics.pstdev(samples)),
-        runs=len(samples),
-        warmup=warmup,
+    single = threads == 1 and getattr(session, "runs_on_caller_thread", True)
+    return time_calls(
+        session.invoke_once, runs=runs, warmup=warmup, min_total_s=min_total_s, single_thread=single
     )
 
 
@@ -202,8 +171,6 @@ def _arena_use(rt: Runtime, artifact: Any) -> Any:
 
 
 # -- TFLite Micro arena model ---------------------------------------------------------------------
-PERSISTENT_KEY = "tflm_persistent_bytes"
-OVERHEAD_KEY = "tflm_model_overhead_bytes"
 
 
 def tflm_model_overhead_bytes() -> int:
@@ -232,29 +199,8 @@ def tflm_model_overhead_bytes() -> int:
 
 
 def predict_arena_bytes(table: LatencyTable, blocks: Sequence[Block]) -> int:
-    """TFLM arena bytes for a network of ``blocks`` from a ``tflm`` table.
-
-    Activations are planned per op and freed, so the network needs the largest block's activation
-    arena; persistent buffers (tensor structs, kernels' quantization data) all stay, so they add
-    up, less the per-model overhead each separately profiled block paid once too often. Tables
-    without the persistent part fall back to the peak of per-block arenas.
-    """
-    blocks = list(blocks)
-    if not blocks:
-        raise InputError("blocks: expected at least one block, got none.")
-    persistent = table.meta.extra.get(PERSISTENT_KEY)
-    if not isinstance(persistent, Mapping):
-        return table.memory(blocks)
-    head = tail = 0
-    for b in blocks:
-        total = table.lookup(b).memory_bytes
-        if total is None or b.key not in persistent:
-            raise InputError(f"table for {table.meta.device}: block {b.key} has no TFLM arena measurement.")
-        part = int(persistent[b.key])
-        head = max(head, total - part)
-        tail += part
-    overhead = int(table.meta.extra.get(OVERHEAD_KEY, 0))
-    return head + tail - overhead * (len(blocks) - 1)
+    """TFLM arena bytes for a network of ``blocks`` from a ``tflm`` table (``LatencyTable.memory``)."""
+    return table.memory(blocks)
 
 
 def measure_arenas(space: SearchSpace, task: TaskShape, archs: Iterable[Hashable]) -> list[int]:

@@ -27,6 +27,9 @@ DTYPES = ("int8", "fp32", "fp16")
 BLOCK_COLUMNS = ("kind", "in_h", "in_w", "in_c", "out_c", "kernel", "stride", "expand", "se", "act", "extra")
 VALUE_COLUMNS = ("mean_ms", "std_ms", "count", "memory_bytes")
 CSV_REQUIRED = (*BLOCK_COLUMNS[:-1], "mean_ms")
+# meta.extra keys of a TFLite Micro table (see ``LatencyTable.memory``)
+PERSISTENT_KEY = "tflm_persistent_bytes"
+OVERHEAD_KEY = "tflm_model_overhead_bytes"
 
 
 class MissingEntryError(InputError):
@@ -118,14 +121,35 @@ class LatencyTable:
         return sum(self.lookup(b).mean_ms for b in blocks)
 
     def memory(self, blocks: Iterable[Block]) -> int:
-        """Peak of per-block memory: blocks run one after another, so the largest arena wins."""
-        peak = 0
+        """Peak memory (bytes) of a network of ``blocks``.
+
+        A TFLite Micro table (profiled with runtime ``tflm``) also records each block's
+        persistent bytes: activations are planned per op and freed, so the network needs the
+        largest block's activation arena, while persistent buffers all stay and add up, less the
+        per-model overhead each separately profiled block paid once too often. Other tables give
+        the peak of per-block memory.
+        """
+        blocks = list(blocks)
+        if not blocks:
+            raise InputError("blocks: expected at least one block, got none.")
+        persistent = self.meta.extra.get(PERSISTENT_KEY)
+        head = tail = 0
         for b in blocks:
-            m = self.lookup(b).memory_bytes
-            if m is None:
+            total = self.lookup(b).memory_bytes
+            if total is None:
                 raise MissingEntryError(f"table for {self.meta.device}: block {b.key} has no memory_bytes.")
-            peak = max(peak, m)
-        return peak
+            if isinstance(persistent, Mapping):
+                if b.key not in persistent:
+                    raise MissingEntryError(
+                        f"table for {self.meta.device}: block {b.key} has no persistent-bytes measurement."
+                    )
+                part = int(persistent[b.key])
+                head, tail = max(head, total - part), tail + part
+            else:
+                head = max(head, total)
+        if not isinstance(persistent, Mapping):
+            return head
+        return head + tail - int(self.meta.extra.get(OVERHEAD_KEY, 0)) * (len(blocks) - 1)
 
     def missing(self, blocks: Iterable[Block]) -> list[Block]:
         return [b for b in dict.fromkeys(blocks) if b not in self.entries]

@@ -38,6 +38,11 @@ _LAMBDAS = tuple(10.0**e for e in np.arange(-4.0, 4.01, 0.5))
 # Weight of the per-feature correction next to the reference devices (0 = references only).
 _ALPHAS = (0.0, 0.1, 0.3, 1.0, 3.0)
 _SMOOTH_LAMBDA = 1.0
+# Sources blending each reference device's smoothed model with its raw measurements:
+# smooth + share * (raw - smooth); 1.0 is the raw values themselves.
+_RAW_SHARES = (0.5, 1.0)
+# Also offer a non-negative mix of the reference devices (see ``_nonneg_mix``) from this many points.
+_NONNEG_MIN_K = 10
 # Candidates whose leave-one-out error is within this factor of the best are averaged.
 _ENSEMBLE_TOL = 0.03
 # At most this many positions get all pairwise interaction features (nb201: 6 edges).
@@ -564,6 +569,30 @@ def _smooth(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.nd
     return ym - xm @ coef, coef
 
 
+def _nonneg_mix(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Weighted least squares of ``y`` on ``z`` with non-negative weights and a free intercept.
+
+    A target device is slower where its references are slower: the sign constraint is a prior
+    that a ridge mix of many correlated devices lacks. Returns (intercept, weights, leave-one-out
+    residuals), the latter by refitting without each point.
+    """
+    from scipy.optimize import nnls
+
+    k = len(y)
+    sw = np.sqrt(w)
+    a = np.hstack([z, np.ones((k, 1)), -np.ones((k, 1))]) * sw[:, None]
+    yw = y * sw
+    coef, _ = nnls(a, yw)
+    loo = np.empty(k)
+    keep = np.ones(k, dtype=bool)
+    for i in range(k):
+        keep[i] = False
+        c, _ = nnls(a[keep], yw[keep])
+        keep[i] = True
+        loo[i] = y[i] - (z[i] @ c[:-2] + c[-2] - c[-1])
+    return float(coef[-2] - coef[-1]), coef[:-2], loo
+
+
 def _candidates(
     z: np.ndarray,
     x_k: np.ndarray,
@@ -588,6 +617,19 @@ def _candidates(
                 "err": _rel_rmse(loo, y_ms, target),
                 "method": f"single-{source}",
                 "device": devices[d],
+                "b0": b0,
+                "wz": wz,
+                "alpha": 0.0,
+                "delta": zeros,
+                "source": source,
+            }
+        )
+    if k >= _NONNEG_MIN_K:
+        b0, wz, loo = _nonneg_mix(z, y, w)
+        cands.append(
+            {
+                "err": _rel_rmse(loo, y_ms, target),
+                "method": f"nonneg-{source}",
                 "b0": b0,
                 "wz": wz,
                 "alpha": 0.0,
@@ -623,6 +665,13 @@ def _candidates(
                 }
             )
     return cands
+
+
+def _raw_share(source: str) -> float:
+    """How much of the raw reference values a candidate's source carries (see ``_RAW_SHARES``)."""
+    if source == "smooth":
+        return 0.0
+    return 1.0 if source == "raw" else float(source[3:])
 
 
 def _arch_keys(codes: np.ndarray) -> list[str] | None:
@@ -670,7 +719,8 @@ def fit_transfer(
         y, w = _to_target(y_ms, target)
         sources = {"smooth": s_k}
         if in_ref.sum() >= 3:
-            sources["raw"] = raw_k
+            for g in _RAW_SHARES:
+                sources["raw" if g == 1.0 else f"raw{g:g}"] = s_k + g * (raw_k - s_k)
         stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         cands: list[dict[str, Any]] = []
         for source, vals in sources.items():
@@ -709,8 +759,7 @@ def fit_transfer(
             scale = c["wz"] / sd
             intercept += float(c["b0"] + scale @ (b_dev - mu)) / len(near)
             coef += (c_dev @ scale + c["delta"]) / len(near)
-            if c["source"] == "raw":
-                oscale += scale / len(near)
+            oscale += _raw_share(c["source"]) * scale / len(near)
         if best is None or win["err"] < best["err"] or (math.isinf(best["err"]) and target == "log"):
             offsets = None
             if np.any(oscale != 0):
@@ -723,7 +772,7 @@ def fit_transfer(
                 "coef": coef,
                 "offsets": offsets,
                 "n_ensemble": len(near),
-                "n_raw": sum(c["source"] == "raw" for c in near),
+                "n_raw": sum(_raw_share(c["source"]) > 0 for c in near),
             }
             if math.isinf(win["err"]):
                 break  # the fallback: log target only

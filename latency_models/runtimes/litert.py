@@ -4,7 +4,9 @@ with ``ai_edge_litert``'s interpreter at a pinned thread count."""
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,7 @@ from search_spaces.backend import native_stderr_muted, tf
 
 from . import Artifact, Runtime, Session
 
-__all__ = ["LiteRT", "LiteRTSession", "convert_tflite"]
+__all__ = ["LiteRT", "LiteRTSession", "convert_tflite", "load_file"]
 
 
 def convert_tflite(model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None) -> bytes:
@@ -52,6 +54,7 @@ class LiteRTSession(Session):
     def __init__(self, data: bytes, threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
+        self.threads = threads
         self.interpreter = Interpreter(model_content=data, num_threads=threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
@@ -78,7 +81,9 @@ class LiteRTSession(Session):
         for start in range(0, len(x), batch):
             chunk = x[start : start + batch]
             if len(chunk) != self._batch_resized:
-                self.interpreter.resize_tensor_input(self.input["index"], [len(chunk), *self.input["shape"][1:]])
+                self.interpreter.resize_tensor_input(
+                    self.input["index"], [len(chunk), *self.input["shape"][1:]]
+                )
                 self.interpreter.allocate_tensors()
                 self._batch_resized = len(chunk)
             self.interpreter.set_tensor(self.input["index"], self._quantize(chunk))
@@ -114,3 +119,11 @@ class LiteRT(Runtime):
 
     def load(self, artifact: Artifact, threads: int = 1) -> LiteRTSession:
         return LiteRTSession(artifact.data, threads)
+
+
+def load_file(path: str | os.PathLike[str], threads: int = 1) -> LiteRTSession:
+    """Open a .tflite file on disk (as the other runtimes' ``load_file``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: .tflite file not found.")
+    return LiteRTSession(path.read_bytes(), threads)

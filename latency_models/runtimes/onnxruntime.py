@@ -91,6 +91,7 @@ class OnnxSession(Session):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        self.threads = threads
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -42,6 +42,8 @@ def ir_from_model(model: Any) -> tuple[bytes, bytes]:
 
 
 class OpenVinoSession(Session):
+    runs_on_caller_thread = False  # OpenVINO infers on its own executor threads
+
     def __init__(self, xml: bytes, weights: bytes, threads: int = 1, precision: str = "f32") -> None:
         ov = _ov()
         core = ov.Core()
