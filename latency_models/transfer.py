@@ -41,8 +41,10 @@ _SMOOTH_LAMBDA = 1.0
 # Sources blending each reference device's smoothed model with its raw measurements:
 # smooth + share * (raw - smooth); 1.0 is the raw values themselves.
 _RAW_SHARES = (0.5, 1.0)
-# Also offer a non-negative mix of the reference devices (see ``_nonneg_mix``) from this many points.
-_NONNEG_MIN_K = 10
+_RAW_SHARE_MIN_K = 30
+# Also offer a non-negative mix of the reference devices (see ``_nonneg_mix``) from this many points
+# (with fewer, the extra candidates only add selection noise: nb201 K=10 lost 0.002 within 10%).
+_NONNEG_MIN_K = 30
 # Candidates whose leave-one-out error is within this factor of the best are averaged.
 _ENSEMBLE_TOL = 0.03
 # At most this many positions get all pairwise interaction features (nb201: 6 edges).
@@ -719,7 +721,8 @@ def fit_transfer(
         y, w = _to_target(y_ms, target)
         sources = {"smooth": s_k}
         if in_ref.sum() >= 3:
-            for g in _RAW_SHARES:
+            # Intermediate shares only with enough points: at K=10 more candidates mean more noise.
+            for g in _RAW_SHARES if k >= _RAW_SHARE_MIN_K else (1.0,):
                 sources["raw" if g == 1.0 else f"raw{g:g}"] = s_k + g * (raw_k - s_k)
         stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         cands: list[dict[str, Any]] = []

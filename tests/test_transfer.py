@@ -190,3 +190,32 @@ def test_malformed_predictor_files_are_named(tmp_path: Path) -> None:
     bad.write_text(json.dumps(doc))
     with pytest.raises(InputError, match="bad.json: malformed learned predictor"):
         load_predictor(bad)
+
+
+def test_nonneg_mix_keeps_signs_and_its_leave_one_out_is_a_refit() -> None:
+    from scipy.optimize import nnls
+
+    from latency_models.transfer import _nonneg_mix
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(25, 4))
+    # device 2 runs the opposite way: a free mix would give it a negative weight
+    y = 1.5 + z @ np.array([0.8, 0.3, -0.5, 0.0]) + 0.05 * rng.normal(size=25)
+    w = rng.uniform(0.5, 2.0, size=25)
+    b0, wz, loo = _nonneg_mix(z, y, w)
+    assert np.all(wz >= 0) and wz[2] == 0 and wz[0] > 0.5
+    i = 7
+    keep = np.arange(25) != i
+    sw = np.sqrt(w[keep])
+    a = np.hstack([z[keep], np.ones((24, 1)), -np.ones((24, 1))]) * sw[:, None]
+    c, _ = nnls(a, y[keep] * sw)
+    assert loo[i] == pytest.approx(y[i] - (z[i] @ c[:-2] + c[-2] - c[-1]))
+    fitted = b0 + z @ wz
+    assert np.sqrt(np.mean((fitted - y) ** 2)) < np.sqrt(np.mean(loo**2))
+
+
+def test_raw_share_names() -> None:
+    from latency_models.transfer import _RAW_SHARES, _raw_share
+
+    assert _raw_share("smooth") == 0.0 and _raw_share("raw") == 1.0 and _raw_share("raw0.5") == 0.5
+    assert 1.0 in _RAW_SHARES
