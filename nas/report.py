@@ -64,6 +64,9 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
                 "fidelity_epochs": a.get("fidelity_epochs"),
                 "worker": {"host": a.get("host"), "pid": a.get("pid")} if a.get("pid") else None,
                 "queued_s": a.get("queued_s"),
+                "attempts": a.get("attempts", 1),
+                "retried_after": a.get("retried_after"),
+                "duplicate_of": a.get("duplicate_of"),
                 "run_s": a.get("run_s"),
             }
         )

@@ -315,7 +315,7 @@ def run(
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the whole job and return the report (also written to ``out_dir/report.json``)."""
-    from .executors import InlineExecutor, WorkerSetup
+    from .executors import WorkerSetup
     from .report import write_report
     from .search import Screen, SearchLoop, budget_share, smallest_achievable
     from .strategies import make_strategy
@@ -363,10 +363,25 @@ def run(
     )
     sampler = make_strategy(config.search.strategy, context)
     study = _open_study(config, out, storage, resume, sampler)
+    if study.trials:
+        # A seeded sampler would replay the proposals it made before the interruption.
+        from dataclasses import replace as _replace
+
+        study.sampler = make_strategy(
+            config.search.strategy, _replace(context, seed=context.seed + len(study.trials))
+        )
     setup = WorkerSetup(
         config.space.name, dict(config.space.options), _task_dict(config), _train_dict(config)
     )
-    executor = executor_factory(setup, data) if executor_factory else InlineExecutor(setup, data)
+    if executor_factory is None:  # as the CLI: local worker processes, one per core by default
+        from .distributed import ExecutorChoice
+
+        executor_factory = ExecutorChoice(
+            workers=config.search.workers,
+            cpus_per_trial=config.search.cpus_per_trial,
+            gpus_per_trial=config.search.gpus_per_trial,
+        ).factory(status)
+    executor = executor_factory(setup, data)
     loop = SearchLoop(
         study=study,
         space=space,

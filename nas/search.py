@@ -173,6 +173,9 @@ class SearchLoop:
     stats: SearchStats = field(default_factory=SearchStats)
     _trained: dict[str, tuple[float, float]] = field(default_factory=dict)
     _pending: dict[int, optuna.trial.Trial] = field(default_factory=dict)
+    # canonical arch -> number of the trial training it; duplicates asked meanwhile wait here
+    _in_flight: dict[str, int] = field(default_factory=dict)
+    _parked: dict[int, list[optuna.trial.Trial]] = field(default_factory=dict)
     _failures_in_row: int = 0
 
     def context(self) -> SearchContext:
@@ -286,8 +289,19 @@ class SearchLoop:
             self.stats.duplicates += 1
             self._emit("duplicate", attrs)
             return
+        if canonical in self._in_flight:
+            # The same network is training right now (another worker): wait for its result
+            # instead of training it twice.
+            original = self._in_flight[canonical]
+            trial.set_user_attr("state", "duplicate")
+            trial.set_user_attr("duplicate_of", original)
+            self._parked.setdefault(original, []).append(trial)
+            self.stats.duplicates += 1
+            self._emit("duplicate", attrs)
+            return
         trial.set_user_attr("fidelity_epochs", self.epochs)
         self._pending[trial.number] = trial
+        self._in_flight[canonical] = trial.number
         self.executor.submit(TrainJob(trial.number, str(arch), self.seed, self.epochs))
         self._emit("submitted", attrs)
 
@@ -295,12 +309,17 @@ class SearchLoop:
         import optuna
 
         trial = self._pending.pop(result.trial_number)
+        self._in_flight.pop(trial.user_attrs["canonical"], None)
+        parked = self._parked.pop(trial.number, [])
         for key, value in result.as_attrs().items():
             trial.set_user_attr(key, value)
         self.stats.trained += 1
         if not result.ok or result.accuracy is None or not math.isfinite(result.accuracy):
             trial.set_user_attr("state", "failed")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            for twin in parked:
+                twin.set_user_attr("error", f"duplicate of trial {trial.number}, which failed")
+                self.study.tell(twin, state=optuna.trial.TrialState.FAIL)
             self.stats.failed += 1
             self._failures_in_row += 1
             self._emit("failed", {"arch": result.arch, "error": result.error})
@@ -315,6 +334,8 @@ class SearchLoop:
         trial.set_user_attr("state", "complete")
         self.study.tell(trial, [result.accuracy, latency])
         self._trained[trial.user_attrs["canonical"]] = (result.accuracy, latency)
+        for twin in parked:
+            self.study.tell(twin, [result.accuracy, latency])
         if self.stats.best_accuracy is None or result.accuracy > self.stats.best_accuracy:
             self.stats.best_accuracy = result.accuracy
         self._emit("complete", {"arch": result.arch, "accuracy": result.accuracy})

@@ -187,3 +187,38 @@ def test_job_results_carry_where_they_ran() -> None:
 
 def test_mnist_table_prices_the_quickstart_space() -> None:
     assert len(mnist_table()) > 50
+
+
+class DeferredExecutor(CountingExecutor):
+    """Two jobs in flight at once: they run (for real) only when the loop polls."""
+
+    capacity = 2
+
+    def submit(self, job: TrainJob) -> None:
+        self.jobs.append(job)
+        self._queued = [*getattr(self, "_queued", []), job]
+
+    def poll(self, timeout: float | None = None) -> list[JobResult]:
+        queued, self._queued = getattr(self, "_queued", []), []
+        return [run_job_inline(self, job) for job in queued]
+
+
+def run_job_inline(executor: InlineExecutor, job: TrainJob) -> JobResult:
+    from nas.executors import run_job
+
+    return run_job(executor.setup, job, executor.data)
+
+
+def test_a_network_asked_while_it_trains_is_not_trained_twice(tmp_path: Path) -> None:
+    loop, _ = make_loop(tmp_path, trainings=2, max_latency_ms=1e9, strategy="random")
+    space = loop.space
+    arch = space.parse(str(space.random(__import__("random").Random(3))))
+    loop.study.enqueue_trial(space.to_params(arch))
+    loop.study.enqueue_trial(space.to_params(arch))
+    executor = DeferredExecutor(loop.executor.setup, loop.executor.data)
+    loop.executor = executor
+    loop.run()
+    trials = loop.study.get_trials()
+    assert [j.arch for j in executor.jobs].count(str(arch)) == 1
+    twin = [t for t in trials if t.user_attrs.get("duplicate_of") is not None]
+    assert len(twin) == 1 and twin[0].values == trials[twin[0].user_attrs["duplicate_of"]].values
