@@ -21,12 +21,21 @@ def nas_bin() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "nas"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_profile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One host-profile cache for the whole session (never the user's own ~/.cache): the tiny
+    test spaces are profiled once, by whichever test needs them first."""
+    path = tmp_path_factory.mktemp("edge-nas-cache")
+    os.environ["EDGE_NAS_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture
 def run_nas(nas_bin: list[str], tmp_path: Path):
     """Run the real CLI in a subprocess; returns the CompletedProcess."""
 
     def _run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600):
-        full_env = {**os.environ, "EDGE_NAS_CACHE": str(tmp_path / "cache"), **(env or {})}
+        full_env = {**os.environ, **(env or {})}
         return subprocess.run(
             [*nas_bin, *args],
             capture_output=True,
