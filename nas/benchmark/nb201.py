@@ -9,6 +9,7 @@ those look-ups, exactly as it counts trainings in a real run.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import json
 import math
@@ -296,6 +297,16 @@ def few_shot_latency(
     return pred, margin
 
 
+def refit_latency(data: Nb201Data, device: str, oracle: _LatencyOracle) -> np.ndarray:
+    """The few-shot latency model refitted on every measurement so far (measured cells exact)."""
+    family = device_family(device)
+    refs = [j for j, d in enumerate(data.devices) if device_family(d) != family]
+    pred = _fit_log_lines(np.log(np.maximum(data.latency[:, refs], 1e-6)), oracle)
+    for i in oracle.asked:
+        pred[i] = oracle.truth[i]
+    return pred
+
+
 def _fit_log_lines(logref: np.ndarray, oracle: _LatencyOracle) -> np.ndarray:
     idx = np.array(oracle.asked)
     y = np.log(np.maximum(oracle.truth[idx], 1e-6))
@@ -381,7 +392,10 @@ def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]
     loop = SearchLoop(study, _space(), screen, executor, trainings=config.budget, seed=seed, epochs=200)
     stats = loop.run()
 
-    best = _ship(config, queried, acc, latency_values, oracle, data, margin)
+    refit = None
+    if oracle is not None:
+        refit = functools.partial(refit_latency, data, config.device, oracle)
+    best = _ship(config, queried, acc, latency_values, oracle, data, margin, refit)
     record: dict[str, Any] = {
         "strategy": strategy,
         "seed": seed,
@@ -410,6 +424,7 @@ def _ship(
     oracle: _LatencyOracle | None,
     data: Nb201Data,
     margin: float = 0.0,
+    refit: Callable[[], np.ndarray] | None = None,
 ) -> str | None:
     """The most accurate queried network that meets the budget. With predicted latencies the
     leading candidates are measured (kept-back samples) before one is shipped."""
@@ -422,19 +437,36 @@ def _ship(
     if oracle is None:
         meets = [a for a in ranked if latency[data.index[a]] <= budget]
         return meets[0] if meets else min(queried, key=lambda a: latency[data.index[a]])
-    # The most accurate trained networks are measured in turn until one fits: predictions alone
-    # can be far off on a device the references do not resemble.
-    for a in ranked:
-        i = data.index[a]
-        if i in oracle.asked or (latency[i] <= budget and oracle.left > 0):
-            if oracle.measure(i) <= budget:
+    # The most accurate trained networks are measured in turn until one fits; every measurement
+    # refits the latency model, so later candidates are judged with what the misses taught.
+    original = latency
+    fits = [a for a in ranked if data.index[a] in oracle.asked and oracle.truth[data.index[a]] <= budget]
+    while True:
+        floor = acc[data.index[fits[0]]] if fits else -math.inf
+        left = [
+            a
+            for a in ranked
+            if data.index[a] not in oracle.asked
+            and latency[data.index[a]] <= budget
+            and acc[data.index[a]] > floor
+        ]
+        if not left or oracle.left == 0:
+            break
+        if oracle.measure(data.index[left[0]]) <= budget:
+            return left[0]
+        if refit is not None:
+            latency = refit()
+    # No measurement left: the most accurate one predicted to fit with the margin (by the model
+    # the search used, or the refitted one), else the one predicted furthest under the budget.
+    floor = acc[data.index[fits[0]]] if fits else -math.inf
+    for prediction in (original, latency):
+        for a in ranked:
+            i = data.index[a]
+            if i not in oracle.asked and prediction[i] <= (1.0 - margin) * budget and acc[i] > floor:
                 return a
-    # No measurement left: the most accurate one predicted to fit with twice the margin.
-    for a in ranked:
-        i = data.index[a]
-        if i not in oracle.asked and latency[i] <= (1.0 - 2.0 * margin) * budget:
-            return a
-    return min(queried, key=lambda a: latency[data.index[a]])
+    if fits:
+        return fits[0]  # measured within the budget
+    return min(queried, key=lambda a: original[data.index[a]])
 
 
 def run_benchmark(
