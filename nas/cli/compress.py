@@ -16,7 +16,7 @@ def register(sub: Any) -> None:
         help="prune, quantize, distil or factor a saved model and export it (tflite, tflm, onnx, openvino)",
         description=(
             "Stages: prune[:SPARSITY], structured[:RATIO], lowrank[:ENERGY] or lowrank:rank=R, dynamic, fp16, "
-            "int8[:CALIBRATION], mixed[:MAX_ERROR], qat[:EPOCHS], distill[:EPOCHS], finetune[:EPOCHS]; more "
+            "int8[:CALIBRATION][:per_channel=0], strip[:keep], mixed[:MAX_ERROR], qat[:EPOCHS], distill[:EPOCHS], finetune[:EPOCHS]; more "
             "arguments as :key=value (e.g. prune:0.5:epochs=3). Formats: tflite, tflm, onnx, openvino."
         ),
     )
