@@ -165,6 +165,15 @@ class SearchSpace(ABC):
         table up front), or ``None`` when the space cannot enumerate them."""
         return None
 
+    def _image_shape(self, task: TaskShape) -> tuple[int, int, int]:
+        """(H, W, C) of an image task; (H, W) inputs get one channel."""
+        shape = task.input_shape
+        if len(shape) == 3:
+            return int(shape[0]), int(shape[1]), int(shape[2])
+        if len(shape) == 2:
+            return int(shape[0]), int(shape[1]), 1
+        raise InputError(f"space {self.name}: needs image input (H, W) or (H, W, C), got input_shape {shape!r}.")
+
     def block_model(self, block: Block) -> Any:
         """A tf_keras model of ``block`` alone (input of the block's shape), for profiling."""
         raise NotImplementedError(f"space {self.name} cannot build single blocks for profiling")

@@ -147,14 +147,6 @@ class DsconvSpace(SearchSpace):
         return arch
 
     # -- networks ------------------------------------------------------------------------------
-    def _image_shape(self, task: TaskShape) -> tuple[int, int, int]:
-        shape = task.input_shape
-        if len(shape) == 3:
-            return int(shape[0]), int(shape[1]), int(shape[2])
-        if len(shape) == 2:
-            return int(shape[0]), int(shape[1]), 1
-        raise InputError(f"space dsconv: needs image input (H, W) or (H, W, C), got input_shape {shape!r}.")
-
     def blocks(self, arch: DsconvArch, task: TaskShape) -> list[Block]:
         h, w, c = self._image_shape(task)
         out = [Block("conv", h, w, c, self.stem_width, kernel=3, stride=self.stem_stride, act="relu6")]

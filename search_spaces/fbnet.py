@@ -129,14 +129,6 @@ class FbnetSpace(SearchSpace):
         return FbnetArch(tuple(ops))
 
     # -- networks ------------------------------------------------------------------------------
-    def _image_shape(self, task: TaskShape) -> tuple[int, int, int]:
-        shape = task.input_shape
-        if len(shape) == 3:
-            return int(shape[0]), int(shape[1]), int(shape[2])
-        if len(shape) == 2:
-            return int(shape[0]), int(shape[1]), 1
-        raise InputError(f"space fbnet: needs image input (H, W) or (H, W, C), got input_shape {shape!r}.")
-
     def layer_plan(self) -> list[tuple[int, int]]:
         """(output channels, stride) of each of the 22 searchable layers."""
         plan = []

@@ -196,14 +196,6 @@ class Nb201Space(SearchSpace):
         return len(self.ops) ** len(EDGES)
 
     # -- networks ------------------------------------------------------------------------------
-    def _image_shape(self, task: TaskShape) -> tuple[int, int, int]:
-        shape = task.input_shape
-        if len(shape) == 3:
-            return int(shape[0]), int(shape[1]), int(shape[2])
-        if len(shape) == 2:
-            return int(shape[0]), int(shape[1]), 1
-        raise InputError(f"space nb201: needs image input (H, W) or (H, W, C), got input_shape {shape!r}.")
-
     def blocks(self, arch: Nb201Arch, task: TaskShape) -> list[Block]:
         """Stem, every live cell operation (dead edges compute nothing), reductions, head."""
         h, w, c = self._image_shape(task)
