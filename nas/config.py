@@ -23,6 +23,7 @@ from .data import TaskSpec
 __all__ = [
     "Constraints",
     "ExportConfig",
+    "FidelityConfig",
     "LatencyConfig",
     "RunConfig",
     "SearchConfig",
@@ -123,6 +124,33 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class FidelityConfig:
+    """Multi-fidelity search (asynchronous successive halving): every candidate is trained first
+    for ``min_epochs``; a result in the top 1/``eta`` of its rung so far is retrained at ``eta``
+    times the epochs, up to ``training.epochs``; the others stop there."""
+
+    min_epochs: int = 1
+    eta: int = 3
+
+    def __post_init__(self) -> None:
+        _positive(self.min_epochs, "search.fidelity.min_epochs", allow_none=False, integer=True)
+        if isinstance(self.eta, bool) or not isinstance(self.eta, int) or self.eta < 2:
+            raise InputError(f"search.fidelity.eta: expected an int >= 2, got {self.eta!r}.")
+
+    def rungs(self, max_epochs: int) -> tuple[int, ...]:
+        """The epochs of each rung: min_epochs * eta**k, the last one ``max_epochs``."""
+        if self.min_epochs >= max_epochs:
+            raise InputError(
+                f"search.fidelity.min_epochs: expected an int < training.epochs ({max_epochs}), "
+                f"got {self.min_epochs!r}."
+            )
+        out = [self.min_epochs]
+        while out[-1] * self.eta < max_epochs:
+            out.append(out[-1] * self.eta)
+        return (*out, max_epochs)
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     strategy: str = "default"
     trainings: int = 20
@@ -135,6 +163,9 @@ class SearchConfig:
     # What each training asks for: CPU threads (and Ray CPUs), and Ray GPUs (0 = none).
     cpus_per_trial: int = 1
     gpus_per_trial: float = 0.0
+    # None: every candidate is trained for training.epochs. With a fidelity, the budget stays
+    # ``trainings * training.epochs`` epochs, spent on short trainings and promotions.
+    fidelity: FidelityConfig | None = None
 
     def __post_init__(self) -> None:
         _positive(self.trainings, "search.trainings", allow_none=False, integer=True)
@@ -153,6 +184,8 @@ class SearchConfig:
             raise InputError(f"search.seed: expected an int, got {self.seed!r}.")
         if not isinstance(self.strategy, str):
             raise InputError(f"search.strategy: expected a strategy name, got {self.strategy!r}.")
+        if self.fidelity is not None and not isinstance(self.fidelity, FidelityConfig):
+            raise InputError(f"search.fidelity: expected a mapping of settings, got {self.fidelity!r}.")
 
 
 @dataclass(frozen=True)
@@ -185,6 +218,10 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        if self.search.fidelity is not None:
+            self.search.fidelity.rungs(self.training.epochs)  # min_epochs < training.epochs
 
     def as_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -227,6 +264,8 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{where}: expected a list, got {value!r}.")
         return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(annotation):
+        return _section(annotation, value, where)
     if origin in (Mapping, dict) or annotation is Mapping:
         if not isinstance(value, Mapping):
             raise InputError(f"{where}: expected a mapping, got {value!r}.")
