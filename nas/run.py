@@ -298,11 +298,12 @@ def exact_size_fn(space: SearchSpace, data: TaskData, dtype: str) -> Callable[[H
 
 
 def select_best(study: Any) -> Any:
-    """The most accurate trained, feasible trial (ties: lower predicted latency)."""
+    """The most accurate trained, feasible trial at the most epochs trained (multi-fidelity
+    search: the candidates promoted to full fidelity); ties: lower predicted latency."""
     done = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("state") == "complete"]
     if not done:
         return None
-    return max(done, key=lambda t: (t.values[0], -t.values[1]))
+    return max(done, key=lambda t: (t.user_attrs.get("fidelity_epochs") or 0, t.values[0], -t.values[1]))
 
 
 def run(
@@ -390,6 +391,7 @@ def run(
         trainings=config.search.trainings,
         seed=config.search.seed,
         epochs=config.training.epochs,
+        fidelity=config.search.fidelity,
         max_asks=config.search.max_asks,
         max_failures_in_row=config.search.max_failures_in_row,
         on_event=on_event,

@@ -9,6 +9,7 @@ the SQLite study alone is the run's history and a killed run resumes from it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from search_spaces import FatalError, InputError, SearchSpace, TaskShape
 
-from .config import Constraints
+from .config import Constraints, FidelityConfig
 from .executors import Executor, JobResult, TrainJob
 from .strategies import SearchContext
 from .strategies._base import Prediction
@@ -148,17 +149,44 @@ def _cost_key(value: Any) -> Any:
 
 @dataclass
 class SearchStats:
+    """What the search has done so far. ``trained`` counts trainings (at any fidelity, failed
+    ones included); ``by_epochs`` counts them per number of epochs; ``epochs_spent`` is their sum,
+    never more than ``budget_epochs`` (``trainings * training.epochs``)."""
+
     asked: int = 0
     trained: int = 0
     infeasible: int = 0
     failed: int = 0
     duplicates: int = 0
-    best_accuracy: float | None = None
+    best_accuracy: float | None = None  # at full fidelity (what the run ships)
+    epochs_spent: int = 0
+    budget_epochs: int = 0
+    promoted: int = 0
+    by_epochs: dict[int, int] = field(default_factory=dict)
+
+    def count(self, epochs: int) -> None:
+        self.trained += 1
+        self.epochs_spent += epochs
+        self.by_epochs[epochs] = self.by_epochs.get(epochs, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["by_epochs"] = {str(k): v for k, v in sorted(self.by_epochs.items())}
+        return out
 
 
 @dataclass
 class SearchLoop:
-    """Drive ``study`` with ``executor`` until ``trainings`` candidates have been trained."""
+    """Drive ``study`` with ``executor`` until the budget of ``trainings`` trainings of ``epochs``
+    epochs is spent.
+
+    With ``fidelity`` (asynchronous successive halving) a candidate is trained first for the
+    lowest rung's epochs; a result in the top 1/eta of those at its rung so far is retrained at
+    the next rung (the trial stays open meanwhile), the others are told at the epochs they got.
+    Every training is recorded on its trial (``fidelity_history``), the trial's value is its
+    accuracy at ``fidelity_epochs``, and the budget counts epochs, so it stays
+    ``trainings * epochs`` however it is spent.
+    """
 
     study: optuna.Study
     space: SearchSpace
@@ -167,16 +195,27 @@ class SearchLoop:
     trainings: int
     seed: int = 0
     epochs: int = 3
+    fidelity: FidelityConfig | None = None
     max_asks: int | None = None
     max_failures_in_row: int = 5
     on_event: Callable[[str, dict[str, Any]], None] | None = None
     stats: SearchStats = field(default_factory=SearchStats)
-    _trained: dict[str, tuple[float, float]] = field(default_factory=dict)
-    _pending: dict[int, optuna.trial.Trial] = field(default_factory=dict)
+    # canonical arch -> (accuracy, latency, epochs) of the trained network
+    _trained: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    # trial number -> (trial, epochs of the training in flight)
+    _pending: dict[int, tuple[optuna.trial.Trial, int]] = field(default_factory=dict)
+    # promotions waiting for a free worker: (trial, epochs)
+    _promotions: list[tuple[optuna.trial.Trial, int]] = field(default_factory=list)
     # canonical arch -> number of the trial training it; duplicates asked meanwhile wait here
     _in_flight: dict[str, int] = field(default_factory=dict)
     _parked: dict[int, list[optuna.trial.Trial]] = field(default_factory=dict)
+    # epochs -> validation accuracies of every training finished at that rung
+    _rung_results: dict[int, list[float]] = field(default_factory=dict)
     _failures_in_row: int = 0
+
+    def __post_init__(self) -> None:
+        self.rungs: tuple[int, ...] = self.fidelity.rungs(self.epochs) if self.fidelity else (self.epochs,)
+        self.stats.budget_epochs = self.trainings * self.epochs
 
     def context(self) -> SearchContext:
         return SearchContext(
@@ -190,15 +229,38 @@ class SearchLoop:
         )
 
     # -- resume --------------------------------------------------------------------------------
+    def _history(self, t: optuna.trial.FrozenTrial) -> list[tuple[int, float | None]]:
+        """(epochs, accuracy) of every training a trial got (studies written before
+        ``fidelity_history`` existed: its one training at ``fidelity_epochs``)."""
+        if "fidelity_history" in t.user_attrs:
+            return [(int(h["epochs"]), h["accuracy"]) for h in t.user_attrs["fidelity_history"]]
+        if t.user_attrs.get("state") in ("complete", "failed") and "interrupted" not in str(
+            t.user_attrs.get("error", "")
+        ):
+            accuracy = t.values[0] if t.values else None
+            return [(int(t.user_attrs.get("fidelity_epochs") or self.epochs), accuracy)]
+        return []
+
     def _restore(self) -> None:
-        """Count what the study already holds and re-queue trials a killed driver left running."""
+        """Count what the study already holds; re-queue what a killed driver left running."""
         import optuna
 
         for t in self.study.get_trials(deepcopy=False):
             state = t.user_attrs.get("state")
+            history = self._history(t)
+            for epochs, accuracy in history:
+                self.stats.count(epochs)
+                if accuracy is not None:
+                    self._rung_results.setdefault(epochs, []).append(accuracy)
             if t.state == optuna.trial.TrialState.RUNNING:
-                # A driver killed mid-trial: the training result never arrived. Close the trial
-                # and ask for the same architecture again.
+                if history and history[-1][1] is not None:
+                    # Promoted, its longer training lost with the driver: train it again, keep
+                    # the trainings it already got.
+                    self._resume_promotion(t, history[-1])
+                    self.stats.asked += 1
+                    continue
+                # A driver killed mid-training: the result never arrived. Close the trial and
+                # ask for the same architecture again.
                 self.study._storage.set_trial_user_attr(t._trial_id, "state", "failed")
                 self.study._storage.set_trial_user_attr(
                     t._trial_id, "error", "interrupted; re-queued on resume"
@@ -207,20 +269,28 @@ class SearchLoop:
                 if t.params:
                     self.study.enqueue_trial(t.params, skip_if_exists=False)
                 continue
-            if state in ("complete",) and t.values is not None:
-                self._trained[t.user_attrs["canonical"]] = (t.values[0], t.values[1])
-                self.stats.trained += 1
-                acc = t.values[0]
-                if self.stats.best_accuracy is None or acc > self.stats.best_accuracy:
-                    self.stats.best_accuracy = acc
-            elif state == "failed" and "interrupted" not in str(t.user_attrs.get("error", "")):
-                self.stats.trained += 1
+            if state == "complete" and t.values is not None:
+                epochs = int(t.user_attrs.get("fidelity_epochs") or self.epochs)
+                self._trained[t.user_attrs["canonical"]] = (t.values[0], t.values[1], epochs)
+                self._note_best(t.values[0], epochs)
+            elif state == "failed" and history:
                 self.stats.failed += 1
             elif state == "infeasible":
                 self.stats.infeasible += 1
             elif state == "duplicate":
                 self.stats.duplicates += 1
             self.stats.asked += 1
+
+    def _resume_promotion(self, t: optuna.trial.FrozenTrial, last: tuple[int, float | None]) -> None:
+        import optuna
+
+        trial = optuna.trial.Trial(self.study, t._trial_id)
+        self._in_flight[t.user_attrs["canonical"]] = t.number
+        higher = [r for r in self.rungs if r > last[0]]
+        if higher:
+            self._promotions.append((trial, higher[0]))
+        else:  # the run's fidelity changed on resume: what it got is already full fidelity
+            self._finish(trial, float(last[1] or 0.0), last[0])
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> SearchStats:
@@ -229,13 +299,14 @@ class SearchLoop:
         asks_this_run = 0
         try:
             while True:
-                while (
-                    len(self._pending) < self.executor.capacity
-                    and self.stats.trained + len(self._pending) < self.trainings
-                    and asks_this_run < max_asks
-                ):
-                    asks_this_run += 1
-                    self._ask_one()
+                while len(self._pending) < self.executor.capacity:
+                    if self._promotions:
+                        self._promote(*self._promotions.pop(0))
+                    elif asks_this_run < max_asks and self._fits(self.rungs[0]):
+                        asks_this_run += 1
+                        self._ask_one()
+                    else:
+                        break
                 if not self._pending:
                     break
                 for result in self.executor.poll(timeout=None):
@@ -247,6 +318,35 @@ class SearchLoop:
                 f"no feasible candidate found in {asks_this_run} proposals; the budgets may be too tight for this space"
             )
         return self.stats
+
+    def _fits(self, epochs: int) -> bool:
+        """Whether a training of ``epochs`` more still fits the budget (trainings in flight count)."""
+        in_flight = sum(e for _, e in self._pending.values())
+        return self.stats.epochs_spent + in_flight + epochs <= self.stats.budget_epochs
+
+    def _submit(self, trial: optuna.trial.Trial, epochs: int) -> None:
+        trial.set_user_attr("fidelity_epochs", epochs)
+        self._pending[trial.number] = (trial, epochs)
+        self.executor.submit(TrainJob(trial.number, trial.user_attrs["arch"], self.seed, epochs))
+
+    def _promote(self, trial: optuna.trial.Trial, epochs: int) -> None:
+        history = trial.user_attrs["fidelity_history"]
+        if not self._fits(epochs):
+            # The budget ends before this longer training: the trial keeps what it got.
+            trial.set_user_attr("promotion_skipped", f"{epochs} epochs do not fit the remaining budget")
+            self._finish(trial, float(history[-1]["accuracy"]), int(history[-1]["epochs"]))
+            return
+        self.stats.promoted += 1
+        self._submit(trial, epochs)
+        self._emit("promoted", {"arch": trial.user_attrs["arch"], "epochs": epochs})
+
+    def _promotable(self, accuracy: float, epochs: int) -> bool:
+        """In the top 1/eta of the trainings finished at this rung so far (the best one while
+        fewer than eta have finished), as Optuna's SuccessiveHalvingPruner decides."""
+        assert self.fidelity is not None
+        ranked = sorted(self._rung_results.get(epochs, []), reverse=True)
+        k = max(1, len(ranked) // self.fidelity.eta)
+        return accuracy >= ranked[k - 1]
 
     def _ask_one(self) -> None:
         import optuna
@@ -284,8 +384,10 @@ class SearchLoop:
             self._emit("infeasible", attrs)
             return
         if canonical in self._trained:
+            accuracy, latency, epochs = self._trained[canonical]
             trial.set_user_attr("state", "duplicate")
-            self.study.tell(trial, list(self._trained[canonical]))
+            trial.set_user_attr("fidelity_epochs", epochs)
+            self.study.tell(trial, [accuracy, latency])
             self.stats.duplicates += 1
             self._emit("duplicate", attrs)
             return
@@ -299,25 +401,28 @@ class SearchLoop:
             self.stats.duplicates += 1
             self._emit("duplicate", attrs)
             return
-        trial.set_user_attr("fidelity_epochs", self.epochs)
-        self._pending[trial.number] = trial
         self._in_flight[canonical] = trial.number
-        self.executor.submit(TrainJob(trial.number, str(arch), self.seed, self.epochs))
+        self._submit(trial, self.rungs[0])
         self._emit("submitted", attrs)
 
     def _tell_result(self, result: JobResult) -> None:
         import optuna
 
-        trial = self._pending.pop(result.trial_number)
-        self._in_flight.pop(trial.user_attrs["canonical"], None)
-        parked = self._parked.pop(trial.number, [])
+        trial, epochs = self._pending.pop(result.trial_number)
         for key, value in result.as_attrs().items():
             trial.set_user_attr(key, value)
-        self.stats.trained += 1
-        if not result.ok or result.accuracy is None or not math.isfinite(result.accuracy):
+        ok = result.ok and result.accuracy is not None and math.isfinite(result.accuracy)
+        history = [
+            *trial.user_attrs.get("fidelity_history", []),
+            {"epochs": epochs, "accuracy": result.accuracy if ok else None},
+        ]
+        trial.set_user_attr("fidelity_history", history)
+        self.stats.count(epochs)
+        if not ok:
             trial.set_user_attr("state", "failed")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            for twin in parked:
+            self._in_flight.pop(trial.user_attrs["canonical"], None)
+            for twin in self._parked.pop(trial.number, []):
                 twin.set_user_attr("error", f"duplicate of trial {trial.number}, which failed")
                 self.study.tell(twin, state=optuna.trial.TrialState.FAIL)
             self.stats.failed += 1
@@ -330,15 +435,36 @@ class SearchLoop:
                 )
             return
         self._failures_in_row = 0
+        assert result.accuracy is not None  # ok says so
+        accuracy = float(result.accuracy)
+        self._rung_results.setdefault(epochs, []).append(accuracy)
+        higher = [r for r in self.rungs if r > epochs]
+        if higher and self._promotable(accuracy, epochs):
+            self._promotions.append((trial, higher[0]))
+            self._emit("trained", {"arch": result.arch, "accuracy": accuracy, "epochs": epochs})
+            return
+        self._finish(trial, accuracy, epochs)
+
+    def _finish(self, trial: optuna.trial.Trial, accuracy: float, epochs: int) -> None:
+        """Tell the trial (and twins waiting for it) its accuracy at the epochs it got."""
         latency = trial.user_attrs["predicted_latency_ms"]
+        trial.set_user_attr("fidelity_epochs", epochs)
         trial.set_user_attr("state", "complete")
-        self.study.tell(trial, [result.accuracy, latency])
-        self._trained[trial.user_attrs["canonical"]] = (result.accuracy, latency)
-        for twin in parked:
-            self.study.tell(twin, [result.accuracy, latency])
-        if self.stats.best_accuracy is None or result.accuracy > self.stats.best_accuracy:
-            self.stats.best_accuracy = result.accuracy
-        self._emit("complete", {"arch": result.arch, "accuracy": result.accuracy})
+        self.study.tell(trial, [accuracy, latency])
+        canonical = trial.user_attrs["canonical"]
+        self._in_flight.pop(canonical, None)
+        self._trained[canonical] = (accuracy, latency, epochs)
+        for twin in self._parked.pop(trial.number, []):
+            twin.set_user_attr("fidelity_epochs", epochs)
+            self.study.tell(twin, [accuracy, latency])
+        self._note_best(accuracy, epochs)
+        self._emit("complete", {"arch": trial.user_attrs["arch"], "accuracy": accuracy, "epochs": epochs})
+
+    def _note_best(self, accuracy: float, epochs: int) -> None:
+        if epochs >= self.epochs and (
+            self.stats.best_accuracy is None or accuracy > self.stats.best_accuracy
+        ):
+            self.stats.best_accuracy = accuracy
 
     def _emit(self, kind: str, info: dict[str, Any]) -> None:
         if self.on_event is not None:
