@@ -30,6 +30,7 @@ __all__ = [
     "fit_learned",
     "fit_transfer",
     "one_blas_thread",
+    "physics_basis",
 ]
 
 TARGETS = ("log", "linear")
@@ -271,6 +272,102 @@ class ArchEncoder:
             tuple(str(e) for e in doc.get("extras", [])),
             tuple(tuple(int(i) for i in g) for g in doc.get("groups", [])),
         )
+
+
+# -- physics prior ------------------------------------------------------------------------------
+# Global per-layer terms, summed over the layers of an arch; the per-stage terms (one set per
+# group of positions) let a device's efficiency differ between feature-map sizes.
+PHYSICS_TERMS = (
+    "mac_pw",
+    "mac_dw3",
+    "mac_dw5",
+    "mac_dw7",
+    "act_io",
+    "act_mid",
+    "params",
+    "ops",
+    "grouped",
+    "add",
+)
+_STAGE_TERMS = ("mac_pw", "mac_dw3", "mac_dw5", "mac_dw7", "act_mid", "ops", "grouped")
+# FBNet's own ImageNet resolution: exact halvings down to 7x7, so per-layer ratios are not distorted
+# by rounding; the fitted weights absorb the overall scale.
+_PHYSICS_TASK = ((224, 224, 3), 1000)
+_GLOBAL_WEIGHT = 3.0
+
+
+def _block_terms(block: Any) -> dict[str, float]:
+    """Physical cost terms of one priced block (multiply-accumulates, activations, parameters)."""
+    h_in, w_in, c_in, c_out = block.in_h, block.in_w, block.in_c, block.out_c
+    h_out, w_out = -(-h_in // block.stride), -(-w_in // block.stride)
+    a_in, a_out = h_in * w_in, h_out * w_out
+    out = {"act_io": float(a_in * c_in + a_out * c_out), "ops": 1.0}
+    if block.kind == "skip_proj":
+        out["mac_pw"] = float(a_out * c_in * c_out)
+        out["params"] = float(c_in * c_out)
+        return out
+    groups = 2 if block.extra == "g2" else 1
+    mid = c_in * int(block.expand)
+    out["mac_pw"] = float(a_in * c_in * mid + a_out * mid * c_out) / groups
+    out[f"mac_dw{block.kernel}"] = float(a_out * mid * block.kernel**2)
+    out["act_mid"] = float((a_in + a_out) * mid)
+    out["params"] = float(c_in * mid / groups + mid * block.kernel**2 + mid * c_out / groups)
+    out["grouped"] = float(groups > 1)
+    if block.stride == 1 and c_in == c_out:
+        out["add"] = float(a_out * c_out)
+    return out
+
+
+def physics_basis(encoder: ArchEncoder) -> np.ndarray | None:
+    """Map from the encoder's features to physical cost features, or None for spaces without one.
+
+    Returns B (n_features x n_terms) with ``features(codes) @ B`` = per arch, the sum over its
+    layers of each layer's physical terms (globally, then per stage), computed from the space's
+    own blocks. Only the per-position one-hot block is non-zero, so a model fitted on these terms
+    collapses back into per-position costs: the saved file and its pricing do not change.
+    """
+    if encoder.space != "fbnet":
+        return None
+    from search_spaces import TaskShape
+
+    space = get_space(encoder.space, encoder.space_options)
+    task = TaskShape(*_PHYSICS_TASK)
+    n = len(encoder.values)
+    # (position, value) -> terms; a layer is block 1 + position when every layer is a block.
+    terms: dict[tuple[int, int], dict[str, float]] = {}
+    for v, value in enumerate(encoder.values[0]):
+        if value != "skip":
+            blocks = space.blocks(space.from_params(dict.fromkeys(encoder.names, value)), task)
+            for p in range(n):
+                terms[p, v] = _block_terms(blocks[1 + p])
+            continue
+        # A skip is free unless it changes shape: then the space prices a projection block.
+        filler = next(x for x in encoder.values[0] if x != "skip")
+        for p in range(n):
+            params = dict.fromkeys(encoder.names, filler)
+            params[encoder.names[p]] = value
+            proj = [b for b in space.blocks(space.from_params(params), task) if b.kind == "skip_proj"]
+            terms[p, v] = _block_terms(proj[0]) if proj else {}
+    stages = encoder.groups or (tuple(range(n)),)
+    n_global = len(PHYSICS_TERMS)
+    basis = np.zeros((encoder.n_features, n_global + len(stages) * len(_STAGE_TERMS)))
+    offset = 0
+    for kind, pos, width in encoder._blocks():
+        if kind == "one":
+            (p,) = pos
+            stage = next(s for s, g in enumerate(stages) if p in g)
+            for v in range(width):
+                t = terms[p, v]
+                basis[offset + v, :n_global] = [t.get(name, 0.0) for name in PHYSICS_TERMS]
+                col = n_global + stage * len(_STAGE_TERMS)
+                basis[offset + v, col : col + len(_STAGE_TERMS)] = [t.get(name, 0.0) for name in _STAGE_TERMS]
+        offset += width
+    # Unit standard deviation per term over uniformly random archs, so one penalty suits them all.
+    rows = basis[encoder.columns_of(("one",))].reshape(n, -1, basis.shape[1])
+    sd = np.sqrt(rows.var(axis=1).sum(axis=0))
+    # The few global terms are the stronger prior: a lighter penalty than the per-stage ones.
+    sd[:n_global] /= _GLOBAL_WEIGHT
+    return basis[:, sd > 0] / sd[sd > 0]
 
 
 # -- the deployable model -----------------------------------------------------------------------
@@ -516,13 +613,63 @@ def _provenance(
     return out
 
 
+@dataclass(frozen=True)
+class _Design:
+    """One parameterisation of the feature model: the feature columns ``cols`` and, weighted by
+    ``weight`` (a lighter penalty when > 1), the physics terms ``x @ basis``. Every design collapses
+    back into plain feature coefficients."""
+
+    name: str
+    cols: np.ndarray
+    basis: np.ndarray | None = None
+    weight: float = 1.0
+
+    def matrix(self, x: np.ndarray) -> np.ndarray:
+        parts = [x[:, self.cols]]
+        if self.basis is not None:
+            parts.insert(0, self.weight * (x @ self.basis))
+        return np.hstack(parts)
+
+    def collapse(self, coef: np.ndarray, n_features: int) -> np.ndarray:
+        out = np.zeros(n_features)
+        n_basis = 0
+        if self.basis is not None:
+            n_basis = self.basis.shape[1]
+            out += self.basis @ (self.weight * coef[:n_basis])
+        out[self.cols] += coef[n_basis:]
+        return out
+
+
+# Weights of the physics terms next to per-feature costs in the same ridge (1 = the same penalty).
+_PHYSICS_WEIGHTS = (1.0, 3.0, 10.0)
+# The one weight offered as a correction next to the reference devices (fewer near-tied candidates).
+_TRANSFER_PHYSICS_WEIGHT = 3.0
+
+
+def _designs(encoder: ArchEncoder, physics: bool) -> list[_Design]:
+    """Feature subsets (shared costs, per position, all) and, for spaces with a physics basis,
+    physics terms alone or as a lightly penalised prior under the shared or all features."""
+    out = [
+        _Design("shared", encoder.columns_of(BASIC_KINDS)),
+        _Design("positions", encoder.columns_of((*BASIC_KINDS, "one", "live"))),
+        _Design("all", np.arange(encoder.n_features)),
+    ]
+    basis = physics_basis(encoder) if physics else None
+    if basis is not None:
+        out.append(_Design("physics", np.arange(0), basis))
+        for base in out[:3:2]:  # shared, all
+            out += [_Design(f"physics+{base.name}", base.cols, basis, w) for w in _PHYSICS_WEIGHTS]
+    return [d for d in out if len(d.cols) or d.basis is not None]
+
+
 def fit_learned(
     space: SearchSpace,
     measurements: Measurements,
     device: str = "target",
     space_options: Mapping[str, Any] | None = None,
 ) -> LearnedPredictor:
-    """Ridge on one-hot architecture features; target (log or ms) and penalty by leave-one-out."""
+    """Ridge on architecture features (for fbnet with a physics prior: per-layer MACs, activations,
+    parameters); feature design, target (log or ms) and penalty by leave-one-out."""
     k = len(measurements)
     if k < 2:
         raise InputError(
@@ -533,24 +680,23 @@ def fit_learned(
     x = encoder.features(codes)
     y_ms = measurements.latency_ms
     lams = _LAMBDAS if k >= 5 else (10.0,)  # too few points for leave-one-out to choose
-    subsets = {"shared": BASIC_KINDS, "positions": (*BASIC_KINDS, "one", "live"), "all": None}
-    best: tuple[float, str, float, float, np.ndarray, str] | None = None
-    for subset, kinds in subsets.items():
-        cols = np.arange(x.shape[1]) if kinds is None else encoder.columns_of(kinds)
-        if len(cols) == 0:
-            continue
+    best: tuple[float, str, float, float, np.ndarray, _Design] | None = None
+    for design in _designs(encoder, physics=k >= 5):
+        xd = design.matrix(x)
         for target in TARGETS:
             y, w = _to_target(y_ms, target)
-            for lam, loo, b0, sub_coef in _ridge_path(x[:, cols], y, w, lams):
+            for lam, loo, b0, sub_coef in _ridge_path(xd, y, w, lams):
                 err = _rel_rmse(loo, y_ms, target)
                 if best is None or err < best[0]:
-                    coef = np.zeros(x.shape[1])
-                    coef[cols] = sub_coef
-                    best = (err, target, lam, b0, coef, subset)
+                    best = (err, target, lam, b0, sub_coef, design)
     assert best is not None
-    err, target, lam, b0, coef, subset = best
+    err, target, lam, b0, sub_coef, design = best
+    coef = design.collapse(sub_coef, encoder.n_features)
     model = LinearArchModel(encoder, target, b0, coef, floor_ms=float(y_ms.min()) * 0.1)
-    fit = FitReport("ridge", target, err, {"lambda": lam, "k": k, "features": subset})
+    params: dict[str, Any] = {"lambda": lam, "k": k, "features": design.name}
+    if design.basis is not None:
+        params["physics_weight"] = design.weight
+    fit = FitReport("ridge", target, err, params)
     return LearnedPredictor(
         space=space.name,
         device=device,
@@ -603,7 +749,7 @@ def _candidates(
     y_ms: np.ndarray,
     target: str,
     devices: Sequence[str],
-    encoder: ArchEncoder,
+    designs: Sequence[_Design],
     source: str,
 ) -> list[dict[str, Any]]:
     """Combinations of the (standardised) reference columns ``z``, scored by leave-one-out."""
@@ -639,25 +785,27 @@ def _candidates(
                 "source": source,
             }
         )
-    # The per-feature correction: shared costs only (a strong prior) or every feature; the
-    # latter with a floor on the penalty, as leave-one-out over hundreds of columns flatters.
-    subsets = {"shared": encoder.columns_of(BASIC_KINDS), "all": np.arange(x_k.shape[1])}
-    grid: list[tuple[float, str, tuple[float, ...]]] = [(0.0, "none", _LAMBDAS)]
+    # The per-feature correction: shared costs only (a strong prior), the physics terms over the
+    # shared costs (fbnet), or every feature; the latter with a floor on the penalty, as
+    # leave-one-out over hundreds of columns flatters.
+    grid: list[tuple[float, _Design | None, tuple[float, ...]]] = [(0.0, None, _LAMBDAS)]
     if k >= 30:
-        grid += [(a, "shared", _LAMBDAS) for a in _ALPHAS if a > 0 and len(subsets["shared"])]
-        grid += [(a, "all", tuple(v for v in _LAMBDAS if v >= 1e-2)) for a in _ALPHAS if 0 < a <= 1.0]
-    for alpha, subset, lams in grid:
-        cols = subsets.get(subset, np.arange(0))
-        feats = np.hstack([z, alpha * x_k[:, cols]]) if alpha > 0 else z
+        for d in designs:
+            if d.name == "all":
+                floor = tuple(v for v in _LAMBDAS if v >= 1e-2)
+                grid += [(a, d, floor) for a in _ALPHAS if 0 < a <= 1.0]
+            elif d.name in ("shared", "physics+shared") and d.weight == _TRANSFER_PHYSICS_WEIGHT:
+                grid += [(a, d, _LAMBDAS) for a in _ALPHAS if a > 0]
+    for alpha, design, lams in grid:
+        feats = np.hstack([z, alpha * design.matrix(x_k)]) if design is not None else z
         for lam, loo, b0, coef in _ridge_path(feats, y, w, lams):
             delta = zeros
-            if alpha > 0:
-                delta = np.zeros(x_k.shape[1])
-                delta[cols] = alpha * coef[n_dev:]
+            if design is not None:
+                delta = alpha * design.collapse(coef[n_dev:], x_k.shape[1])
             cands.append(
                 {
                     "err": _rel_rmse(loo, y_ms, target),
-                    "method": (f"mix-{source}" if alpha == 0 else f"mix-{source}+{subset}-features"),
+                    "method": f"mix-{source}" if design is None else f"mix-{source}+{design.name}-features",
                     "b0": b0,
                     "wz": coef[:n_dev],
                     "alpha": alpha,
@@ -712,6 +860,7 @@ def fit_transfer(
     index = {a: i for i, a in enumerate(reference.archs)}
     rows_k = np.array([index.get(a, -1) for a in measurements.archs])
     in_ref = rows_k >= 0
+    designs = _designs(encoder, physics=k >= 30)
     best: dict[str, Any] | None = None
     for target in TARGETS:
         r = np.log(reference.matrix) if target == "log" else reference.matrix
@@ -747,7 +896,7 @@ def fit_transfer(
                     }
                 )
                 break
-            cands += _candidates(z, x_k, y, w, y_ms, target, reference.devices, encoder, source)
+            cands += _candidates(z, x_k, y, w, y_ms, target, reference.devices, designs, source)
         win = min(cands, key=lambda c: c["err"])
         # Leave-one-out on K noisy points cannot tell near-ties apart: average them (every part of
         # the collapsed model is linear in the candidate's weights, so averaging is exact).
