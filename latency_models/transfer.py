@@ -794,7 +794,7 @@ def _candidates(
             if d.name == "all":
                 floor = tuple(v for v in _LAMBDAS if v >= 1e-2)
                 grid += [(a, d, floor) for a in _ALPHAS if 0 < a <= 1.0]
-            elif d.name in ("shared", "physics+shared") and d.weight == _TRANSFER_PHYSICS_WEIGHT:
+            elif d.name == "shared" or (d.name == "physics+shared" and d.weight == _TRANSFER_PHYSICS_WEIGHT):
                 grid += [(a, d, _LAMBDAS) for a in _ALPHAS if a > 0]
     for alpha, design, lams in grid:
         feats = np.hstack([z, alpha * design.matrix(x_k)]) if design is not None else z
