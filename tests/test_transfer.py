@@ -219,3 +219,50 @@ def test_raw_share_names() -> None:
 
     assert _raw_share("smooth") == 0.0 and _raw_share("raw") == 1.0 and _raw_share("raw0.5") == 0.5
     assert 1.0 in _RAW_SHARES
+
+
+def test_physics_basis_sums_each_layers_terms_from_the_space_blocks() -> None:
+    """``features @ basis`` is, up to a scale per term, the sum of the blocks' own cost terms
+    (so every position, including skips that need a projection, is aligned with its block)."""
+    from latency_models.transfer import _PHYSICS_TASK, PHYSICS_TERMS, _block_terms, physics_basis
+    from search_spaces import TaskShape
+
+    space = get_space("fbnet")
+    enc = ArchEncoder.for_space(space)
+    rng = random.Random(4)
+    archs = [space.random(rng) for _ in range(200)]
+    basis = physics_basis(enc)
+    assert basis is not None and physics_basis(ArchEncoder.for_space(get_space("nb201"))) is None
+    got = enc.features(enc.codes(archs, space)) @ basis
+    task = TaskShape(*_PHYSICS_TASK)
+    direct = np.array(
+        [
+            [sum(_block_terms(b).get(t, 0.0) for b in space.blocks(a, task)[1:-2]) for t in PHYSICS_TERMS]
+            for a in archs
+        ]
+    )
+    direct = direct[:, direct.std(axis=0) > 0]  # terms no fbnet block has (7x7 depthwise)
+    assert direct.shape[1] >= 8
+    ratio = got[:, : direct.shape[1]] / direct
+    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:1], ratio.shape), rtol=1e-9)
+
+
+def test_physics_prior_helps_learned_fbnet(monkeypatch: pytest.MonkeyPatch) -> None:
+    import latency_models.transfer as transfer
+
+    space = get_space("fbnet")
+    texts, devices, lat = _load("fbnet")
+    archs = tuple(space.parse(t) for t in texts)
+    train, test = _split(len(archs), 60, seed=5)
+
+    def mean_spearman() -> float:
+        rhos = []
+        for target in ("raspi4", "gold_6226", "titan_rtx_32", "eyeriss", "samsung_a50"):
+            j = devices.index(target)
+            p = fit_learned(space, _measure(texts, archs, lat, train, j))
+            rhos.append(spearmanr(p.predict([archs[i] for i in test]), lat[test, j]).statistic)
+        return float(np.mean(rhos))
+
+    with_physics = mean_spearman()
+    monkeypatch.setattr(transfer, "physics_basis", lambda encoder: None)
+    assert with_physics > mean_spearman() + 0.01
