@@ -9,7 +9,7 @@ import pytest
 
 from latency_models.predictor import TablePredictor
 from latency_models.size import SizeModel
-from nas.config import Constraints, TrainConfig
+from nas.config import Constraints, FidelityConfig, TrainConfig
 from nas.data import load_task
 from nas.executors import InlineExecutor, JobResult, TrainJob, WorkerSetup
 from nas.search import Screen, SearchLoop, smallest_achievable
@@ -58,6 +58,8 @@ def make_loop(
     lr: float = 3e-3,
     stop_after: int | None = None,
     max_failures: int = 5,
+    epochs: int = 1,
+    fidelity: FidelityConfig | None = None,
 ) -> tuple[SearchLoop, CountingExecutor]:
     space = get_space("mbconv", DIGITS_OPTIONS)
     data = load_task("digits")
@@ -88,7 +90,8 @@ def make_loop(
         screen=screen,
         executor=executor,
         trainings=trainings,
-        epochs=1,
+        epochs=epochs,
+        fidelity=fidelity,
         max_failures_in_row=max_failures,
     )
     return loop, executor
@@ -222,3 +225,85 @@ def test_a_network_asked_while_it_trains_is_not_trained_twice(tmp_path: Path) ->
     assert [j.arch for j in executor.jobs].count(str(arch)) == 1
     twin = [t for t in trials if t.user_attrs.get("duplicate_of") is not None]
     assert len(twin) == 1 and twin[0].values == trials[twin[0].user_attrs["duplicate_of"]].values
+
+
+def test_single_fidelity_trains_every_candidate_at_training_epochs(tmp_path: Path) -> None:
+    loop, executor = make_loop(tmp_path, trainings=2, max_latency_ms=1e9, strategy="random", epochs=2)
+    stats = loop.run()
+    assert [j.epochs for j in executor.jobs] == [2, 2]
+    assert stats.epochs_spent == 4 == stats.budget_epochs and stats.by_epochs == {2: 2}
+    for t in loop.study.get_trials():
+        assert t.user_attrs["fidelity_epochs"] == 2
+        assert t.user_attrs["fidelity_history"] == [{"epochs": 2, "accuracy": t.values[0]}]
+
+
+def replay_promotions(jobs: list[TrainJob], accuracy: dict[tuple[int, int], float], eta: int) -> list[int]:
+    """Trial numbers that successive halving promotes, replaying the trainings in order."""
+    seen: dict[int, list[float]] = {}
+    promoted = []
+    for j in jobs:
+        acc = accuracy[(j.trial_number, j.epochs)]
+        ranked = sorted([*seen.get(j.epochs, []), acc], reverse=True)
+        seen[j.epochs] = ranked
+        if j.epochs == 1 and acc >= ranked[max(1, len(ranked) // eta) - 1]:
+            promoted.append(j.trial_number)
+    return promoted
+
+
+def test_successive_halving_promotes_the_top_candidates_and_counts_epochs(tmp_path: Path) -> None:
+    loop, executor = make_loop(
+        tmp_path,
+        trainings=3,
+        max_latency_ms=median_latency(),
+        strategy="random",
+        epochs=3,
+        fidelity=FidelityConfig(min_epochs=1, eta=3),
+    )
+    stats = loop.run()
+    assert loop.rungs == (1, 3)
+    spent = [j.epochs for j in executor.jobs]
+    assert stats.epochs_spent == sum(spent) <= stats.budget_epochs == 9
+    assert stats.by_epochs == {e: spent.count(e) for e in set(spent)}
+    assert stats.trained == len(executor.jobs) > 3  # more candidates than full trainings
+    trials = loop.study.get_trials()
+    trained = [t for t in trials if t.user_attrs["state"] == "complete"]
+    accuracy = {
+        (t.number, h["epochs"]): h["accuracy"] for t in trained for h in t.user_attrs["fidelity_history"]
+    }
+    decided = replay_promotions(executor.jobs, accuracy, eta=3)
+    assert decided[0] == executor.jobs[0].trial_number  # the first result is the best so far
+    # a promotion that no longer fits the budget is skipped; the trial keeps its 1 epoch
+    skipped = {t.number for t in trained if "promotion_skipped" in t.user_attrs}
+    promoted = [n for n in decided if n not in skipped]
+    assert skipped <= set(decided) and stats.promoted == len(promoted) > 0
+    for t in trained:
+        history = [h["epochs"] for h in t.user_attrs["fidelity_history"]]
+        assert history == ([1, 3] if t.number in promoted else [1])
+        assert t.user_attrs["fidelity_epochs"] == history[-1]
+        assert t.values[0] == t.user_attrs["fidelity_history"][-1]["accuracy"]
+    # screening is unchanged: nothing infeasible was trained, at any fidelity
+    infeasible = {t.number for t in trials if t.user_attrs["state"] == "infeasible"}
+    assert infeasible and not infeasible & {j.trial_number for j in executor.jobs}
+    # the run ships a candidate trained at full fidelity
+    from nas.run import select_best
+
+    assert select_best(loop.study).user_attrs["fidelity_epochs"] == 3
+
+
+def test_a_promotion_killed_with_the_driver_is_trained_on_resume(tmp_path: Path) -> None:
+    fidelity = FidelityConfig(min_epochs=1, eta=3)
+    loop, executor = make_loop(tmp_path, 3, 1e9, strategy="random", epochs=3, fidelity=fidelity, stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run()  # the first candidate is promoted; the driver dies submitting its 3 epochs
+    (first,) = loop.study.get_trials()
+    assert first.state == optuna.trial.TrialState.RUNNING
+    assert [h["epochs"] for h in first.user_attrs["fidelity_history"]] == [1]
+
+    loop2, executor2 = make_loop(tmp_path, 2, 1e9, strategy="random", epochs=3, fidelity=fidelity)
+    stats = loop2.run()
+    assert (executor2.jobs[0].trial_number, executor2.jobs[0].epochs) == (first.number, 3)
+    again = loop2.study.get_trials()[first.number]
+    assert again.user_attrs["state"] == "complete" and again.user_attrs["fidelity_epochs"] == 3
+    assert again.user_attrs["fidelity_history"][0] == first.user_attrs["fidelity_history"][0]  # kept
+    assert stats.epochs_spent == 1 + sum(j.epochs for j in executor2.jobs) <= 6
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in loop2.study.get_trials())
