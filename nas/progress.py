@@ -39,13 +39,13 @@ def format_eta(seconds: float | None) -> str:
 @dataclass
 class _Search:
     total: int
-    trained: int = 0
+    trained: float = 0
     feasible: int = 0
     screened: int = 0
     failed: int = 0
     best: float | None = None
     started: float | None = None
-    done_here: int = 0  # trainings finished in this process (a resumed run restores the rest)
+    done_here: float = 0  # trainings finished in this process (a resumed run restores the rest)
 
     def eta(self, now: float) -> float | None:
         if self.started is None or self.done_here == 0:
@@ -56,7 +56,7 @@ class _Search:
     def line(self, now: float) -> str:
         best = "-" if self.best is None else f"{self.best:.4f}"
         return (
-            f"trained {self.trained}/{self.total}, feasible {self.feasible}, screened out {self.screened}, "
+            f"trained {self.trained:g}/{self.total}, feasible {self.feasible}, screened out {self.screened}, "
             f"failed {self.failed}, best {best}, ETA {format_eta(self.eta(now))}"
         )
 
@@ -111,7 +111,8 @@ class RunProgress:
         self._bar.console.print(f"[nas] {message}", markup=False, highlight=False)
 
     def on_event(self, kind: str, info: dict[str, Any]) -> None:
-        """SearchLoop events: submitted, duplicate, infeasible, complete, failed; and ``stage``
+        """SearchLoop events: submitted, duplicate, infeasible, trained (a result promoted to more
+        epochs), promoted (that training submitted), complete, failed; and ``stage``
         ({"name", "index", "total"}) from a compression pipeline that reports its stages."""
         if kind == "stage":
             self._stage(str(info.get("name")), info.get("index"), info.get("total"))
@@ -122,26 +123,35 @@ class RunProgress:
             s.started = now
         stats = info.get("stats")
         if stats is not None:
-            s.trained = stats.trained
+            s.trained = _trainings_done(stats, s.total)
             s.screened = stats.infeasible
             s.failed = stats.failed
             s.feasible = max(0, stats.asked - stats.infeasible)
             s.best = stats.best_accuracy
-        if kind in ("complete", "failed"):
-            s.done_here += 1
+        if kind in ("complete", "failed", "trained"):
+            s.done_here += _full_trainings(info, stats, s.total)
         if self.mode == "quiet":
             return
+        epochs = _epochs_note(info, stats)
         if self.mode == "plain":
             if kind == "complete":
                 self._print(
-                    f"[nas] trial complete: {info.get('arch')} accuracy {info['accuracy']:.4f} | {s.line(now)}"
+                    f"[nas] trial complete: {info.get('arch')} accuracy {info['accuracy']:.4f}{epochs} | "
+                    f"{s.line(now)}"
+                )
+            elif kind == "trained":
+                self._print(
+                    f"[nas] trial promoted: {info.get('arch')} accuracy {info['accuracy']:.4f}{epochs} | "
+                    f"{s.line(now)}"
                 )
             elif kind == "failed":
                 self._print(f"[nas] trial failed: {info.get('arch')} ({info.get('error')}) | {s.line(now)}")
             return
-        if kind in ("complete", "failed"):
+        if kind in ("complete", "failed", "trained"):
             what = (
-                f"accuracy {info['accuracy']:.4f}" if kind == "complete" else f"failed ({info.get('error')})"
+                f"failed ({info.get('error')})"
+                if kind == "failed"
+                else f"accuracy {info['accuracy']:.4f}{epochs}" + (", promoted" if kind == "trained" else "")
             )
             self._bar.console.print(f"[nas] trial {info.get('arch')}: {what}", markup=False, highlight=False)
         self._update_search(now)
@@ -236,6 +246,28 @@ class RunProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _trainings_done(stats: Any, total: int) -> float:
+    """Trainings done; on a multi-fidelity run, in full trainings' worth of epochs (the budget's
+    unit), so the bar ends at the budget however the epochs were spent."""
+    if not stats.budget_epochs or len(stats.rungs) <= 1:
+        return stats.trained
+    return round(stats.epochs_spent * max(total, 1) / stats.budget_epochs, 1)
+
+
+def _full_trainings(info: dict[str, Any], stats: Any, total: int) -> float:
+    """How many full trainings' worth of epochs one finished training was."""
+    if stats is None or not stats.budget_epochs or len(stats.rungs) <= 1 or info.get("epochs") is None:
+        return 1.0
+    return float(info["epochs"]) * max(total, 1) / stats.budget_epochs
+
+
+def _epochs_note(info: dict[str, Any], stats: Any) -> str:
+    """ " at 1 epochs" on multi-fidelity runs, nothing otherwise."""
+    if stats is None or len(stats.rungs) <= 1 or info.get("epochs") is None:
+        return ""
+    return f" at {info['epochs']} epochs"
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -159,6 +159,7 @@ class SearchStats:
     failed: int = 0
     duplicates: int = 0
     best_accuracy: float | None = None  # at full fidelity (what the run ships)
+    rungs: tuple[int, ...] = ()  # the epochs a training may get (one value: single fidelity)
     epochs_spent: int = 0
     budget_epochs: int = 0
     promoted: int = 0
@@ -172,6 +173,7 @@ class SearchStats:
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["by_epochs"] = {str(k): v for k, v in sorted(self.by_epochs.items())}
+        out["rungs"] = list(self.rungs)
         return out
 
 
@@ -216,6 +218,7 @@ class SearchLoop:
     def __post_init__(self) -> None:
         self.rungs: tuple[int, ...] = self.fidelity.rungs(self.epochs) if self.fidelity else (self.epochs,)
         self.stats.budget_epochs = self.trainings * self.epochs
+        self.stats.rungs = self.rungs
 
     def context(self) -> SearchContext:
         return SearchContext(
@@ -427,7 +430,7 @@ class SearchLoop:
                 self.study.tell(twin, state=optuna.trial.TrialState.FAIL)
             self.stats.failed += 1
             self._failures_in_row += 1
-            self._emit("failed", {"arch": result.arch, "error": result.error})
+            self._emit("failed", {"arch": result.arch, "error": result.error, "epochs": epochs})
             if self._failures_in_row >= self.max_failures_in_row:
                 raise FatalError(
                     f"{self._failures_in_row} trainings failed in a row (last: {result.error}); "
