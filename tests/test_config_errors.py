@@ -33,6 +33,11 @@ def write(tmp_path: Path, text: str) -> Path:
         ("space:\n  name: mbconv\n  options:\n    kernels: [4]\n", ["kernels"]),
         ("latency:\n  device: pixel\n", ["latency", "needs a latency model"]),
         ("training:\n  epochs: 0\n", ["training.epochs: expected an int > 0"]),
+        ("search:\n  fidelity:\n    eta: 1\n", ["search.fidelity.eta: expected an int >= 2", "got 1"]),
+        (
+            "search:\n  fidelity:\n    min_epochs: 3\n",
+            ["search.fidelity.min_epochs: expected an int < training.epochs (3)", "got 3"],
+        ),
         ("- just\n- a list\n", ["expected a mapping"]),
         ("search: [1\n", ["not valid YAML"]),
     ],
@@ -89,3 +94,29 @@ def test_data_export_writes_exact_split(run_nas, tmp_path: Path) -> None:
         assert np.array_equal(f["x"], data.x_test) and np.array_equal(f["y"], data.y_test)
     bad = run_nas("data", "export", "digits", "--split", "test", "--out", str(tmp_path / "t.txt"))
     assert_one_line_error(bad, "--out", ".npz")
+
+
+@pytest.mark.parametrize(
+    "fidelity, needle",
+    [
+        ({"min_epochs": 0}, "search.fidelity.min_epochs: expected an int > 0, got 0."),
+        ({"min_epochs": 1.5}, "search.fidelity.min_epochs: expected an integer, got 1.5."),
+        ({"eta": "two"}, "search.fidelity.eta: expected an integer, got 'two'."),
+        ({"max_epochs": 9}, "search.fidelity.max_epochs: unknown key; valid keys: ['eta', 'min_epochs']."),
+        (3, "search.fidelity: expected a mapping of settings, got 3."),
+        ({"min_epochs": 4}, "search.fidelity.min_epochs: expected an int < training.epochs (4), got 4."),
+    ],
+)
+def test_bad_fidelity_settings(fidelity: object, needle: str) -> None:
+    doc = {"search": {"fidelity": fidelity}, "training": {"epochs": 4}}
+    with pytest.raises(InputError) as e:
+        parse_config(doc)
+    assert str(e.value) == needle
+
+
+def test_fidelity_rungs_and_the_default_single_fidelity() -> None:
+    assert parse_config({}).search.fidelity is None
+    config = parse_config({"search": {"fidelity": {"min_epochs": 1, "eta": 3}}, "training": {"epochs": 12}})
+    assert config.search.fidelity.rungs(config.training.epochs) == (1, 3, 9, 12)
+    assert parse_config({"search": {"fidelity": {}}}).search.fidelity.rungs(3) == (1, 3)
+    assert config.as_dict()["search"]["fidelity"] == {"min_epochs": 1, "eta": 3}
