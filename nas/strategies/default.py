@@ -121,7 +121,9 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         idx = np.flatnonzero(free)
         prior = self._prior(pool, idx, level)
         if len(observed) < N_PRIOR:
-            k = max(1, int(math.ceil(len(idx) * PRIOR_TOP_FRACTION)))
+            # The prior's favourite first (in edge spaces it is often the answer: the largest
+            # network that just fits), then random picks among its top fraction for diversity.
+            k = 1 if not observed else max(1, int(math.ceil(len(idx) * PRIOR_TOP_FRACTION)))
             top = np.argsort(-prior, kind="stable")[:k]
             return pool.archs[int(idx[int(rng.choice(top))])]
         full = self._full_features(pool, level)
