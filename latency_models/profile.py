@@ -19,13 +19,14 @@ import numpy as np
 from search_spaces import Block, InputError, SearchSpace, TaskShape
 
 from .runtimes import Runtime, Timing, get_runtime, time_calls
-from .table import DTYPES, OVERHEAD_KEY, PERSISTENT_KEY, Entry, LatencyTable, TableMeta
+from .table import DTYPES, INVOKE_KEY, OVERHEAD_KEY, PERSISTENT_KEY, Entry, LatencyTable, TableMeta
 
 __all__ = [
     "BLOCK_TIMING",
     "MODEL_TIMING",
     "cache_dir",
     "host_table",
+    "invoke_overhead_ms",
     "machine_fingerprint",
     "measure_archs",
     "measure_arenas",
@@ -198,6 +199,38 @@ def tflm_model_overhead_bytes() -> int:
     return max(0, tails[0] + tails[1] - tails[2])
 
 
+def invoke_overhead_ms(
+    runtime: str, dtype: str, threads: int = 1, timing: tuple[int, int, float] = BLOCK_TIMING, rounds: int = 5
+) -> float:
+    """The fixed cost of one invoke on ``runtime``: ``t(A) + t(B) - t(A then B)`` for two tiny
+    convolutions, median over interleaved rounds. Every block of a table was timed as its own
+    model and paid it once; a whole network pays it once in all (``LatencyTable.price``)."""
+    from search_spaces.backend import keras
+
+    k = keras()
+    rt = get_runtime(runtime)
+    rt.check_dtype(dtype)
+
+    def conv_model(c_in: int, name: str) -> Any:
+        inputs = k.Input(shape=(2, 2, c_in), batch_size=1)
+        return k.Model(inputs, k.layers.Conv2D(4, 1, name=f"{name}_conv")(inputs), name=name)
+
+    a, b = conv_model(2, "a"), conv_model(4, "b")
+    inputs = k.Input(shape=(2, 2, 2), batch_size=1)
+    both = k.Model(inputs, b(a(inputs)), name="ab")
+    sessions = []
+    for model in (a, b, both):
+        samples = random_representative(_model_input_shape(model))
+        artifact = rt.convert(model, dtype, samples if dtype == "int8" else None)
+        sessions.append((rt.load(artifact, threads=threads), samples[0]))
+    _clear_keras()
+    diffs = []
+    for _ in range(rounds):
+        ta, tb, tab = (time_session(s, x, timing, threads).median_ms for s, x in sessions)
+        diffs.append(ta + tb - tab)
+    return max(0.0, float(np.median(diffs)))
+
+
 def predict_arena_bytes(table: LatencyTable, blocks: Sequence[Block]) -> int:
     """TFLM arena bytes for a network of ``blocks`` from a ``tflm`` table (``LatencyTable.memory``)."""
     return table.memory(blocks)
@@ -345,6 +378,10 @@ def host_table(
         entries = dict(cached.entries) if cached is not None else {}
         extra = dict(cached.meta.extra) if cached is not None else dict(meta.extra)
         todo = sorted((b for b in wanted if b not in entries), key=lambda b: b.key)
+        if INVOKE_KEY not in extra:
+            extra[INVOKE_KEY] = invoke_overhead_ms(runtime, dtype, threads, timing)
+            if entries and not todo:
+                LatencyTable(replace(meta, extra=extra), entries).save(path)
         # Saved in chunks: an interrupted profile keeps what it measured.
         for start in range(0, len(todo), SAVE_EVERY):
             chunk = todo[start : start + SAVE_EVERY]

@@ -19,7 +19,7 @@ from typing import Any
 
 from search_spaces import Block, InputError
 
-__all__ = ["FORMAT", "VERSION", "Entry", "LatencyTable", "MissingEntryError", "TableMeta", "write_atomic"]
+__all__ = ["FORMAT", "INVOKE_KEY", "VERSION", "Entry", "LatencyTable", "MissingEntryError", "TableMeta", "write_atomic"]
 
 FORMAT = "edge-nas-latency-table"
 VERSION = 1
@@ -30,6 +30,9 @@ CSV_REQUIRED = (*BLOCK_COLUMNS[:-1], "mean_ms")
 # meta.extra keys of a TFLite Micro table (see ``LatencyTable.memory``)
 PERSISTENT_KEY = "tflm_persistent_bytes"
 OVERHEAD_KEY = "tflm_model_overhead_bytes"
+# meta.extra key of a profiled table: the fixed cost of one invoke (ms), which every separately
+# timed block paid once and a whole network pays once in all (see ``LatencyTable.price``)
+INVOKE_KEY = "invoke_overhead_ms"
 
 
 class MissingEntryError(InputError):
@@ -95,6 +98,9 @@ class TableMeta:
             raise InputError(f"dtype: expected one of {list(DTYPES)}, got {self.dtype!r}.")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise InputError(f"threads: expected an int >= 1, got {self.threads!r}.")
+        invoke = self.extra.get(INVOKE_KEY, 0.0)
+        if isinstance(invoke, bool) or not isinstance(invoke, (int, float)) or not 0 <= invoke < math.inf:
+            raise InputError(f"extra.{INVOKE_KEY}: expected a finite number of ms >= 0, got {invoke!r}.")
 
 
 @dataclass(frozen=True)
@@ -117,8 +123,14 @@ class LatencyTable:
             raise MissingEntryError(self._missing_message(block)) from None
 
     def price(self, blocks: Iterable[Block]) -> float:
-        """Sum of mean latencies (ms)."""
-        return sum(self.lookup(b).mean_ms for b in blocks)
+        """Sum of mean latencies (ms), less the per-invoke cost that each separately timed
+        block paid once too often when the table records it (``meta.extra[INVOKE_KEY]``)."""
+        blocks = list(blocks)
+        total = sum(self.lookup(b).mean_ms for b in blocks)
+        invoke = float(self.meta.extra.get(INVOKE_KEY, 0.0))
+        if invoke > 0 and len(blocks) > 1:
+            total = max(total - invoke * (len(blocks) - 1), total / len(blocks))
+        return total
 
     def memory(self, blocks: Iterable[Block]) -> int:
         """Peak memory (bytes) of a network of ``blocks``.

@@ -10,12 +10,13 @@ import pytest
 from latency_models.profile import (
     cache_dir,
     host_table,
+    invoke_overhead_ms,
     machine_fingerprint,
     measure_archs,
     profile_blocks,
     table_path,
 )
-from latency_models.table import LatencyTable
+from latency_models.table import INVOKE_KEY, LatencyTable
 from search_spaces import InputError, TaskShape, get_space
 
 TASK = TaskShape((16, 16, 1), 10)
@@ -53,6 +54,7 @@ def test_host_table_profiles_only_what_the_cache_lacks(space, arch, tmp_path: Pa
     assert first[-1] == (2, 2)
     assert table.meta.device == "host" and table.meta.runtime == "litert" and table.meta.dtype == "int8"
     assert table.meta.extra["machine"] == machine_fingerprint()
+    assert 0 < table.meta.extra[INVOKE_KEY] < min(e.mean_ms for e in table.entries.values())
     second: list[tuple[int, int]] = []
     table = host_table(space, TASK, blocks, cache_dir=tmp_path, progress=lambda i, n: second.append((i, n)))
     missing = len(set(blocks) - set(blocks[:2]))
@@ -63,6 +65,12 @@ def test_host_table_profiles_only_what_the_cache_lacks(space, arch, tmp_path: Pa
     assert third == [(0, 0)]
     saved = LatencyTable.load(table_path(space, "litert", "int8", 1, tmp_path))
     assert set(blocks) <= set(saved.entries)
+
+
+def test_invoke_cost_is_what_chaining_two_models_saves():
+    """t(A) + t(B) - t(A then B): positive, and on LiteRT well under a millisecond."""
+    cost = invoke_overhead_ms("litert", "int8", timing=FAST, rounds=3)
+    assert 0 < cost < 0.05
 
 
 def test_damaged_cache_is_rebuilt(space, arch, tmp_path: Path):

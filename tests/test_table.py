@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latency_models.table import Entry, LatencyTable, MissingEntryError, TableMeta
+from latency_models.table import INVOKE_KEY, Entry, LatencyTable, MissingEntryError, TableMeta
 from search_spaces import Block, InputError
 
 from .conftest import assert_one_line_error
@@ -32,6 +33,22 @@ def test_round_trip(tmp_path: Path, suffix: str) -> None:
     assert loaded.entries == table().entries
     assert loaded.meta.device == "pixel7" and loaded.meta.threads == 1
     assert loaded.price([B1, B2, B1]) == pytest.approx(1.2)
+
+
+def test_price_counts_the_invoke_cost_once() -> None:
+    """A profiled table records the per-invoke cost every block paid once on its own; a network
+    pays it once in all."""
+    base = table()
+    t = LatencyTable(replace(base.meta, extra={INVOKE_KEY: 0.05}), base.entries)
+    assert t.price([B1, B2, B1]) == pytest.approx(1.2 - 2 * 0.05)
+    assert t.price([B2]) == pytest.approx(0.2)
+    assert LatencyTable._from_json(t.to_json(), "t.json").price([B1, B2]) == pytest.approx(0.65)
+
+
+@pytest.mark.parametrize("bad", [-0.1, "fast", float("nan"), True])
+def test_bad_invoke_cost_is_an_input_error(bad: object) -> None:
+    with pytest.raises(InputError, match=r"extra.invoke_overhead_ms: expected a finite number"):
+        TableMeta("dev", extra={INVOKE_KEY: bad})
 
 
 def test_missing_entry_names_block_and_nearest() -> None:
