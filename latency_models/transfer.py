@@ -48,6 +48,9 @@ _RAW_SHARE_MIN_K = 30
 _NONNEG_MIN_K = 30
 # Candidates whose leave-one-out error is within this factor of the best are averaged.
 _ENSEMBLE_TOL = 0.03
+# From this many points, candidates are instead weighted by how often they win bootstrap resamples.
+_BAG_MIN_K = 30
+_BAGS = 200
 # At most this many positions get all pairwise interaction features (nb201: 6 edges).
 _MAX_PAIR_POSITIONS = 8
 
@@ -763,6 +766,7 @@ def _candidates(
         cands.append(
             {
                 "err": _rel_rmse(loo, y_ms, target),
+                "rel": loo if target == "log" else loo / y_ms,
                 "method": f"single-{source}",
                 "device": devices[d],
                 "b0": b0,
@@ -777,6 +781,7 @@ def _candidates(
         cands.append(
             {
                 "err": _rel_rmse(loo, y_ms, target),
+                "rel": loo if target == "log" else loo / y_ms,
                 "method": f"nonneg-{source}",
                 "b0": b0,
                 "wz": wz,
@@ -805,6 +810,7 @@ def _candidates(
             cands.append(
                 {
                     "err": _rel_rmse(loo, y_ms, target),
+                    "rel": loo if target == "log" else loo / y_ms,
                     "method": f"mix-{source}" if design is None else f"mix-{source}+{design.name}-features",
                     "b0": b0,
                     "wz": coef[:n_dev],
@@ -815,6 +821,17 @@ def _candidates(
                 }
             )
     return cands
+
+
+def _bagged_choice(cands: Sequence[dict[str, Any]], k: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Candidates weighted by how often each has the least leave-one-out error over bootstrap
+    resamples of the K points: a noisy choice among near-equals becomes an average of them."""
+    sq = np.stack([c["rel"] ** 2 for c in cands])
+    # How often each point is drawn in each resample (seeded: the same fit gives the same file).
+    draws = np.random.default_rng(0).multinomial(k, np.full(k, 1.0 / k), size=_BAGS)
+    picks = np.bincount(np.argmin(sq @ draws.T, axis=0), minlength=len(cands))
+    chosen = np.flatnonzero(picks)
+    return [cands[i] for i in chosen], picks[chosen] / _BAGS
 
 
 def _raw_share(source: str) -> float:
@@ -898,20 +915,23 @@ def fit_transfer(
                 break
             cands += _candidates(z, x_k, y, w, y_ms, target, reference.devices, designs, source)
         win = min(cands, key=lambda c: c["err"])
-        # Leave-one-out on K noisy points cannot tell near-ties apart: average them (every part of
-        # the collapsed model is linear in the candidate's weights, so averaging is exact).
-        near = (
-            [c for c in cands if c["err"] <= win["err"] * (1 + _ENSEMBLE_TOL)]
-            if math.isfinite(win["err"])
-            else [win]
-        )
+        # Leave-one-out on K noisy points cannot tell near-ties apart: average them, or with enough
+        # points weight them by their bootstrap wins (every part of the collapsed model is linear
+        # in the candidate's weights, so averaging is exact).
+        if not math.isfinite(win["err"]):
+            near, share = [win], np.ones(1)
+        elif k >= _BAG_MIN_K:
+            near, share = _bagged_choice(cands, k)
+        else:
+            near = [c for c in cands if c["err"] <= win["err"] * (1 + _ENSEMBLE_TOL)]
+            share = np.full(len(near), 1.0 / len(near))
         intercept, coef, oscale = 0.0, np.zeros(x_k.shape[1]), np.zeros(n_dev)
-        for c in near:
+        for c, a in zip(near, share, strict=True):
             mu, sd = stats[c["source"]]
             scale = c["wz"] / sd
-            intercept += float(c["b0"] + scale @ (b_dev - mu)) / len(near)
-            coef += (c_dev @ scale + c["delta"]) / len(near)
-            oscale += _raw_share(c["source"]) * scale / len(near)
+            intercept += a * float(c["b0"] + scale @ (b_dev - mu))
+            coef += a * (c_dev @ scale + c["delta"])
+            oscale += a * _raw_share(c["source"]) * scale
         if best is None or win["err"] < best["err"] or (math.isinf(best["err"]) and target == "log"):
             offsets = None
             if np.any(oscale != 0):
