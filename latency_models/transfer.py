@@ -415,7 +415,7 @@ class LinearArchModel:
             "encoder": self.encoder.to_json(),
             "target": self.target,
             "intercept": float(self.intercept),
-            "coef": [float(f"{c:.9g}") for c in self.coef],
+            "coef": [float(c) for c in self.coef],
             "floor_ms": float(self.floor_ms),
             "known_archs": {"key": "one character chr(48 + code) per choice", "offsets": dict(self.known)},
         }
@@ -953,7 +953,7 @@ def fit_transfer(
     if best["offsets"] is not None:
         keys = _arch_keys(codes_ref)
         if keys is not None:
-            known = {key: float(f"{o:.7g}") for key, o in zip(keys, best["offsets"], strict=True)}
+            known = {key: float(o) for key, o in zip(keys, best["offsets"], strict=True)}
     model = LinearArchModel(
         encoder, best["target"], best["intercept"], best["coef"], float(y_ms.min()) * 0.1, known
     )
