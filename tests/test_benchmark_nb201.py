@@ -68,6 +68,16 @@ def test_few_shot_latency_ships_feasible_within_k_lookups() -> None:
         assert len(r["latency_queried"]) <= 12
         assert r["best_arch"] in r["queried"] and len(r["queried"]) <= 20
         assert lat[r["best_arch"]] <= budget
+        # shipped on a measured latency, not on the few-shot prediction
+        assert r["best_arch"] in r["latency_queried"]
+
+
+def test_few_shot_reference_leaves_out_the_target_hardware() -> None:
+    from nas.benchmark.nb201 import _reference
+
+    ref = _reference("titan_rtx_32")
+    assert not any(d.startswith("titan_rtx") for d in ref.devices)
+    assert "titanxp_1" in ref.devices and len(ref.archs) == 15625
 
 
 def test_pareto_records_carry_a_front_from_the_queried() -> None:

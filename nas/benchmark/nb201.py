@@ -47,9 +47,16 @@ SPACE_OPTIONS = {"channels": 16, "cells_per_stage": 5}
 # With K latency samples: some are kept back to check the latency of the network to ship.
 VERIFY_FRACTION = 0.35
 MAX_VERIFY = 8
-# Bounds of the search's safety margin under predicted latencies (a fraction of the budget).
+# Predicted latencies within these fractions of the budget are "near" it (where the second half
+# of the fitting samples goes).
+NEAR_LOW = 0.8
+NEAR_HIGH = 1.4
+# Bounds of the relative latency error estimated near the budget. The search aims under the
+# budget by SEARCH_MARGIN times that error: the networks just over it are the ones verification
+# rejects, and the ones just under it are the answer.
 MIN_MARGIN = 0.02
-MAX_MARGIN = 0.15
+MAX_MARGIN = 0.3
+SEARCH_MARGIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -254,84 +261,88 @@ class _LatencyOracle:
         return self.limit - len(self.asked)
 
 
-def few_shot_latency(
-    data: Nb201Data, device: str, oracle: _LatencyOracle, n_fit: int, budget: float | None, seed: int
-) -> np.ndarray:
-    """Predict every cell's latency on ``device`` from ``n_fit`` measurements and the other
-    hardware families' tables: per reference device a line in log-log space, the three that
-    explain the measurements best (leave-one-out) averaged.
+@cache
+def _reference(device: str) -> Any:
+    """Every other hardware's latencies as few-shot reference (no setting of ``device``'s own
+    hardware: ``titan_rtx_1`` is not a reference for ``titan_rtx_32``)."""
+    from latency_models.measurements import Reference
 
-    Half the measurements are spread over the whole predicted range, the rest near the budget,
-    where the ranking matters.
-    """
+    data = load_data()
     family = device_family(device)
-    refs = [j for j, d in enumerate(data.devices) if device_family(d) != family]
-    logref = np.log(np.maximum(data.latency[:, refs], 1e-6))
-    z = (logref - logref.mean(0)) / (logref.std(0) + 1e-12)
-    order = np.argsort(z.mean(1), kind="stable")
-    rng = np.random.default_rng(seed)
-    first = max(3, n_fit // 2)
-    picks = [
-        int(order[min(len(order) - 1, int((q + rng.uniform(-0.4, 0.4)) * len(order) / first))])
-        for q in np.arange(first) + 0.5
-    ]
-    for i in picks:
-        oracle.measure(i)
-    pred = _fit_log_lines(logref, oracle)
-    if budget is not None:
-        near = np.where((pred > 0.85 * budget) & (pred < 1.1 * budget))[0]
-        rest = n_fit - len(oracle.asked)
-        if rest > 0 and len(near):
-            near = near[np.argsort(pred[near])]
-            for i in near[np.linspace(0, len(near) - 1, rest).astype(int)]:
-                if oracle.left > 0 and len(oracle.asked) < n_fit:
-                    oracle.measure(int(i))
-            pred = _fit_log_lines(logref, oracle)
-    # The relative error on the measured cells sets the safety margin (doubled: in-sample errors
-    # understate the rest), then measured cells are known exactly.
-    idx = np.array(oracle.asked)
-    rel = np.abs(pred[idx] - oracle.truth[idx]) / np.maximum(oracle.truth[idx], 1e-9)
-    margin = float(np.clip(2.0 * np.sqrt(np.mean(rel**2)), MIN_MARGIN, MAX_MARGIN))
-    for i in oracle.asked:
-        pred[i] = oracle.truth[i]
-    return pred, margin
+    cols = [j for j, d in enumerate(data.devices) if device_family(d) != family]
+    return Reference(
+        path="nas/data/nb201/latency_ms_27dev.csv.gz",
+        devices=tuple(data.devices[j] for j in cols),
+        texts=data.archs,
+        archs=_parsed(),
+        matrix=data.latency[:, cols],
+    )
 
 
-def refit_latency(data: Nb201Data, device: str, oracle: _LatencyOracle) -> np.ndarray:
-    """The few-shot latency model refitted on every measurement so far (measured cells exact)."""
-    family = device_family(device)
-    refs = [j for j, d in enumerate(data.devices) if device_family(d) != family]
-    pred = _fit_log_lines(np.log(np.maximum(data.latency[:, refs], 1e-6)), oracle)
-    for i in oracle.asked:
-        pred[i] = oracle.truth[i]
+@cache
+def _parsed() -> tuple[Any, ...]:
+    space = _space()
+    return tuple(space.parse(a) for a in load_data().archs)
+
+
+def transfer_latency(device: str, oracle: _LatencyOracle) -> np.ndarray:
+    """Every cell's latency on ``device`` from the measurements so far: the engine's few-shot
+    transfer (``latency_models.transfer.fit_transfer``); measured cells keep their measurement."""
+    from latency_models.measurements import Measurements
+    from latency_models.transfer import fit_transfer
+
+    data, parsed = load_data(), _parsed()
+    idx = list(oracle.asked)
+    measurements = Measurements(
+        path=f"<{len(idx)} latency samples>",
+        texts=tuple(data.archs[i] for i in idx),
+        archs=tuple(parsed[i] for i in idx),
+        latency_ms=np.array([oracle.truth[i] for i in idx]),
+    )
+    predictor = fit_transfer(_space(), measurements, _reference(device), device=device)
+    pred = np.asarray(predictor.predict(parsed), dtype=float)
+    pred[idx] = oracle.truth[idx]
     return pred
 
 
-def _fit_log_lines(logref: np.ndarray, oracle: _LatencyOracle) -> np.ndarray:
-    idx = np.array(oracle.asked)
-    y = np.log(np.maximum(oracle.truth[idx], 1e-6))
-    scored = []
-    for j in range(logref.shape[1]):
-        x = logref[idx, j]
-        errs = []
-        for k in range(len(idx)):
-            keep = np.arange(len(idx)) != k
-            a, b = _line(x[keep], y[keep])
-            errs.append((a * x[k] + b - y[k]) ** 2)
-        scored.append((float(np.mean(errs)), j))
-    scored.sort()
-    preds = []
-    for _, j in scored[:3]:
-        a, b = _line(logref[idx, j], y)
-        preds.append(a * logref[:, j] + b)
-    return np.exp(np.mean(preds, axis=0))
+def few_shot_latency(
+    data: Nb201Data, device: str, oracle: _LatencyOracle, n_fit: int, budget: float | None, seed: int
+) -> tuple[np.ndarray, float]:
+    """Fit the few-shot latency model with ``n_fit`` measurements; also return the relative error
+    expected near the budget.
 
-
-def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    if len(x) < 2 or np.ptp(x) == 0:
-        return 1.0, float(np.mean(y - x)) if len(x) else 0.0
-    a, b = np.polyfit(x, y, 1)
-    return float(a), float(b)
+    Half the measurements are spread over the range the reference devices span; the model fitted
+    on them then picks the other half near the budget, where the ranking matters. Those were
+    predicted before they were measured, so their error is an honest estimate of the error where
+    the search will look.
+    """
+    ref = _reference(device)
+    logref = np.log(np.maximum(ref.matrix, 1e-6))
+    z = (logref - logref.mean(0)) / (logref.std(0) + 1e-12)
+    order = np.argsort(z.mean(1), kind="stable")
+    rng = np.random.default_rng(seed)
+    first = max(3, n_fit // 2) if budget is not None else n_fit
+    for q in np.arange(first) + 0.5:
+        oracle.measure(
+            int(order[min(len(order) - 1, int((q + rng.uniform(-0.4, 0.4)) * len(order) / first))])
+        )
+    pred = transfer_latency(device, oracle)
+    if budget is None:
+        return pred, 0.0
+    near = np.flatnonzero((pred > NEAR_LOW * budget) & (pred < NEAR_HIGH * budget))
+    near = np.setdiff1d(near, oracle.asked)
+    rest = n_fit - len(oracle.asked)
+    if rest <= 0 or len(near) == 0:
+        return pred, MAX_MARGIN
+    # The larger half of the networks near the budget (what the search's prior and accuracy
+    # model go for), spread over their predicted latency.
+    size = np.array([_sizes(10)[a] for a in data.archs])
+    near = near[size[near] >= np.median(size[near])]
+    near = near[np.argsort(pred[near], kind="stable")]
+    picks = near[np.unique(np.linspace(0, len(near) - 1, rest).round().astype(int))]
+    rel = [(oracle.measure(int(i)) - pred[i]) / pred[i] for i in picks]
+    error = float(np.clip(np.sqrt(np.mean(np.square(rel))), MIN_MARGIN, MAX_MARGIN))
+    return transfer_latency(device, oracle), error
 
 
 # -- one run -------------------------------------------------------------------------------------
@@ -360,13 +371,13 @@ def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]
     started = time.perf_counter()
 
     oracle: _LatencyOracle | None = None
-    margin = 0.0
+    error = 0.0
     if config.latency_samples is None:
         latency_values = truth
     else:
         oracle = _LatencyOracle(truth, config.latency_samples)
         n_verify = min(MAX_VERIFY, int(config.latency_samples * VERIFY_FRACTION))
-        latency_values, margin = few_shot_latency(
+        latency_values, error = few_shot_latency(
             data, config.device, oracle, config.latency_samples - n_verify, config.max_latency_ms, seed
         )
     predictor = LookupPredictor(
@@ -376,7 +387,7 @@ def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]
     )
     search_budget = None if config.pareto else config.max_latency_ms
     if search_budget is not None and oracle is not None:
-        search_budget *= 1.0 - margin  # predicted latencies: search under the budget by the margin
+        search_budget *= 1.0 - SEARCH_MARGIN * error  # predicted latencies: aim a little under
     screen = _make_screen(predictor, num_classes, search_budget)
     context = SearchContext(
         space=_space(),
@@ -392,10 +403,8 @@ def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]
     loop = SearchLoop(study, _space(), screen, executor, trainings=config.budget, seed=seed, epochs=200)
     stats = loop.run()
 
-    refit = None
-    if oracle is not None:
-        refit = functools.partial(refit_latency, data, config.device, oracle)
-    best = _ship(config, queried, acc, latency_values, oracle, data, margin, refit)
+    refit = None if oracle is None else functools.partial(transfer_latency, config.device, oracle)
+    best = _ship(config, queried, acc, latency_values, oracle, data, error, refit)
     record: dict[str, Any] = {
         "strategy": strategy,
         "seed": seed,
@@ -423,11 +432,18 @@ def _ship(
     latency: np.ndarray,
     oracle: _LatencyOracle | None,
     data: Nb201Data,
-    margin: float = 0.0,
+    error: float = 0.0,
     refit: Callable[[], np.ndarray] | None = None,
 ) -> str | None:
-    """The most accurate queried network that meets the budget. With predicted latencies the
-    leading candidates are measured (kept-back samples) before one is shipped."""
+    """The most accurate queried network that meets the budget.
+
+    With predicted latencies only a measured latency counts: the most accurate trained networks
+    are measured in turn (with the kept-back samples) and the first that fits is shipped; a miss
+    refits the latency model (``refit``) so the next candidates are judged with what it taught;
+    the last sample, if nothing fits yet, goes to the candidate most likely to fit. Only when every
+    sample is spent without a fit does a network ship on its prediction, and then only one
+    predicted under the budget by twice the expected error (else the one predicted fastest).
+    """
     if not queried:
         return None
     ranked = sorted(dict.fromkeys(queried), key=lambda a: -acc[data.index[a]])
@@ -437,11 +453,13 @@ def _ship(
     if oracle is None:
         meets = [a for a in ranked if latency[data.index[a]] <= budget]
         return meets[0] if meets else min(queried, key=lambda a: latency[data.index[a]])
-    # The most accurate trained networks are measured in turn until one fits; every measurement
-    # refits the latency model, so later candidates are judged with what the misses taught.
-    original = latency
-    fits = [a for a in ranked if data.index[a] in oracle.asked and oracle.truth[data.index[a]] <= budget]
-    while True:
+
+    def verified() -> list[str]:
+        return [a for a in ranked if data.index[a] in oracle.asked and oracle.truth[data.index[a]] <= budget]
+
+    safe = (1.0 - 2.0 * error) * budget
+    while oracle.left > 0:
+        fits = verified()
         floor = acc[data.index[fits[0]]] if fits else -math.inf
         left = [
             a
@@ -450,23 +468,21 @@ def _ship(
             and latency[data.index[a]] <= budget
             and acc[data.index[a]] > floor
         ]
-        if not left or oracle.left == 0:
+        if not left:
             break
-        if oracle.measure(data.index[left[0]]) <= budget:
-            return left[0]
-        if refit is not None:
+        pick = left[0]
+        if oracle.left == 1 and not fits:
+            likely = [a for a in left if latency[data.index[a]] <= safe]
+            pick = likely[0] if likely else min(left, key=lambda a: latency[data.index[a]])
+        if oracle.measure(data.index[pick]) <= budget:
+            return pick  # the most accurate candidate left above every verified one
+        if refit is not None and oracle.left > 0:
             latency = refit()
-    # No measurement left: the most accurate one predicted to fit with the margin (by the model
-    # the search used, or the refitted one), else the one predicted furthest under the budget.
-    floor = acc[data.index[fits[0]]] if fits else -math.inf
-    for prediction in (original, latency):
-        for a in ranked:
-            i = data.index[a]
-            if i not in oracle.asked and prediction[i] <= (1.0 - margin) * budget and acc[i] > floor:
-                return a
+    fits = verified()
     if fits:
-        return fits[0]  # measured within the budget
-    return min(queried, key=lambda a: original[data.index[a]])
+        return fits[0]
+    likely = [a for a in ranked if latency[data.index[a]] <= safe]
+    return likely[0] if likely else min(queried, key=lambda a: latency[data.index[a]])
 
 
 def run_benchmark(

@@ -23,7 +23,12 @@ def register(sub: Any) -> None:
     nb.add_argument("--seeds", type=int, default=20, help="searches per strategy (seeds 0..N-1)")
     nb.add_argument("--first-seed", type=int, default=0, help="first seed")
     nb.add_argument("--strategy", default="default,random", help="comma-separated strategy names")
-    nb.add_argument("--latency-samples", type=int, help="predict latency from at most K true latencies")
+    nb.add_argument(
+        "--latency-samples",
+        type=int,
+        help="measure at most K true latencies: a few-shot transfer model (the other hardware's"
+        " tables as reference) prices the rest, and the network shipped is measured first",
+    )
     nb.add_argument(
         "--pareto", action="store_true", help="search the accuracy/latency front; records carry `front`"
     )
