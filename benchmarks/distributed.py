@@ -9,7 +9,7 @@
    no time at all (an executor that answers at once), i.e. where the driver becomes the
    bottleneck of an N-node cluster.
 
-    .venv/bin/python benchmarks/distributed.py [--trainings 12] [--repeats 1]
+    .venv/bin/python benchmarks/distributed.py [--trainings 12] [--epochs 3] [--repeats 1]
 
 Writes ``benchmarks/results/distributed.json`` and ``.md``.
 """
@@ -58,7 +58,7 @@ training:
 """
 
 
-def _setup(trainings: int, strategy: str = "random") -> dict[str, Any]:
+def _setup(trainings: int, strategy: str = "random", epochs: int = 3) -> dict[str, Any]:
     """Everything the driver builds before its loop (latency model from the cache)."""
     import dataclasses
 
@@ -73,7 +73,9 @@ def _setup(trainings: int, strategy: str = "random") -> dict[str, Any]:
 
     config = parse_config(yaml.safe_load(CONFIG))
     config = dataclasses.replace(
-        config, search=dataclasses.replace(config.search, trainings=trainings, strategy=strategy)
+        config,
+        search=dataclasses.replace(config.search, trainings=trainings, strategy=strategy),
+        training=dataclasses.replace(config.training, epochs=epochs),
     )
     data = load_task(config.task)
     space = get_space(config.space.name, config.space.options)
@@ -120,11 +122,13 @@ def _loop(parts: dict[str, Any], executor: Any, storage: str, on_event: Any = No
     ), study
 
 
-def measure_one(kind: str, workers: int, trainings: int, address: str | None) -> dict[str, Any]:
+def measure_one(
+    kind: str, workers: int, trainings: int, address: str | None, epochs: int = 3
+) -> dict[str, Any]:
     """One search with ``workers`` at once, timed from the executor's creation to the last tell."""
     from nas.distributed import ExecutorChoice
 
-    parts = _setup(trainings)
+    parts = _setup(trainings, epochs=epochs)
     choice = ExecutorChoice(workers=workers, ray_address=address if kind == "ray" else None)
     choice.connect()
     arrivals: list[float] = []
@@ -253,12 +257,12 @@ def cpu_probe(seconds: float = 6.0) -> dict[str, float]:
 
 
 def _child(args: argparse.Namespace) -> None:
-    result = measure_one(args.kind, args.workers, args.trainings, args.address)
+    result = measure_one(args.kind, args.workers, args.trainings, args.address, args.epochs)
     Path(args.json).write_text(json.dumps(result))
 
 
 def _run_child(
-    kind: str, workers: int, trainings: int, address: str | None, env: dict[str, str]
+    kind: str, workers: int, trainings: int, address: str | None, env: dict[str, str], epochs: int
 ) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
@@ -271,6 +275,8 @@ def _run_child(
         str(workers),
         "--trainings",
         str(trainings),
+        "--epochs",
+        str(epochs),
         "--json",
         out,
     ]
@@ -293,6 +299,9 @@ def _run_child(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trainings", type=int, default=12)
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs per training (longer trials amortize start-up)"
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--driver-trials", type=int, default=60)
     parser.add_argument("--child", dest="kind")
@@ -319,10 +328,10 @@ def main() -> None:
     with LocalRayCluster(num_cpus=2) as cluster:
         for _ in range(args.repeats):
             for workers in (2, 1):
-                runs.append(_run_child("ray", workers, args.trainings, cluster.address, env))
+                runs.append(_run_child("ray", workers, args.trainings, cluster.address, env, args.epochs))
     for _ in range(args.repeats):
         for workers in (2, 1):
-            runs.append(_run_child("process", workers, args.trainings, None, env))
+            runs.append(_run_child("process", workers, args.trainings, None, env, args.epochs))
 
     probes.append(cpu_probe())
     print(f"cpu probe: {probes[-1]}", flush=True)
@@ -360,6 +369,7 @@ def main() -> None:
         "benchmark": "distributed",
         "machine": {"cpus": os.cpu_count(), "load_avg_at_end": list(os.getloadavg())},
         "trainings_per_run": args.trainings,
+        "epochs_per_training": args.epochs,
         "cpu_probes": probes,
         "runs": runs,
         "driver_limit": drivers,
@@ -380,7 +390,8 @@ def _markdown(r: dict[str, Any]) -> str:
         "# distributed",
         "",
         f"Real local Ray cluster (`ray start --head`, 127.0.0.1, 2 CPUs) and local worker processes; "
-        f"{r['trainings_per_run']} trainings of tiny MBConv models on `digits` per run, "
+        f"{r['trainings_per_run']} trainings ({r.get('epochs_per_training', 3)} epochs each) of tiny MBConv "
+        "models on `digits` per run, "
         "each run a fresh driver (worker start-up included). The machine is shared: "
         "1-minute load averages are given per run.",
         "",

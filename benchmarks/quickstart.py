@@ -5,9 +5,13 @@
   second run that must reuse the cached profile and calibration: wall times of both;
 * the budgets bind (some candidates screened out), the exported int8 model reaches >= 95% test
   accuracy, meets every budget by prediction and by its re-measured size, and its measured
-  latency is within 20% of its prediction.
+  latency is within 20% of its prediction;
+* beyond the one winner: the same latency model (cached table + correction) against end-to-end
+  LiteRT measurements of ``--latency-check`` random architectures of the quickstart space
+  predicted within 0.5-1.5x the latency budget (medians of 3 interleaved rounds), with and
+  without the table's per-invoke term.
 
-Usage: .venv/bin/python benchmarks/quickstart.py [--config examples/quickstart.yaml]
+Usage: .venv/bin/python benchmarks/quickstart.py [--config examples/quickstart.yaml] [--latency-check 30]
 Writes benchmarks/results/quickstart.{json,md}.
 """
 
@@ -33,9 +37,79 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.Comple
     return time.perf_counter() - t0, proc
 
 
+def latency_check(config_path: str, n: int, cache: Path) -> dict:
+    """Predicted vs measured latency of ``n`` random near-budget archs, in this process."""
+    import random
+    from dataclasses import replace
+
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    os.environ["EDGE_NAS_CACHE"] = str(cache)
+    from latency_models.profile import measure_archs
+    from latency_models.table import INVOKE_KEY
+    from nas.config import load_config
+    from nas.data import load_task
+    from nas.run import build_latency_model
+    from search_spaces import get_space
+
+    config = load_config(config_path)
+    data = load_task(config.task)
+    space = get_space(config.space.name, config.space.options)
+    model = build_latency_model(config, space, data)
+    predictor = model.predictor
+    budget = config.constraints.max_latency_ms
+    rng = random.Random(12345)
+    pool = {}
+    for _ in range(5000):
+        arch = space.random(rng)
+        pool[str(arch)] = arch
+    archs = list(pool.values())
+    predicted = predictor.predict(archs)
+    near = [a for a, p in zip(archs, predicted, strict=True) if 0.5 * budget <= p <= 1.5 * budget]
+    rng.shuffle(near)
+    near = near[:n]
+    rounds = [
+        [t.median_ms for t in measure_archs(space, data.shape, near, representative=list(data.x_train[:64]))]
+        for _ in range(3)
+    ]
+    measured = np.median(np.asarray(rounds), axis=0)
+    table = predictor.table
+    no_invoke = replace(
+        predictor,
+        table=replace(
+            table,
+            meta=replace(table.meta, extra={k: v for k, v in table.meta.extra.items() if k != INVOKE_KEY}),
+        ),
+    )
+    no_invoke = no_invoke.with_correction(
+        [space.parse(c["arch"]) for c in model.calibration], [c["latency_ms"] for c in model.calibration]
+    )
+
+    def score(pred: np.ndarray) -> dict:
+        err = pred / measured - 1
+        return {
+            "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
+            "within_20pct": float(np.mean(np.abs(err) <= 0.20)),
+            "mape": float(np.mean(np.abs(err))),
+            "max_abs_error": float(np.max(np.abs(err))),
+        }
+
+    return {
+        "n": len(near),
+        "measured_range_ms": [float(measured.min()), float(measured.max())],
+        "invoke_overhead_ms": table.meta.extra.get(INVOKE_KEY),
+        "with_invoke_term": score(predictor.predict(near)),
+        "without_invoke_term": score(no_invoke.predict(near)),
+        "archs": [str(a) for a in near],
+        "measured_ms": measured.tolist(),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="examples/quickstart.yaml")
+    ap.add_argument("--latency-check", type=int, default=30, metavar="N")
     args = ap.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as td:
@@ -50,6 +124,9 @@ def main() -> int:
                 return 1
             report = json.loads((out / "report.json").read_text())
             runs.append({"seconds": seconds, "profiled": "profiling block" in proc.stderr, "report": report})
+        check = (
+            latency_check(args.config, args.latency_check, Path(td) / "cache") if args.latency_check else None
+        )
     best = runs[0]["report"]["best"]
     counts = runs[0]["report"]["counts"]
     budgets = runs[0]["report"]["constraints"]
@@ -75,6 +152,7 @@ def main() -> int:
             )
         },
         "second_run_best_accuracy": runs[1]["report"]["best"]["accuracy"],
+        "latency_check": check,
         "load_average_before": load_before,
         "floors": {
             "budgets_bind": counts["infeasible"] > 0
@@ -104,6 +182,20 @@ def main() -> int:
         f"| latency: predicted / measured (LiteRT int8, 1 thread, median) | {best['predicted_latency_ms']:.4f} / {best['measured_latency_ms']:.4f} ms ({100 * best['latency_error']:+.1f}%) |",
         f"| load average before the run | {load_before[0]:.2f} |",
     ]
+    if check:
+        w, wo = check["with_invoke_term"], check["without_invoke_term"]
+        lo, hi = check["measured_range_ms"]
+        md += [
+            "",
+            f"Latency model vs LiteRT on {check['n']} random quickstart-space networks predicted within "
+            f"0.5-1.5x the budget (measured {lo:.4f}-{hi:.4f} ms; per-invoke cost "
+            f"{1000 * (check['invoke_overhead_ms'] or 0):.2f} us):",
+            "",
+            "| latency model | within 10% | within 20% | MAPE | max error |",
+            "|---|---|---|---|---|",
+            f"| table, per-invoke term, correction | {w['within_10pct']:.0%} | {w['within_20pct']:.0%} | {w['mape']:.1%} | {w['max_abs_error']:.1%} |",
+            f"| table without per-invoke term, correction | {wo['within_10pct']:.0%} | {wo['within_20pct']:.0%} | {wo['mape']:.1%} | {wo['max_abs_error']:.1%} |",
+        ]
     (out_dir / "quickstart.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     print("floors:", result["floors"])
