@@ -55,8 +55,11 @@ class LiteRTSession(Session):
         from ai_edge_litert.interpreter import Interpreter
 
         self.threads = threads
-        self.interpreter = Interpreter(model_content=data, num_threads=threads)
-        self.interpreter.allocate_tensors()
+        # The first interpreter of a process prints "INFO: Created TensorFlow Lite XNNPACK
+        # delegate for CPU." on the native stderr.
+        with native_stderr_muted():
+            self.interpreter = Interpreter(model_content=data, num_threads=threads)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self._batch_resized = 1
