@@ -293,6 +293,8 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
             write(rows, args)
+    if rows:
+        write(rows, args)  # also with --append --seeds 0: rewrite the tables from the JSON
     return 0
 
 
