@@ -25,6 +25,7 @@ import argparse
 import csv
 import gzip
 import json
+import os
 import re
 import subprocess
 import sys
@@ -190,7 +191,7 @@ def write(results: list[dict]) -> None:
     merged = {key(r): r for r in old}
     merged.update({key(r): r for r in results})
     rows = sorted(merged.values(), key=key)
-    path.write_text(json.dumps(rows, indent=1) + "\n")
+    _write_atomic(path, json.dumps(rows, indent=1) + "\n")
     lines = ["# Search on NAS-Bench-201 (scored by score_search.py)", ""]
     for part in ("table", "fewshot", "pareto", "kt"):
         part_rows = [r for r in rows if r["part"] == part and "strategies" in r]
@@ -236,7 +237,14 @@ def write(results: list[dict]) -> None:
     errors = [r for r in rows if "error" in r]
     for r in errors:
         lines.append(f"- ERROR {r['part']} {r['dataset']} {r['device']} {r['quantile']}: {r['error'][-300:]}")
-    (RESULTS / "search_nb201.md").write_text("\n".join(lines) + "\n")
+    _write_atomic(RESULTS / "search_nb201.md", "\n".join(lines) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Several parts may run at once and merge into the same files: never leave half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def main() -> int:
