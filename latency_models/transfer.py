@@ -30,6 +30,7 @@ __all__ = [
     "fit_learned",
     "fit_transfer",
     "one_blas_thread",
+    "PHYSICS_WIDTH_MULT",
     "physics_basis",
 ]
 
@@ -280,6 +281,9 @@ class ArchEncoder:
 # -- physics prior ------------------------------------------------------------------------------
 # Global per-layer terms, summed over the layers of an arch; the per-stage terms (one set per
 # group of positions) let a device's efficiency differ between feature-map sizes.
+# Roofline terms: per kernel max(MACs, ratio * memory traffic), summed, for a range of compute-to-
+# bandwidth ratios; a device near one ratio is bound by compute in some layers and memory in others.
+_ROOFLINE_RATIOS = (0.25, 1.0, 4.0, 16.0, 64.0)
 PHYSICS_TERMS = (
     "mac_pw",
     "mac_dw3",
@@ -291,20 +295,45 @@ PHYSICS_TERMS = (
     "ops",
     "grouped",
     "add",
+    "kernels",
+    *(f"roofline{r:g}" for r in _ROOFLINE_RATIOS),
 )
 _STAGE_TERMS = ("mac_pw", "mac_dw3", "mac_dw5", "mac_dw7", "act_mid", "ops", "grouped")
 # FBNet's own ImageNet resolution: exact halvings down to 7x7, so per-layer ratios are not distorted
 # by rounding; the fitted weights absorb the overall scale.
 _PHYSICS_TASK = ((224, 224, 3), 1000)
+# Channel width the physics terms describe by default: FBNet's full-width nets, the ones HELP's
+# FBNet latencies were measured on (the space's own default, 0.25, rounds small channel counts
+# up to multiples of 8 and distorts the ratios between layers). ``None`` = the space's own width.
+PHYSICS_WIDTH_MULT = 1.0
 _GLOBAL_WEIGHT = 3.0
 
 
+def _block_kernels(block: Any) -> list[tuple[float, float]]:
+    """(MACs, values read and written incl. weights) of each convolution of one priced block."""
+    h_in, w_in, c_in, c_out = block.in_h, block.in_w, block.in_c, block.out_c
+    a_in, a_out = h_in * w_in, -(-h_in // block.stride) * -(-w_in // block.stride)
+    if block.kind == "skip_proj":
+        return [(a_out * c_in * c_out, a_in * c_in + a_out * c_out + c_in * c_out)]
+    groups = 2 if block.extra == "g2" else 1
+    mid, k = c_in * int(block.expand), block.kernel
+    return [
+        (a_in * c_in * mid / groups, a_in * (c_in + mid) + c_in * mid / groups),
+        (a_out * mid * k * k, (a_in + a_out) * mid + mid * k * k),
+        (a_out * mid * c_out / groups, a_out * (mid + c_out) + mid * c_out / groups),
+    ]
+
+
 def _block_terms(block: Any) -> dict[str, float]:
-    """Physical cost terms of one priced block (multiply-accumulates, activations, parameters)."""
+    """Physical cost terms of one priced block (multiply-accumulates, activations, parameters,
+    kernel count and roofline terms)."""
     h_in, w_in, c_in, c_out = block.in_h, block.in_w, block.in_c, block.out_c
     h_out, w_out = -(-h_in // block.stride), -(-w_in // block.stride)
     a_in, a_out = h_in * w_in, h_out * w_out
-    out = {"act_io": float(a_in * c_in + a_out * c_out), "ops": 1.0}
+    kernels = _block_kernels(block)
+    out = {"act_io": float(a_in * c_in + a_out * c_out), "ops": 1.0, "kernels": float(len(kernels))}
+    for r in _ROOFLINE_RATIOS:
+        out[f"roofline{r:g}"] = float(sum(max(macs, r * traffic) for macs, traffic in kernels))
     if block.kind == "skip_proj":
         out["mac_pw"] = float(a_out * c_in * c_out)
         out["params"] = float(c_in * c_out)
@@ -321,19 +350,23 @@ def _block_terms(block: Any) -> dict[str, float]:
     return out
 
 
-def physics_basis(encoder: ArchEncoder) -> np.ndarray | None:
+def physics_basis(encoder: ArchEncoder, width_mult: float | None = PHYSICS_WIDTH_MULT) -> np.ndarray | None:
     """Map from the encoder's features to physical cost features, or None for spaces without one.
 
     Returns B (n_features x n_terms) with ``features(codes) @ B`` = per arch, the sum over its
     layers of each layer's physical terms (globally, then per stage), computed from the space's
-    own blocks. Only the per-position one-hot block is non-zero, so a model fitted on these terms
-    collapses back into per-position costs: the saved file and its pricing do not change.
+    own blocks at ``width_mult`` (None: the encoder's space options unchanged). Only the
+    per-position one-hot block is non-zero, so a model fitted on these terms collapses back into
+    per-position costs: the saved file and its pricing do not change.
     """
     if encoder.space != "fbnet":
         return None
     from search_spaces import TaskShape
 
-    space = get_space(encoder.space, encoder.space_options)
+    options = dict(encoder.space_options)
+    if width_mult is not None:
+        options["width_mult"] = width_mult
+    space = get_space(encoder.space, options)
     task = TaskShape(*_PHYSICS_TASK)
     n = len(encoder.values)
     # (position, value) -> terms; a layer is block 1 + position when every layer is a block.
@@ -647,7 +680,9 @@ class _Design:
 _PHYSICS_WEIGHTS = (1.0, 3.0, 10.0)
 
 
-def _designs(encoder: ArchEncoder, physics: bool) -> list[_Design]:
+def _designs(
+    encoder: ArchEncoder, physics: bool, physics_width_mult: float | None = PHYSICS_WIDTH_MULT
+) -> list[_Design]:
     """Feature subsets (shared costs, per position, all) and, for spaces with a physics basis,
     physics terms alone or as a lightly penalised prior under the shared or all features."""
     out = [
@@ -655,7 +690,7 @@ def _designs(encoder: ArchEncoder, physics: bool) -> list[_Design]:
         _Design("positions", encoder.columns_of((*BASIC_KINDS, "one", "live"))),
         _Design("all", np.arange(encoder.n_features)),
     ]
-    basis = physics_basis(encoder) if physics else None
+    basis = physics_basis(encoder, physics_width_mult) if physics else None
     if basis is not None:
         out.append(_Design("physics", np.arange(0), basis))
         for base in out[:3:2]:  # shared, all
@@ -668,9 +703,12 @@ def fit_learned(
     measurements: Measurements,
     device: str = "target",
     space_options: Mapping[str, Any] | None = None,
+    physics_width_mult: float | None = PHYSICS_WIDTH_MULT,
 ) -> LearnedPredictor:
     """Ridge on architecture features (for fbnet with a physics prior: per-layer MACs, activations,
-    parameters); feature design, target (log or ms) and penalty by leave-one-out."""
+    parameters, roofline terms of nets at ``physics_width_mult``, None = the space's own width);
+    feature design, target (log or ms) and penalty by leave-one-out. From ``_BAG_MIN_K`` points the
+    candidates of the better target are weighted by their bootstrap wins, as in ``fit_transfer``."""
     k = len(measurements)
     if k < 2:
         raise InputError(
@@ -681,23 +719,46 @@ def fit_learned(
     x = encoder.features(codes)
     y_ms = measurements.latency_ms
     lams = _LAMBDAS if k >= 5 else (10.0,)  # too few points for leave-one-out to choose
-    best: tuple[float, str, float, float, np.ndarray, _Design] | None = None
-    for design in _designs(encoder, physics=k >= 5):
-        xd = design.matrix(x)
-        for target in TARGETS:
-            y, w = _to_target(y_ms, target)
+    designs = _designs(encoder, physics=k >= 5, physics_width_mult=physics_width_mult)
+    matrices = [design.matrix(x) for design in designs]
+    best: dict[str, Any] | None = None
+    for target in TARGETS:
+        y, w = _to_target(y_ms, target)
+        cands: list[dict[str, Any]] = []
+        for design, xd in zip(designs, matrices, strict=True):
             for lam, loo, b0, sub_coef in _ridge_path(xd, y, w, lams):
-                err = _rel_rmse(loo, y_ms, target)
-                if best is None or err < best[0]:
-                    best = (err, target, lam, b0, sub_coef, design)
+                rel = loo if target == "log" else loo / y_ms
+                cands.append(
+                    {
+                        "err": _rel_rmse(loo, y_ms, target),
+                        "rel": rel,
+                        "lambda": lam,
+                        "b0": b0,
+                        "sub_coef": sub_coef,
+                        "design": design,
+                    }
+                )
+        win = min(cands, key=lambda c: c["err"])
+        if best is None or win["err"] < best["err"]:
+            near, share = _bagged_choice(cands, k) if k >= _BAG_MIN_K else ([win], np.ones(1))
+            best = {**win, "target": target, "near": near, "share": share}
     assert best is not None
-    err, target, lam, b0, sub_coef, design = best
-    coef = design.collapse(sub_coef, encoder.n_features)
-    model = LinearArchModel(encoder, target, b0, coef, floor_ms=float(y_ms.min()) * 0.1)
-    params: dict[str, Any] = {"lambda": lam, "k": k, "features": design.name}
+    intercept, coef = 0.0, np.zeros(encoder.n_features)
+    for c, a in zip(best["near"], best["share"], strict=True):
+        intercept += a * float(c["b0"])
+        coef += a * c["design"].collapse(c["sub_coef"], encoder.n_features)
+    model = LinearArchModel(encoder, best["target"], intercept, coef, floor_ms=float(y_ms.min()) * 0.1)
+    design = best["design"]
+    params: dict[str, Any] = {
+        "lambda": best["lambda"],
+        "k": k,
+        "features": design.name,
+        "n_ensemble": len(best["near"]),
+    }
     if design.basis is not None:
         params["physics_weight"] = design.weight
-    fit = FitReport("ridge", target, err, params)
+        params["physics_width_mult"] = physics_width_mult
+    fit = FitReport("ridge", best["target"], best["err"], params)
     return LearnedPredictor(
         space=space.name,
         device=device,

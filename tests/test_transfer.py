@@ -224,27 +224,42 @@ def test_raw_share_names() -> None:
 def test_physics_basis_sums_each_layers_terms_from_the_space_blocks() -> None:
     """``features @ basis`` is, up to a scale per term, the sum of the blocks' own cost terms
     (so every position, including skips that need a projection, is aligned with its block)."""
-    from latency_models.transfer import _PHYSICS_TASK, PHYSICS_TERMS, _block_terms, physics_basis
+    from latency_models.transfer import (
+        _PHYSICS_TASK,
+        PHYSICS_TERMS,
+        PHYSICS_WIDTH_MULT,
+        _block_terms,
+        physics_basis,
+    )
     from search_spaces import TaskShape
 
     space = get_space("fbnet")
     enc = ArchEncoder.for_space(space)
     rng = random.Random(4)
     archs = [space.random(rng) for _ in range(200)]
-    basis = physics_basis(enc)
-    assert basis is not None and physics_basis(ArchEncoder.for_space(get_space("nb201"))) is None
-    got = enc.features(enc.codes(archs, space)) @ basis
+    assert physics_basis(ArchEncoder.for_space(get_space("nb201"))) is None
     task = TaskShape(*_PHYSICS_TASK)
-    direct = np.array(
-        [
-            [sum(_block_terms(b).get(t, 0.0) for b in space.blocks(a, task)[1:-2]) for t in PHYSICS_TERMS]
-            for a in archs
-        ]
-    )
-    direct = direct[:, direct.std(axis=0) > 0]  # terms no fbnet block has (7x7 depthwise)
-    assert direct.shape[1] >= 8
-    ratio = got[:, : direct.shape[1]] / direct
-    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:1], ratio.shape), rtol=1e-9)
+    # By default the terms describe full-width nets; None keeps the space's own width (0.25).
+    for width, terms_space in (
+        (PHYSICS_WIDTH_MULT, get_space("fbnet", {"width_mult": PHYSICS_WIDTH_MULT})),
+        (None, space),
+    ):
+        basis = physics_basis(enc, width)
+        assert basis is not None
+        got = enc.features(enc.codes(archs, space)) @ basis
+        direct = np.array(
+            [
+                [
+                    sum(_block_terms(b).get(t, 0.0) for b in terms_space.blocks(a, task)[1:-2])
+                    for t in PHYSICS_TERMS
+                ]
+                for a in archs
+            ]
+        )
+        direct = direct[:, direct.std(axis=0) > 0]  # terms no fbnet block has (7x7 depthwise)
+        assert direct.shape[1] >= 14
+        ratio = got[:, : direct.shape[1]] / direct
+        np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:1], ratio.shape), rtol=1e-9)
 
 
 def test_physics_prior_helps_learned_fbnet(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,5 +279,5 @@ def test_physics_prior_helps_learned_fbnet(monkeypatch: pytest.MonkeyPatch) -> N
         return float(np.mean(rhos))
 
     with_physics = mean_spearman()
-    monkeypatch.setattr(transfer, "physics_basis", lambda encoder: None)
+    monkeypatch.setattr(transfer, "physics_basis", lambda encoder, width_mult=None: None)
     assert with_physics > mean_spearman() + 0.01
