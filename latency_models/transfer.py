@@ -882,6 +882,36 @@ def _candidates(
     return cands
 
 
+def _reference_free_candidates(
+    x_k: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    y_ms: np.ndarray,
+    target: str,
+    designs: Sequence[_Design],
+    n_dev: int,
+) -> list[dict[str, Any]]:
+    """The learned fit's physics designs as candidates with zero reference weights (scored by the
+    same leave-one-out, so they win only where the references do not help)."""
+    cands: list[dict[str, Any]] = []
+    for design in designs:
+        for lam, loo, b0, coef in _ridge_path(design.matrix(x_k), y, w, _LAMBDAS):
+            cands.append(
+                {
+                    "err": _rel_rmse(loo, y_ms, target),
+                    "rel": loo if target == "log" else loo / y_ms,
+                    "method": f"learned-{design.name}",
+                    "b0": b0,
+                    "wz": np.zeros(n_dev),
+                    "alpha": 1.0,
+                    "lambda": lam,
+                    "delta": design.collapse(coef, x_k.shape[1]),
+                    "source": "smooth",
+                }
+            )
+    return cands
+
+
 def _bagged_choice(cands: Sequence[dict[str, Any]], k: int) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Candidates weighted by how often each has the least leave-one-out error over bootstrap
     resamples of the K points: a noisy choice among near-equals becomes an average of them."""
@@ -937,6 +967,9 @@ def fit_transfer(
     rows_k = np.array([index.get(a, -1) for a in measurements.archs])
     in_ref = rows_k >= 0
     designs = _designs(encoder, physics=False)
+    # From enough points the reference-free physics models compete too (a device the references
+    # describe less well than physics does, such as an accelerator, keeps its physics fit).
+    free = [d for d in _designs(encoder, physics=k >= _BAG_MIN_K) if d.basis is not None]
     best: dict[str, Any] | None = None
     for target in TARGETS:
         r = np.log(reference.matrix) if target == "log" else reference.matrix
@@ -973,6 +1006,7 @@ def fit_transfer(
                 )
                 break
             cands += _candidates(z, x_k, y, w, y_ms, target, reference.devices, designs, source)
+        cands += _reference_free_candidates(x_k, y, w, y_ms, target, free, n_dev)
         win = min(cands, key=lambda c: c["err"])
         # Leave-one-out on K noisy points cannot tell near-ties apart: average them, or with enough
         # points weight them by their bootstrap wins (every part of the collapsed model is linear
