@@ -178,3 +178,33 @@ def test_kt_bayesian_asks_its_gp_after_the_initial_points() -> None:
     oracle = h.study.sampler._oracle
     assert len(oracle.gpr.X_train_) >= 3  # the GP was fitted and asked
     assert all(h.truth[a] <= budget_at(0.5) for a in h.queried)
+
+
+def test_feasible_probability_is_the_chance_the_true_latency_fits() -> None:
+    from nas.strategies.default import feasible_probability
+
+    p = feasible_probability(np.array([5.0, 10.0, 11.0, 20.0]), 10.0, 0.1)
+    assert p[1] == pytest.approx(0.5)
+    assert p[0] > 0.999 and p[3] < 1e-6
+    assert np.all(np.diff(p) < 0)
+
+
+def test_default_weighs_networks_predicted_over_the_budget_by_their_chance() -> None:
+    """With an uncertain latency model the screen lets through networks predicted a little over
+    the budget; the prior's picks stay under it, and a near-zero error keeps every pick under."""
+    budget = budget_at(0.25)
+    for error, over_allowed in ((1e-4, False), (0.15, True)):
+        h = Harness("default", budget, seed=5)
+        h.screen = Screen(
+            SPACE, TASK, h.screen.latency, SizeModel(), Constraints(max_latency_ms=1.5 * budget)
+        )
+        context = SearchContext(
+            space=SPACE, seed=5, predict=h.screen, max_latency_ms=budget, options={"latency_error": error}
+        )
+        h.study.sampler = make_strategy("default", context)
+        h.run(25)
+        over = [h.truth[a] > budget for a in h.queried]
+        assert len(over) == 25 and not any(over[:10])  # the prior phase
+        if not over_allowed:
+            assert not any(over)
+        assert all(h.truth[a] <= 1.5 * budget for a in h.queried)

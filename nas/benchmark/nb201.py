@@ -51,12 +51,13 @@ MAX_VERIFY = 8
 # of the fitting samples goes).
 NEAR_LOW = 0.8
 NEAR_HIGH = 1.4
-# Bounds of the relative latency error estimated near the budget. The search aims under the
-# budget by SEARCH_MARGIN times that error: the networks just over it are the ones verification
-# rejects, and the ones just under it are the answer.
-MIN_MARGIN = 0.02
-MAX_MARGIN = 0.3
-SEARCH_MARGIN = 0.5
+# Bounds of the relative latency error estimated near the budget.
+MIN_ERROR = 0.02
+MAX_ERROR = 0.3
+# The search may train networks predicted up to this many errors over the budget (log scale; a
+# 2.3 % chance to fit at 2): its expected improvement is weighted by the chance to fit, so such a
+# network is trained only when it would be worth it.
+SEARCH_BAND = 2.0
 
 
 @dataclass(frozen=True)
@@ -183,11 +184,30 @@ def _space() -> Any:
 
 @cache
 def _sizes(num_classes: int) -> dict[str, float]:
-    """Predicted exported size of every cell (the size model is part of the real screen)."""
+    """Predicted exported size of every cell (the size model is part of the real screen).
+
+    Pricing 15,625 cells takes seconds; the classes only change the shared classifier head, so
+    another dataset's sizes are the first one's plus the head's difference, checked on a few
+    cells (the size model is linear in its terms) before it is trusted.
+    """
     from latency_models.size import SizeModel
 
     space, task, model = _space(), TaskShape((32, 32, 3), num_classes), SizeModel()
-    return {a: float(model.predict(space.size_terms(space.parse(a), task))) for a in load_data().archs}
+    archs = load_data().archs
+
+    def exact(a: str) -> float:
+        return float(model.predict(space.size_terms(space.parse(a), task)))
+
+    if num_classes != _SIZE_BASE_CLASSES:
+        base = _sizes(_SIZE_BASE_CLASSES)
+        probes = archs[:: len(archs) // 4]
+        deltas = [exact(a) - base[a] for a in probes]
+        if max(deltas) - min(deltas) < 1e-6 * max(abs(d) for d in deltas) + 1e-9:
+            return {a: v + deltas[0] for a, v in base.items()}
+    return {a: exact(a) for a in archs}
+
+
+_SIZE_BASE_CLASSES = 10
 
 
 def _make_screen(latency: LookupPredictor, num_classes: int, max_latency_ms: float | None) -> Any:
@@ -333,7 +353,7 @@ def few_shot_latency(
     near = np.setdiff1d(near, oracle.asked)
     rest = n_fit - len(oracle.asked)
     if rest <= 0 or len(near) == 0:
-        return pred, MAX_MARGIN
+        return pred, MAX_ERROR
     # The larger half of the networks near the budget (what the search's prior and accuracy
     # model go for), spread over their predicted latency.
     size = np.array([_sizes(10)[a] for a in data.archs])
@@ -341,8 +361,29 @@ def few_shot_latency(
     near = near[np.argsort(pred[near], kind="stable")]
     picks = near[np.unique(np.linspace(0, len(near) - 1, rest).round().astype(int))]
     rel = [(oracle.measure(int(i)) - pred[i]) / pred[i] for i in picks]
-    error = float(np.clip(np.sqrt(np.mean(np.square(rel))), MIN_MARGIN, MAX_MARGIN))
+    error = float(np.clip(np.sqrt(np.mean(np.square(rel))), MIN_ERROR, MAX_ERROR))
     return transfer_latency(device, oracle), error
+
+
+@functools.lru_cache(maxsize=4)
+def _fitted(
+    device: str, samples: int, budget: float | None, seed: int
+) -> tuple[tuple[int, ...], np.ndarray, float]:
+    """The few-shot fit before the search (the same for every strategy of a seed, so a run of
+    several strategies fits it once): measured indices, predictions, expected error."""
+    data = load_data()
+    oracle = _LatencyOracle(data.device_latency(device), samples)
+    n_verify = min(MAX_VERIFY, int(samples * VERIFY_FRACTION))
+    pred, error = few_shot_latency(data, device, oracle, samples - n_verify, budget, seed)
+    pred.setflags(write=False)
+    return tuple(oracle.asked), pred, error
+
+
+def _fitted_latency(config: BenchmarkConfig, seed: int) -> tuple[_LatencyOracle, np.ndarray, float]:
+    assert config.latency_samples is not None
+    asked, pred, error = _fitted(config.device, config.latency_samples, config.max_latency_ms, seed)
+    oracle = _LatencyOracle(load_data().device_latency(config.device), config.latency_samples, list(asked))
+    return oracle, pred.copy(), error
 
 
 # -- one run -------------------------------------------------------------------------------------
@@ -362,6 +403,7 @@ def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]
 
     from nas.search import SearchLoop
     from nas.strategies import SearchContext, make_strategy
+    from nas.strategies.default import LATENCY_ERROR_OPTION
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = load_data()
@@ -375,27 +417,28 @@ def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]
     if config.latency_samples is None:
         latency_values = truth
     else:
-        oracle = _LatencyOracle(truth, config.latency_samples)
-        n_verify = min(MAX_VERIFY, int(config.latency_samples * VERIFY_FRACTION))
-        latency_values, error = few_shot_latency(
-            data, config.device, oracle, config.latency_samples - n_verify, config.max_latency_ms, seed
-        )
+        oracle, latency_values, error = _fitted_latency(config, seed)
     predictor = LookupPredictor(
         space="nb201",
         device=config.device,
         values=dict(zip(data.archs, latency_values.tolist(), strict=True)),
     )
     search_budget = None if config.pareto else config.max_latency_ms
+    screen_budget = search_budget
+    options: dict[str, object] = {"pareto": config.pareto}
     if search_budget is not None and oracle is not None:
-        search_budget *= 1.0 - SEARCH_MARGIN * error  # predicted latencies: aim a little under
-    screen = _make_screen(predictor, num_classes, search_budget)
+        # Predicted latencies: networks predicted a little over the budget may fit; the strategy
+        # weighs each by its chance to fit (and only a measured latency ships).
+        screen_budget = search_budget * math.exp(SEARCH_BAND * error)
+        options[LATENCY_ERROR_OPTION] = error
+    screen = _make_screen(predictor, num_classes, screen_budget)
     context = SearchContext(
         space=_space(),
         seed=seed,
         predict=screen,
         max_latency_ms=search_budget,
         n_trials=config.budget,
-        options={"pareto": config.pareto},
+        options=options,
     )
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_strategy(strategy, context))
     queried: list[str] = []
@@ -437,13 +480,18 @@ def _ship(
 ) -> str | None:
     """The most accurate queried network that meets the budget.
 
-    With predicted latencies only a measured latency counts: the most accurate trained networks
-    are measured in turn (with the kept-back samples) and the first that fits is shipped; a miss
-    refits the latency model (``refit``) so the next candidates are judged with what it taught;
-    the last sample, if nothing fits yet, goes to the candidate most likely to fit. Only when every
-    sample is spent without a fit does a network ship on its prediction, and then only one
-    predicted under the budget by twice the expected error (else the one predicted fastest).
+    With predicted latencies only a measured latency counts. The kept-back samples go, one at a
+    time, to the trained network with the largest expected gain from measuring it: its chance to
+    fit (``feasible_probability`` with the model's error) times its accuracy above the best
+    verified one (or, before any is verified, above the best network predicted safely under the
+    budget). After each measurement the latency model is refitted (``refit``), so a miss or a
+    hit informs the chances of the rest. The last sample, if nothing fits yet, goes to the
+    candidate most likely to fit. Only when every sample is spent without a fit does a network
+    ship on its prediction, and then only one predicted under the budget by twice the error
+    (else the one predicted fastest).
     """
+    from nas.strategies.default import feasible_probability
+
     if not queried:
         return None
     ranked = sorted(dict.fromkeys(queried), key=lambda a: -acc[data.index[a]])
@@ -457,26 +505,29 @@ def _ship(
     def verified() -> list[str]:
         return [a for a in ranked if data.index[a] in oracle.asked and oracle.truth[data.index[a]] <= budget]
 
+    error = max(error, MIN_ERROR)
     safe = (1.0 - 2.0 * error) * budget
     while oracle.left > 0:
         fits = verified()
         floor = acc[data.index[fits[0]]] if fits else -math.inf
-        left = [
-            a
-            for a in ranked
-            if data.index[a] not in oracle.asked
-            and latency[data.index[a]] <= budget
-            and acc[data.index[a]] > floor
-        ]
+        left = [a for a in ranked if data.index[a] not in oracle.asked and acc[data.index[a]] > floor]
         if not left:
             break
-        pick = left[0]
-        if oracle.left == 1 and not fits:
-            likely = [a for a in left if latency[data.index[a]] <= safe]
-            pick = likely[0] if likely else min(left, key=lambda a: latency[data.index[a]])
-        if oracle.measure(data.index[pick]) <= budget:
-            return pick  # the most accurate candidate left above every verified one
-        if refit is not None and oracle.left > 0:
+        rows = np.array([data.index[a] for a in left])
+        chance = feasible_probability(latency[rows], budget, error)
+        if not fits and oracle.left == 1:
+            pick = left[int(np.argmax(chance))]  # ranked by accuracy: ties go to the more accurate
+        else:
+            if not fits:
+                likely = [a for a in left if latency[data.index[a]] <= safe]
+                floor = acc[data.index[likely[0]]] - 1e-9 if likely else float(acc[rows].min()) - 1.0
+            gain = chance * (acc[rows] - floor)
+            if gain.max() <= 0:
+                break
+            pick = left[int(np.argmax(gain))]
+        hit = oracle.measure(data.index[pick]) <= budget
+        above = [a for a in left if a != pick and (not hit or acc[data.index[a]] > acc[data.index[pick]])]
+        if refit is not None and oracle.left > 0 and above:
             latency = refit()
     fits = verified()
     if fits:

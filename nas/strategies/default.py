@@ -20,7 +20,7 @@ import optuna
 
 from ._base import Prediction, SearchContext
 
-__all__ = ["DefaultSampler", "default_sampler", "arch_features"]
+__all__ = ["DefaultSampler", "arch_features", "default_sampler", "feasible_probability"]
 
 # Spaces up to this many parameter settings are enumerated; larger ones are sampled.
 ENUMERATE_LIMIT = 20_000
@@ -35,6 +35,10 @@ GP_NOISE = 1e-2
 # Pareto mode: proposals cycle through these quantiles of the candidates' predicted latency.
 PARETO_QUANTILES = (0.02, 0.65)
 GOLDEN = 0.6180339887498949
+# ``options["latency_error"]``: the screen's relative latency error (e.g. a few-shot model's).
+# With it, expected improvement is weighted by the probability that the true latency meets the
+# budget (constrained EI), so networks predicted a little over the budget are still worth a training.
+LATENCY_ERROR_OPTION = "latency_error"
 # Feature weights in the GP's kernel (one-hot decisions weigh 1 each).
 EXTRA_WEIGHT = 1.5
 COST_WEIGHT = 2.0
@@ -119,8 +123,15 @@ class DefaultSampler(optuna.samplers.BaseSampler):
             below = free & (pool.latency <= level)
             free = below if below.any() else free
         idx = np.flatnonzero(free)
-        prior = self._prior(pool, idx, level)
+        error = float(self.context.options.get(LATENCY_ERROR_OPTION) or 0.0)
+        uncertain = error > 0 and bool(level) and pool.latency is not None and not self.pareto
         if len(observed) < N_PRIOR:
+            if uncertain:
+                # The prior's picks stay under the budget as predicted (it has no accuracy to
+                # weigh against the risk of a network that does not fit).
+                under = idx[pool.latency[idx] <= level]
+                idx = under if len(under) else idx
+            prior = self._prior(pool, idx, level)
             # The prior's favourite first (in edge spaces it is often the answer: the largest
             # network that just fits), then random picks among its top fraction for diversity.
             k = 1 if not observed else max(1, int(math.ceil(len(idx) * PRIOR_TOP_FRACTION)))
@@ -134,8 +145,10 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         meets = [y for a, y in observed if level is None or self._latency(a) <= level]
         best = float(max(meets)) if meets else float(y_obs.min())
         ei = _expected_improvement(mu, sd, best)
-        # Ties (e.g. EI underflow far from the data) go to the prior's favourite.
-        return pool.archs[int(idx[int(np.argmax(ei + 1e-9 * prior))])]
+        chance = feasible_probability(pool.latency[idx], float(level), error) if uncertain else 1.0
+        prior = self._prior(pool, idx, level)
+        # Ties (e.g. EI underflow far from the data) go to the prior's favourite among the likely fits.
+        return pool.archs[int(idx[int(np.argmax((ei + 1e-9 * prior) * chance))])]
 
     def _history(
         self, trials: Sequence[optuna.trial.FrozenTrial]
@@ -356,6 +369,15 @@ def arch_features(space: Any, arch: Hashable) -> list[float]:
         for name in ("nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3", "skip_connect")
     ]
     return [max(depth[3], 0) / 3, paths[3] / 6, *counts]
+
+
+def feasible_probability(latency_ms: np.ndarray, budget_ms: float, error: float) -> np.ndarray:
+    """Probability that the true latency meets ``budget_ms`` when ``latency_ms`` is predicted with
+    relative error ``error`` (log-normal: the error is a ratio)."""
+    from scipy.stats import norm
+
+    latency = np.maximum(np.asarray(latency_ms, dtype=float), 1e-12)
+    return np.asarray(norm.cdf(np.log(budget_ms / latency) / max(error, 1e-9)))
 
 
 def _gp_posterior(x_obs: np.ndarray, y_obs: np.ndarray, x_cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
