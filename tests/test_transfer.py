@@ -281,3 +281,33 @@ def test_physics_prior_helps_learned_fbnet(monkeypatch: pytest.MonkeyPatch) -> N
     with_physics = mean_spearman()
     monkeypatch.setattr(transfer, "physics_basis", lambda encoder, width_mult=None: None)
     assert with_physics > mean_spearman() + 0.01
+
+
+def test_reference_free_physics_models_compete_next_to_the_references() -> None:
+    """Accelerators and a phone that physics describes better than the other devices do: with
+    K=100 the learned physics fit wins the leave-one-out, and ranks unseen archs near perfectly
+    (the references alone reach about 0.991 on fpga)."""
+    space = get_space("fbnet")
+    texts, devices, lat = _load("fbnet")
+    archs = tuple(space.parse(t) for t in texts)
+    train, test = _split(len(archs), 100, seed=5)
+    for target in ("fpga", "eyeriss", "pixel3"):
+        j = devices.index(target)
+        ref = _reference(texts, archs, devices, lat, np.arange(len(archs)), target)
+        p = fit_transfer(space, _measure(texts, archs, lat, train, j), ref)
+        assert p.fit is not None and p.fit.method.startswith("learned-physics")
+        assert spearmanr(p.predict([archs[i] for i in test]), lat[test, j]).statistic >= 0.999
+
+
+def test_learned_physics_width_is_an_option_and_recorded() -> None:
+    space = get_space("fbnet")
+    texts, devices, lat = _load("fbnet")
+    archs = tuple(space.parse(t) for t in texts)
+    train, _ = _split(len(archs), 40, seed=2)
+    m = _measure(texts, archs, lat, train, devices.index("raspi4"))
+    full = fit_learned(space, m)
+    own = fit_learned(space, m, physics_width_mult=None)
+    assert full.fit is not None and own.fit is not None
+    assert full.fit.params["physics_width_mult"] == 1.0 and own.fit.params["physics_width_mult"] is None
+    assert full.fit.params["n_ensemble"] >= 1
+    assert not np.allclose(full.predict(archs[:20]), own.predict(archs[:20]))
