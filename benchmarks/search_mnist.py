@@ -273,6 +273,10 @@ def main() -> int:
     ap.add_argument("--trainings", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--final-epochs", type=int, default=6)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument(
+        "--append", action="store_true", help="keep the searches already in results/search_mnist.json"
+    )
     ap.add_argument(
         "--prior-check", type=int, default=0, metavar="N", help="only the prior check, N trainings"
     )
