@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,6 +86,10 @@ def one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "shipped_measured_latency_ms": best["measured_latency_ms"],
         "shipped_size_bytes": best["size_bytes"],
         "seconds": round(seconds, 1),
+        # strategies change while benchmarks run: which code this search used
+        "git_head": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
     }
 
 
