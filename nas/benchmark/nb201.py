@@ -58,6 +58,9 @@ MAX_ERROR = 0.3
 # 2.3 % chance to fit at 2): its expected improvement is weighted by the chance to fit, so such a
 # network is trained only when it would be worth it.
 SEARCH_BAND = 2.0
+# Predicted latencies: after this many trainings the search stops to measure this many trained
+# networks (``run_one``), out of the kept-back samples.
+CHECKPOINTS = ((20, 2), (50, 2))
 
 
 @dataclass(frozen=True)
@@ -398,7 +401,14 @@ def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
 
 
 def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]:
-    """One search with ``strategy``: the record ``score_search.py`` checks."""
+    """One search with ``strategy``: the record ``score_search.py`` checks.
+
+    With predicted latencies the search runs in phases (``CHECKPOINTS``): between them a few of
+    the kept-back samples measure trained networks the way shipping does (``_verify``), the
+    model is refitted and its bias near the budget corrected, and the search goes on with the
+    corrected latencies. A model that misprices the networks the search wants (they are
+    selected for looking fast) is found out after a fifth of the budget, not at the end.
+    """
     import optuna
 
     from nas.search import SearchLoop
@@ -413,41 +423,54 @@ def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]
     started = time.perf_counter()
 
     oracle: _LatencyOracle | None = None
-    error = 0.0
+    drift: _Drift | None = None
     if config.latency_samples is None:
         latency_values = truth
     else:
         oracle, latency_values, error = _fitted_latency(config, seed)
-    predictor = LookupPredictor(
-        space="nb201",
-        device=config.device,
-        values=dict(zip(data.archs, latency_values.tolist(), strict=True)),
-    )
+        drift = _Drift(max(error, MIN_ERROR))
     search_budget = None if config.pareto else config.max_latency_ms
-    screen_budget = search_budget
-    options: dict[str, object] = {"pareto": config.pareto}
-    if search_budget is not None and oracle is not None:
-        # Predicted latencies: networks predicted a little over the budget may fit; the strategy
-        # weighs each by its chance to fit (and only a measured latency ships).
-        screen_budget = search_budget * math.exp(SEARCH_BAND * error)
-        options[LATENCY_ERROR_OPTION] = error
-    screen = _make_screen(predictor, num_classes, screen_budget)
-    context = SearchContext(
-        space=_space(),
-        seed=seed,
-        predict=screen,
-        max_latency_ms=search_budget,
-        n_trials=config.budget,
-        options=options,
-    )
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_strategy(strategy, context))
+    verifying = search_budget is not None and oracle is not None and drift is not None
+    phases = [(t, n) for t, n in CHECKPOINTS if t < config.budget] if verifying else []
+    study = optuna.create_study(directions=["maximize", "minimize"])
     queried: list[str] = []
     executor = lookup_executor(lambda a: float(acc[data.index[a]]), queried)
-    loop = SearchLoop(study, _space(), screen, executor, trainings=config.budget, seed=seed, epochs=200)
-    stats = loop.run()
-
     refit = None if oracle is None else functools.partial(transfer_latency, config.device, oracle)
-    best = _ship(config, queried, acc, latency_values, oracle, data, error, refit)
+    for phase, (trainings, samples) in enumerate([*phases, (config.budget, 0)]):
+        expected = latency_values if drift is None else _expected(latency_values, drift, oracle)
+        predictor = LookupPredictor(
+            space="nb201",
+            device=config.device,
+            values=dict(zip(data.archs, expected.tolist(), strict=True)),
+        )
+        screen_budget = search_budget
+        options: dict[str, object] = {"pareto": config.pareto}
+        if verifying:
+            assert drift is not None
+            # Predicted latencies: networks predicted a little over the budget may fit; the
+            # strategy weighs each by its chance to fit (and only a measured latency ships).
+            screen_budget = search_budget * math.exp(SEARCH_BAND * drift.error)
+            options[LATENCY_ERROR_OPTION] = drift.error
+        screen = _make_screen(predictor, num_classes, screen_budget)
+        # Each phase's sampler is new (its only state is the study); a seeded random sampler
+        # would replay the first phase's proposals, so each phase has its own seed.
+        context = SearchContext(
+            space=_space(),
+            seed=seed if phase == 0 else int(np.random.SeedSequence([seed, phase]).generate_state(1)[0]),
+            predict=screen,
+            max_latency_ms=search_budget,
+            n_trials=config.budget,
+            options=options,
+        )
+        study.sampler = make_strategy(strategy, context)
+        loop = SearchLoop(study, _space(), screen, executor, trainings=trainings, seed=seed, epochs=200)
+        stats = loop.run()
+        if samples and oracle is not None and drift is not None:
+            latency_values, drift = _verify(
+                config, queried, acc, latency_values, oracle, data, drift, refit, samples
+            )
+
+    best = _ship(config, queried, acc, latency_values, oracle, data, drift=drift, refit=refit)
     record: dict[str, Any] = {
         "strategy": strategy,
         "seed": seed,
@@ -468,6 +491,14 @@ def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]
     return record
 
 
+def _expected(latency: np.ndarray, drift: _Drift, oracle: _LatencyOracle | None) -> np.ndarray:
+    """Predicted latencies corrected by the model's bias near the budget; measured ones exact."""
+    out = drift.expected(latency)
+    if oracle is not None and oracle.asked:
+        out[oracle.asked] = oracle.truth[oracle.asked]
+    return out
+
+
 def _ship(
     config: BenchmarkConfig,
     queried: list[str],
@@ -477,21 +508,15 @@ def _ship(
     data: Nb201Data,
     error: float = 0.0,
     refit: Callable[[], np.ndarray] | None = None,
+    drift: _Drift | None = None,
 ) -> str | None:
     """The most accurate queried network that meets the budget.
 
-    With predicted latencies only a measured latency counts. The kept-back samples go, one at a
-    time, to the trained network with the largest expected gain from measuring it: its chance to
-    fit (``feasible_probability`` with the model's error) times its accuracy above the best
-    verified one (or, before any is verified, above the best network predicted safely under the
-    budget). After each measurement the latency model is refitted (``refit``), so a miss or a
-    hit informs the chances of the rest. The last sample, if nothing fits yet, goes to the
-    candidate most likely to fit. Only when every sample is spent without a fit does a network
-    ship on its prediction, and then only one predicted under the budget by twice the error
-    (else the one predicted fastest).
+    With predicted latencies only a measured latency counts: the samples left are spent by
+    ``_verify``, then the most accurate measured fit ships. Only when every sample is spent
+    without a fit does a network ship on its prediction, and then only one expected under the
+    budget by twice the error (else the one predicted fastest).
     """
-    from nas.strategies.default import feasible_probability
-
     if not queried:
         return None
     ranked = sorted(dict.fromkeys(queried), key=lambda a: -acc[data.index[a]])
@@ -501,39 +526,120 @@ def _ship(
     if oracle is None:
         meets = [a for a in ranked if latency[data.index[a]] <= budget]
         return meets[0] if meets else min(queried, key=lambda a: latency[data.index[a]])
+    drift = drift or _Drift(max(error, MIN_ERROR))
+    latency, drift = _verify(config, queried, acc, latency, oracle, data, drift, refit, oracle.left)
+    fits = [a for a in ranked if data.index[a] in oracle.asked and oracle.truth[data.index[a]] <= budget]
+    if fits:
+        return fits[0]
+    expected = drift.expected(np.array([latency[data.index[a]] for a in ranked]))
+    likely = [a for a, ms in zip(ranked, expected, strict=True) if ms <= drift.safe(budget)]
+    return likely[0] if likely else min(queried, key=lambda a: latency[data.index[a]])
 
-    def verified() -> list[str]:
-        return [a for a in ranked if data.index[a] in oracle.asked and oracle.truth[data.index[a]] <= budget]
 
-    error = max(error, MIN_ERROR)
-    safe = (1.0 - 2.0 * error) * budget
-    while oracle.left > 0:
-        fits = verified()
+def _verify(
+    config: BenchmarkConfig,
+    queried: list[str],
+    acc: np.ndarray,
+    latency: np.ndarray,
+    oracle: _LatencyOracle,
+    data: Nb201Data,
+    drift: _Drift,
+    refit: Callable[[], np.ndarray] | None,
+    samples: int,
+) -> tuple[np.ndarray, _Drift]:
+    """Measure up to ``samples`` trained networks, one at a time; return the (refitted)
+    predictions and the updated drift.
+
+    While no measured network fits, the next sample secures one: the most accurate trained
+    network expected an error under the budget (an 84 % chance to fit). Once one fits, a sample goes to the trained
+    network with the largest expected gain from measuring it: its chance to fit
+    (``feasible_probability``) times its accuracy above the best verified one. Every sample
+    updates the model's bias and error near the budget (``_Drift``: a run of misses lowers every
+    remaining chance, since one model misprices similar networks alike), and the model is
+    refitted (``refit``). The last sample of all, if nothing fits yet, goes to the candidate
+    most likely to fit.
+    """
+    from nas.strategies.default import feasible_probability
+
+    assert config.max_latency_ms is not None
+    budget = config.max_latency_ms
+    ranked = sorted(dict.fromkeys(queried), key=lambda a: -acc[data.index[a]])
+    stop = max(0, oracle.left - samples)
+    while oracle.left > stop:
+        fits = [a for a in ranked if data.index[a] in oracle.asked and oracle.truth[data.index[a]] <= budget]
         floor = acc[data.index[fits[0]]] if fits else -math.inf
         left = [a for a in ranked if data.index[a] not in oracle.asked and acc[data.index[a]] > floor]
         if not left:
             break
         rows = np.array([data.index[a] for a in left])
-        chance = feasible_probability(latency[rows], budget, error)
-        if not fits and oracle.left == 1:
+        expected = drift.expected(latency[rows])
+        chance = feasible_probability(expected, budget, drift.error)
+        likely = [a for a, ms in zip(left, expected, strict=True) if ms <= drift.safe(budget, 1.0)]
+        if not fits and likely and oracle.left > 1:
+            # Secure one measured fit before spending samples on chances: the chances of the
+            # networks over the budget are correlated (one model misprices them alike), so a run
+            # of misses can leave nothing but a poor network for the last sample.
+            pick = likely[0]
+        elif not fits and oracle.left == 1:
             pick = left[int(np.argmax(chance))]  # ranked by accuracy: ties go to the more accurate
         else:
             if not fits:
-                likely = [a for a in left if latency[data.index[a]] <= safe]
-                floor = acc[data.index[likely[0]]] - 1e-9 if likely else float(acc[rows].min()) - 1.0
+                floor = float(acc[rows].min()) - 1.0
             gain = chance * (acc[rows] - floor)
             if gain.max() <= 0:
                 break
             pick = left[int(np.argmax(gain))]
-        hit = oracle.measure(data.index[pick]) <= budget
+        row = data.index[pick]
+        predicted = float(latency[row])
+        measured = oracle.measure(row)
+        drift = drift.after(predicted, measured, budget)
+        hit = measured <= budget
         above = [a for a in left if a != pick and (not hit or acc[data.index[a]] > acc[data.index[pick]])]
         if refit is not None and oracle.left > 0 and above:
             latency = refit()
-    fits = verified()
-    if fits:
-        return fits[0]
-    likely = [a for a in ranked if latency[data.index[a]] <= safe]
-    return likely[0] if likely else min(queried, key=lambda a: latency[data.index[a]])
+    return latency, drift
+
+
+@dataclass(frozen=True)
+class _Drift:
+    """The latency model's bias and error near the budget, updated by each verification sample.
+
+    A sample was predicted before it was measured, so ``log(measured / predicted)`` is an honest
+    residual: the model's bias plus noise. With the fit's error estimate (``prior``) as the noise
+    and as the prior spread of the bias, the bias is the residuals' mean shrunk toward zero, the
+    noise their spread around it pooled with the prior, and the error of the next prediction
+    adds the bias's own uncertainty.
+    """
+
+    prior: float
+    residuals: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        check(self.prior > 0, "latency error", "a number > 0", self.prior)
+
+    @property
+    def bias(self) -> float:
+        return sum(self.residuals) / (len(self.residuals) + 1)
+
+    @property
+    def error(self) -> float:
+        n, bias = len(self.residuals), self.bias
+        noise = (self.prior**2 + sum((r - bias) ** 2 for r in self.residuals)) / (n + 1)
+        return float(np.clip(math.sqrt(noise * (1.0 + 1.0 / (n + 1))), MIN_ERROR, MAX_ERROR))
+
+    def expected(self, predicted: np.ndarray) -> np.ndarray:
+        return np.asarray(predicted, dtype=float) * math.exp(self.bias)
+
+    def safe(self, budget: float, errors: float = 2.0) -> float:
+        """Expected latencies at most this are taken to fit (``errors`` errors under the budget)."""
+        return math.exp(-errors * self.error) * budget
+
+    def after(self, predicted: float, measured: float, budget: float) -> _Drift:
+        """With one more sample; only samples predicted near the budget count (the model's error
+        differs across its range, and the budget is where a mistake costs)."""
+        if not NEAR_LOW * budget <= predicted <= NEAR_HIGH * budget:
+            return self
+        return _Drift(self.prior, (*self.residuals, math.log(measured / max(predicted, 1e-12))))
 
 
 def run_benchmark(
