@@ -144,6 +144,12 @@ def test_sizes_of_another_dataset_match_pricing_every_cell() -> None:
     assert sizes != _sizes(10)
 
 
+def _most_accurate(data, lat: np.ndarray, acc: np.ndarray, lo: float, hi: float) -> list[str]:
+    """The 10 most accurate archs whose latency is in (lo, hi]."""
+    rows = np.flatnonzero((lat > lo) & (lat <= hi))
+    return [data.archs[i] for i in rows[np.argsort(-acc[rows], kind="stable")][:10]]
+
+
 def test_ship_measures_networks_predicted_over_the_budget_by_their_chance() -> None:
     """A model that predicts every latency 30 % too slow: the kept-back samples still find a
     network that fits though predicted over the budget (a hard 'predicted <= budget' rule could
@@ -154,14 +160,10 @@ def test_ship_measures_networks_predicted_over_the_budget_by_their_chance() -> N
     budget = budget_at(0.25, "pixel3")
     lat, acc = data.device_latency("pixel3"), data.accuracy["cifar10"]
 
-    def most_accurate(lo: float, hi: float) -> list[str]:
-        rows = np.flatnonzero((lat > lo) & (lat <= hi))
-        return [data.archs[i] for i in rows[np.argsort(-acc[rows], kind="stable")][:10]]
-
     queried = (
-        most_accurate(budget / 1.3, budget)  # fit, predicted over the budget
-        + most_accurate(budget, 1.5 * budget)  # do not fit
-        + most_accurate(0.0, budget / 1.3)  # fit, predicted under the budget
+        _most_accurate(data, lat, acc, budget / 1.3, budget)  # fit, predicted over the budget
+        + _most_accurate(data, lat, acc, budget, 1.5 * budget)  # do not fit
+        + _most_accurate(data, lat, acc, 0.0, budget / 1.3)  # fit, predicted under the budget
     )
     config = BenchmarkConfig("cifar10", "pixel3", budget, budget=30, seeds=1, latency_samples=6)
     oracle = _LatencyOracle(lat, 6)
@@ -180,11 +182,10 @@ def test_ship_secures_a_fit_when_the_model_is_too_optimistic() -> None:
     budget = budget_at(0.25, "raspi4")
     lat, acc = data.device_latency("raspi4"), data.accuracy["cifar10"]
 
-    def most_accurate(lo: float, hi: float) -> list[str]:
-        rows = np.flatnonzero((lat > lo) & (lat <= hi))
-        return [data.archs[i] for i in rows[np.argsort(-acc[rows], kind="stable")][:10]]
-
-    over, under = most_accurate(budget, 1.25 * budget), most_accurate(0.0, 0.8 * budget)
+    over, under = (
+        _most_accurate(data, lat, acc, budget, 1.25 * budget),
+        _most_accurate(data, lat, acc, 0.0, 0.8 * budget),
+    )
     assert max(acc[data.index[a]] for a in over) > max(acc[data.index[a]] for a in under)
     config = BenchmarkConfig("cifar10", "raspi4", budget, budget=20, seeds=1, latency_samples=4)
     oracle = _LatencyOracle(lat, 4)
