@@ -174,25 +174,31 @@ def _arena_use(rt: Runtime, artifact: Any) -> Any:
 # -- TFLite Micro arena model ---------------------------------------------------------------------
 
 
+def _conv_pair_and_chain(hw: int, c_in: int, c_out: int, kernel: int) -> tuple[Any, Any, Any]:
+    """Two small conv models A (c_in -> c_out) and B (c_out -> c_out) and one model running A then
+    B: what separate models pay once each and a chain pays once is ``f(A) + f(B) - f(A then B)``."""
+    from search_spaces.backend import keras
+
+    k = keras()
+
+    def conv_model(c: int, name: str) -> Any:
+        inputs = k.Input(shape=(hw, hw, c), batch_size=1)
+        conv = k.layers.Conv2D(c_out, kernel, padding="same", name=f"{name}_conv")
+        return k.Model(inputs, conv(inputs), name=name)
+
+    a, b = conv_model(c_in, "a"), conv_model(c_out, "b")
+    inputs = k.Input(shape=(hw, hw, c_in), batch_size=1)
+    return a, b, k.Model(inputs, b(a(inputs)), name="ab")
+
+
 def tflm_model_overhead_bytes() -> int:
     """Persistent bytes every separate TFLM model pays once (allocator structs, its input and
     output tensors): measured as ``tail(A) + tail(B) - tail(A then B)`` for two small convs."""
-    from search_spaces.backend import keras
-
     from .runtimes.tflm import arena_use
 
-    k = keras()
     rt = get_runtime("tflm")
-
-    def conv_model(c_in: int, name: str) -> Any:
-        inputs = k.Input(shape=(8, 8, c_in), batch_size=1)
-        return k.Model(inputs, k.layers.Conv2D(8, 3, padding="same", name=f"{name}_conv")(inputs), name=name)
-
-    a, b = conv_model(4, "a"), conv_model(8, "b")
-    inputs = k.Input(shape=(8, 8, 4), batch_size=1)
-    both = k.Model(inputs, b(a(inputs)), name="ab")
     tails = []
-    for model in (a, b, both):
+    for model in _conv_pair_and_chain(8, 4, 8, 3):
         artifact = rt.convert(model, "int8", random_representative(_model_input_shape(model)))
         tails.append(arena_use(artifact).tail)
     _clear_keras()
@@ -205,21 +211,10 @@ def invoke_overhead_ms(
     """The fixed cost of one invoke on ``runtime``: ``t(A) + t(B) - t(A then B)`` for two tiny
     convolutions, median over interleaved rounds. Every block of a table was timed as its own
     model and paid it once; a whole network pays it once in all (``LatencyTable.price``)."""
-    from search_spaces.backend import keras
-
-    k = keras()
     rt = get_runtime(runtime)
     rt.check_dtype(dtype)
-
-    def conv_model(c_in: int, name: str) -> Any:
-        inputs = k.Input(shape=(2, 2, c_in), batch_size=1)
-        return k.Model(inputs, k.layers.Conv2D(4, 1, name=f"{name}_conv")(inputs), name=name)
-
-    a, b = conv_model(2, "a"), conv_model(4, "b")
-    inputs = k.Input(shape=(2, 2, 2), batch_size=1)
-    both = k.Model(inputs, b(a(inputs)), name="ab")
     sessions = []
-    for model in (a, b, both):
+    for model in _conv_pair_and_chain(2, 2, 4, 1):
         samples = random_representative(_model_input_shape(model))
         artifact = rt.convert(model, dtype, samples if dtype == "int8" else None)
         sessions.append((rt.load(artifact, threads=threads), samples[0]))
