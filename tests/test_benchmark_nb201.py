@@ -72,6 +72,7 @@ def _check_few_shot(device: str, quantile: float, samples: int, budget: int, see
         assert lat[r["best_arch"]] <= limit
         # shipped on a measured latency, not on the few-shot prediction
         assert r["best_arch"] in r["latency_queried"]
+        assert r["shipped_unmeasured"] is False
 
 
 def test_few_shot_latency_ships_feasible_within_k_lookups() -> None:
@@ -83,6 +84,27 @@ def test_few_shot_never_ships_infeasible_where_the_model_is_most_wrong() -> None
     # pixel3 at its 25th percentile: the best networks are predicted 25-40 % too slow and the
     # search trains networks predicted over the budget (weighed by their chance to fit).
     _check_few_shot("pixel3", 0.25, samples=20, budget=100, seeds=range(3))
+
+
+def test_record_says_when_the_shipped_network_was_never_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_ship``'s last resort (every kept-back sample missed) ships on a prediction: the record
+    says so, and the benchmark driver counts it."""
+    from nas.benchmark import nb201
+
+    def blind(config, queried, acc, latency, oracle, data, **_: object) -> str:  # type: ignore[no-untyped-def]
+        return next(a for a in queried if data.index[a] not in oracle.asked)
+
+    config = BenchmarkConfig(
+        "cifar10", "pixel3", budget_at(0.5, "pixel3"), budget=12, seeds=1, latency_samples=8
+    )
+    assert run_one(config, "random", 0)["shipped_unmeasured"] is False
+    monkeypatch.setattr(nb201, "_ship", blind)
+    r = run_one(config, "random", 0)
+    assert r["shipped_unmeasured"] is True and r["best_arch"] not in r["latency_queried"]
+    monkeypatch.undo()
+    # with the device table known nothing is measured: no such field
+    known = BenchmarkConfig("cifar10", "pixel3", budget_at(0.5, "pixel3"), budget=5, seeds=1)
+    assert "shipped_unmeasured" not in run_one(known, "random", 0)
 
 
 def test_few_shot_reference_leaves_out_the_target_hardware() -> None:

@@ -484,6 +484,9 @@ def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]
     }
     if oracle is not None:
         record["latency_queried"] = [data.archs[i] for i in oracle.asked]
+        # Shipped on its prediction: every kept-back sample missed (``_ship``'s last resort).
+        if config.max_latency_ms is not None:
+            record["shipped_unmeasured"] = best is not None and data.index[best] not in oracle.asked
     if config.pareto:
         record["front"] = pareto_front(
             [(a, float(acc[data.index[a]]), float(latency_values[data.index[a]])) for a in queried]
