@@ -52,6 +52,12 @@ _ENSEMBLE_TOL = 0.03
 # From this many points, candidates are instead weighted by how often they win bootstrap resamples.
 _BAG_MIN_K = 30
 _BAGS = 200
+# Kernel ridge on the reference devices' deviations from their smoothed models (see
+# ``_kernel_correction``): bandwidths as multiples of the median squared distance, penalties, and
+# the winsorising of the residuals it fits (multiples of their robust standard deviation).
+_KERNEL_BANDWIDTHS = (0.5, 1.0)
+_KERNEL_LAMBDAS = (0.3, 1.0, 3.0)
+_KERNEL_WINSOR = 3.0
 # At most this many positions get all pairwise interaction features (nb201: 6 edges).
 _MAX_PAIR_POSITIONS = 8
 
@@ -923,6 +929,56 @@ def _bagged_choice(cands: Sequence[dict[str, Any]], k: int) -> tuple[list[dict[s
     return [cands[i] for i in chosen], picks[chosen] / _BAGS
 
 
+def _kernel_correction(dev: np.ndarray, rows: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, float]:
+    """A relative correction for every reference arch from what its raw reference latencies say
+    beyond the devices' smoothed models.
+
+    ``dev`` (reference archs x devices) are the deviations of the log reference latencies from the
+    devices' own feature models, ``rows`` the reference rows of the measured archs and ``rel`` the
+    chosen model's leave-one-out relative residuals there. Kernel ridge (an RBF kernel on the
+    standardised deviation vectors) maps the former to the latter -- deviations that an additive
+    model cannot describe but the references share with the target (in the HELP data largely slow
+    drift along the order the archs were measured in, which the phones' whole-millisecond
+    latencies carry most). Bandwidth and penalty compete with "no correction" by leave-one-out
+    over bootstrap resamples of the points, as the candidates do; the residuals are winsorised
+    first, so a few outlying measurements cannot buy a correction. Returns (correction per
+    reference arch, share of resamples that preferred a kernel fit).
+    """
+    k = len(rows)
+    sd = dev.std(axis=0)
+    z = (dev - dev.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
+    zk = z[rows]
+    sq_k = (zk**2).sum(axis=1)
+    d2 = np.maximum(sq_k[:, None] + sq_k[None, :] - 2.0 * zk @ zk.T, 0.0)
+    med = float(np.median(d2[np.triu_indices(k, 1)]))
+    spread = 1.4826 * float(np.median(np.abs(rel - np.median(rel))))
+    if not (med > 0 and spread > 0):
+        return np.zeros(len(dev)), 0.0
+    rel = np.clip(rel, -_KERNEL_WINSOR * spread, _KERNEL_WINSOR * spread)
+    fits: list[tuple[float, np.ndarray]] = []  # (bandwidth, dual coefficients)
+    sq = [rel**2]
+    for h in _KERNEL_BANDWIDTHS:
+        s, u = np.linalg.eigh(np.exp(-d2 / (h * med)))
+        s = np.clip(s, 0.0, None)
+        ur = u.T @ rel
+        for lam in _KERNEL_LAMBDAS:
+            shrink = s / (s + lam)
+            lev = np.einsum("ij,j,ij->i", u, shrink, u)
+            loo = (rel - u @ (shrink * ur)) / np.clip(1.0 - lev, 1e-6, None)
+            sq.append(loo**2)
+            fits.append((h, u @ (ur / (s + lam))))
+    draws = np.random.default_rng(0).multinomial(k, np.full(k, 1.0 / k), size=_BAGS)
+    picks = np.bincount(np.argmin(np.stack(sq) @ draws.T, axis=0), minlength=len(sq)) / _BAGS
+    out = np.zeros(len(dev))
+    if picks[0] >= 1.0:
+        return out, 0.0
+    d2_all = np.maximum((z**2).sum(axis=1)[:, None] + sq_k[None, :] - 2.0 * z @ zk.T, 0.0)
+    for (h, alpha), share in zip(fits, picks[1:], strict=True):
+        if share > 0:
+            out += share * (np.exp(-d2_all / (h * med)) @ alpha)
+    return out, float(1.0 - picks[0])
+
+
 def _raw_share(source: str) -> float:
     """How much of the raw reference values a candidate's source carries (see ``_RAW_SHARES``)."""
     if source == "smooth":
@@ -971,9 +1027,12 @@ def fit_transfer(
     # describe less well than physics does, such as an accelerator, keeps its physics fit).
     free = [d for d in _designs(encoder, physics=k >= _BAG_MIN_K) if d.basis is not None]
     best: dict[str, Any] | None = None
+    dev_log: np.ndarray | None = None  # log reference latencies minus the devices' smoothed models
     for target in TARGETS:
         r = np.log(reference.matrix) if target == "log" else reference.matrix
         b_dev, c_dev = _smooth(x_ref, r, _SMOOTH_LAMBDA)  # device d: b_dev[d] + x @ c_dev[:, d]
+        if target == "log":
+            dev_log = r - (b_dev + x_ref @ c_dev)
         s_k = b_dev + x_k @ c_dev  # K x D smoothed reference latencies at the measured archs
         raw_k = np.where(in_ref[:, None], r[np.maximum(rows_k, 0)], s_k)
         y, w = _to_target(y_ms, target)
@@ -1030,6 +1089,8 @@ def fit_transfer(
             if np.any(oscale != 0):
                 # Reference archs keep what their raw values say beyond the smoothed models.
                 offsets = (r - (b_dev + x_ref @ c_dev)) @ oscale
+            # The ensemble's leave-one-out relative residuals (for the kernel correction below).
+            loo_rel = sum(a * c["rel"] for c, a in zip(near, share, strict=True)) if "rel" in win else None
             best = {
                 **win,
                 "target": target,
@@ -1038,15 +1099,32 @@ def fit_transfer(
                 "offsets": offsets,
                 "n_ensemble": len(near),
                 "n_raw": sum(_raw_share(c["source"]) > 0 for c in near),
+                "loo_rel": loo_rel,
             }
             if math.isinf(win["err"]):
                 break  # the fallback: log target only
     assert best is not None
+    keys = _arch_keys(codes_ref)
+    kernel_share = 0.0
+    if (
+        k >= _BAG_MIN_K
+        and in_ref.sum() >= _BAG_MIN_K
+        and keys is not None
+        and best["loo_rel"] is not None
+        and dev_log is not None
+    ):
+        # What the references' raw values say beyond every linear combination of them.
+        g, kernel_share = _kernel_correction(dev_log, rows_k[in_ref], best["loo_rel"][in_ref])
+        if kernel_share > 0:
+            offsets = best["offsets"] if best["offsets"] is not None else np.zeros(len(g))
+            if best["target"] == "log":
+                offsets = offsets + g
+            else:  # a relative correction of the linear prediction
+                offsets = offsets + (best["intercept"] + x_ref @ best["coef"] + offsets) * g
+            best["offsets"] = offsets
     known: dict[str, float] = {}
-    if best["offsets"] is not None:
-        keys = _arch_keys(codes_ref)
-        if keys is not None:
-            known = {key: float(o) for key, o in zip(keys, best["offsets"], strict=True)}
+    if best["offsets"] is not None and keys is not None:
+        known = {key: float(o) for key, o in zip(keys, best["offsets"], strict=True)}
     model = LinearArchModel(
         encoder, best["target"], best["intercept"], best["coef"], float(y_ms.min()) * 0.1, known
     )
@@ -1055,6 +1133,7 @@ def fit_transfer(
         "alpha": best["alpha"],
         "n_ensemble": int(best["n_ensemble"]),
         "n_raw": int(best["n_raw"]),
+        "kernel_share": kernel_share,
     }
     if "lambda" in best:
         params["lambda"] = best["lambda"]
