@@ -75,8 +75,10 @@ def test_tiny_search_end_to_end(run_nas, tmp_path: Path) -> None:
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
     # the study is Optuna's own storage
-    study = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{out / 'study.db'}")[0],
-                              storage=f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(
+        study_name=optuna.get_all_study_names(f"sqlite:///{out / 'study.db'}")[0],
+        storage=f"sqlite:///{out / 'study.db'}",
+    )
     assert len(study.trials) == len(trials)
 
     # the exported accuracy is reproducible from the exported test split

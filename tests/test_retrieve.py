@@ -228,7 +228,9 @@ def test_bad_input_is_one_line(run_nas, table_runs: Path, tmp_path: Path) -> Non
     # host: this machine's cached table is looked for (in an empty cache) and named
     empty_cache = {"EDGE_NAS_CACHE": str(tmp_path / "empty-cache")}
     assert_one_line_error(
-        run_nas("best", "--runs", runs, "--device", "host", env=empty_cache), "--device host", "host latency table"
+        run_nas("best", "--runs", runs, "--device", "host", env=empty_cache),
+        "--device host",
+        "host latency table",
     )
 
     # a study from an older format version

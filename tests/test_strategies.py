@@ -208,3 +208,56 @@ def test_default_weighs_networks_predicted_over_the_budget_by_their_chance() -> 
         if not over_allowed:
             assert not any(over)
         assert all(h.truth[a] <= 1.5 * budget for a in h.queried)
+
+
+def test_default_breaks_latency_ties_between_encodings_by_the_seed() -> None:
+    """Encodings of one network priced alike are one choice as good as another: each seed picks
+    its own (always one of the cheapest), so seeds are independent runs, and a seed repeats itself."""
+    data = load_data()
+    archs = [SPACE.parse(a) for a in _in_space()]
+    # A device that prices every cell alike: every encoding of a network ties.
+    flat = LookupPredictor(space="nb201", device="flat", values={a: 1.0 for a in data.archs})
+    screen = Screen(SPACE, TASK, flat, SizeModel(), Constraints(max_latency_ms=2.0))
+
+    def representatives(seed: int) -> dict[str, str]:
+        sampler = make_strategy(
+            "default", SearchContext(space=SPACE, seed=seed, predict=screen, max_latency_ms=2.0)
+        )
+        pool = sampler._make_pool(archs)
+        return {c: str(pool.archs[i]) for c, i in pool.position.items()}
+
+    first, again, other = representatives(0), representatives(0), representatives(1)
+    assert first == again
+    assert first.keys() == other.keys() and len(first) < len(archs)  # one per network
+    assert sum(first[c] != other[c] for c in first) > len(first) // 10
+    # With a device that prices encodings apart, the cheapest is kept whatever the seed.
+    h = Harness("default", 10.0)
+    cheapest: dict[str, float] = {}
+    for a in archs:
+        c = str(SPACE.canonical(a))
+        cheapest[c] = min(cheapest.get(c, np.inf), h.truth[str(a)])
+    for seed in (0, 1):
+        pool = make_strategy("default", SearchContext(space=SPACE, seed=seed, predict=h.screen))._make_pool(
+            archs
+        )
+        assert all(h.truth[str(pool.archs[i])] == cheapest[c] for c, i in pool.position.items())
+
+
+def test_path_features_see_the_function_a_cell_computes() -> None:
+    """``conv(conv(x)) + x`` wired through node 2 or straight from the input is one function; the
+    path counts say so where the one-hot encodings differ, and tell other functions apart."""
+    from nas.strategies.default import path_features
+
+    space = get_space("nb201")
+    via_node2 = space.parse("|nor_conv_3x3~0|+|skip_connect~0|none~1|+|none~0|nor_conv_3x3~1|skip_connect~2|")
+    direct = space.parse("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
+    one_conv = space.parse("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|skip_connect~1|none~2|")
+    bottleneck = space.parse(
+        "|nor_conv_1x1~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|"
+    )
+    assert path_features(space, via_node2) == path_features(space, direct)
+    assert space.to_params(via_node2) != space.to_params(direct)
+    feats = [path_features(space, a) for a in (direct, one_conv, bottleneck)]
+    assert all(sum(f) == 2 for f in feats)  # two input-output paths each
+    assert len({tuple(f) for f in feats}) == 3
+    assert path_features(get_space("fbnet"), get_space("fbnet").random(__import__("random").Random(0))) == []
