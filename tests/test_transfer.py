@@ -107,20 +107,28 @@ def test_few_shot_transfer_ranks_unseen_archs(data: tuple, k: int) -> None:
         assert m.within10 >= floors[1], (target, m)
 
 
+def _fit_on_half(space, texts, archs, devices, lat, device: str, k: int):  # noqa: ANN001, ANN202
+    """Few-shot fit for ``device`` on K archs of a random half, the half as the reference; returns
+    the predictor and the other half's indices (archs the reference never saw)."""
+    half, other = _split(len(archs), len(archs) // 2, seed=3)
+    j = devices.index(device)
+    p = fit_transfer(
+        space,
+        _measure(texts, archs, lat, half[:k], j),
+        _reference(texts, archs, devices, lat, half, device),
+    )
+    return p, other
+
+
 def test_transfer_prices_archs_the_reference_never_saw(data: tuple) -> None:
     """The file is self-contained: the reference holds half of the archs, we price the other half."""
     space, texts, archs, devices, lat = data
-    n = len(archs)
-    half, other = _split(n, n // 2, seed=3)
-    j = devices.index("silver_4114")
-    p = fit_transfer(
-        space,
-        _measure(texts, archs, lat, half[:20], j),
-        _reference(texts, archs, devices, lat, half, "silver_4114"),
-    )
+    p, other = _fit_on_half(space, texts, archs, devices, lat, "silver_4114", 20)
     pred = p.predict([archs[i] for i in other])
     assert np.all(np.isfinite(pred)) and np.all(pred > 0)
-    assert spearmanr(pred, lat[other, j]).statistic > (0.85 if space.name == "nb201" else 0.7)
+    assert spearmanr(pred, lat[other, devices.index("silver_4114")]).statistic > (
+        0.85 if space.name == "nb201" else 0.7
+    )
 
 
 def test_learned_without_reference(data: tuple) -> None:
@@ -359,14 +367,7 @@ def test_kernel_correction_is_stored_for_reference_archs_only() -> None:
     space = get_space("fbnet")
     texts, devices, lat = _load("fbnet")
     archs = tuple(space.parse(t) for t in texts)
-    n = len(archs)
-    half, other = _split(n, n // 2, seed=3)
-    j = devices.index("essential_ph_1")
-    p = fit_transfer(
-        space,
-        _measure(texts, archs, lat, half[:60], j),
-        _reference(texts, archs, devices, lat, half, "essential_ph_1"),
-    )
+    p, other = _fit_on_half(space, texts, archs, devices, lat, "essential_ph_1", 60)
     assert p.fit is not None and 0.0 <= p.fit.params["kernel_share"] <= 1.0
-    assert p.model is not None and len(p.model.known) == len(half)
+    assert p.model is not None and len(p.model.known) == len(archs) - len(other)
     assert np.all(np.isfinite(p.predict([archs[i] for i in other])))
