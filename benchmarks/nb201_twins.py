@@ -49,8 +49,8 @@ def main() -> int:
         for row in args.rows.split(","):
             dataset, device, q = row.split("/")
             acc, lat = search_nb201.truth(dataset, device)
-            budget = float(np.quantile(list(lat.values()), float(q)))
-            best = max(acc[a] for a in acc if lat[a] <= budget)
+            budget = search_nb201.budget_at(dataset, device, float(q))
+            best = search_nb201.floors(dataset, device, float(q))["best_feasible"]
             config = BenchmarkConfig(
                 dataset=dataset, device=device, max_latency_ms=budget, budget=100, seeds=1
             )

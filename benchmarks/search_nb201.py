@@ -72,6 +72,11 @@ def groups() -> dict[str, str]:
         return {r["ArchitectureString"]: r["UniqueString"] for r in csv.DictReader(f)}
 
 
+def budget_at(dataset: str, device: str, quantile: float) -> float:
+    """A row's latency budget: the ``quantile`` of the device's latencies over the space."""
+    return float(np.quantile(list(truth(dataset, device)[1].values()), quantile))
+
+
 @functools.cache
 def floors(dataset: str, device: str, quantile: float) -> dict:
     """What the ground truth alone says about a row (no search involved).
@@ -85,7 +90,7 @@ def floors(dataset: str, device: str, quantile: float) -> dict:
     latency over its group's median.
     """
     acc, lat = truth(dataset, device)
-    budget_ms = float(np.quantile(list(lat.values()), quantile))
+    budget_ms = budget_at(dataset, device, quantile)
     g = groups()
     members: dict[str, list[str]] = {}
     for a, u in g.items():
@@ -99,6 +104,7 @@ def floors(dataset: str, device: str, quantile: float) -> dict:
     best = max(acc[a] for a in feasible)
     optimum = max(feasible, key=lambda a: acc[a])
     return {
+        "best_feasible": best,
         "group_floor": best - max(a for low, a in cheapest.values() if low <= budget_ms),
         "typical_floor": best - max(acc[a] for a in feasible if median[g[a]] <= budget_ms),
         "optimum": optimum,
@@ -122,7 +128,8 @@ def code_version() -> dict[str, object]:
 
 def run_config(part: str, dataset: str, device: str, quantile: float, args: argparse.Namespace) -> dict:
     acc, lat = truth(dataset, device)
-    budget_ms = float(np.quantile(list(lat.values()), quantile))
+    budget_ms = budget_at(dataset, device, quantile)
+    row_floors = floors(dataset, device, quantile)
     strategies = {
         "table": args.strategies,
         "fewshot": "default,random",
@@ -190,7 +197,7 @@ def run_config(part: str, dataset: str, device: str, quantile: float, args: argp
             score_cmd += ["--latency-samples", "20"]
         s = subprocess.run(score_cmd, capture_output=True, text=True, cwd=ROOT)
         records = json.loads(out.read_text())["runs"]
-    feasible_best = max(a for k, a in acc.items() if lat[k] <= budget_ms)
+    feasible_best = row_floors["best_feasible"]
     result: dict = {
         "part": part,
         "dataset": dataset,
@@ -198,8 +205,7 @@ def run_config(part: str, dataset: str, device: str, quantile: float, args: argp
         "quantile": quantile,
         "code": code,
         "budget_ms": budget_ms,
-        "best_feasible": feasible_best,
-        **floors(dataset, device, quantile),
+        **row_floors,
         "score_output": s.stdout,
         "strategies": {},
     }

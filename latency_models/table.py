@@ -19,7 +19,16 @@ from typing import Any
 
 from search_spaces import Block, InputError
 
-__all__ = ["FORMAT", "INVOKE_KEY", "VERSION", "Entry", "LatencyTable", "MissingEntryError", "TableMeta", "write_atomic"]
+__all__ = [
+    "FORMAT",
+    "INVOKE_KEY",
+    "VERSION",
+    "Entry",
+    "LatencyTable",
+    "MissingEntryError",
+    "TableMeta",
+    "write_atomic",
+]
 
 FORMAT = "edge-nas-latency-table"
 VERSION = 1

@@ -746,7 +746,7 @@ def fit_learned(
                 )
         win = min(cands, key=lambda c: c["err"])
         if best is None or win["err"] < best["err"]:
-            near, share = _bagged_choice(cands, k) if k >= _BAG_MIN_K else ([win], np.ones(1))
+            near, share = _bagged_choice(cands) if k >= _BAG_MIN_K else ([win], np.ones(1))
             best = {**win, "target": target, "near": near, "share": share}
     assert best is not None
     intercept, coef = 0.0, np.zeros(encoder.n_features)
@@ -918,15 +918,21 @@ def _reference_free_candidates(
     return cands
 
 
-def _bagged_choice(cands: Sequence[dict[str, Any]], k: int) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Candidates weighted by how often each has the least leave-one-out error over bootstrap
-    resamples of the K points: a noisy choice among near-equals becomes an average of them."""
-    sq = np.stack([c["rel"] ** 2 for c in cands])
+def _bootstrap_shares(sq: np.ndarray) -> np.ndarray:
+    """Per row of ``sq`` (candidates x points: squared leave-one-out errors), the share of
+    bootstrap resamples of the points in which that candidate has the least total error."""
+    k = sq.shape[1]
     # How often each point is drawn in each resample (seeded: the same fit gives the same file).
     draws = np.random.default_rng(0).multinomial(k, np.full(k, 1.0 / k), size=_BAGS)
-    picks = np.bincount(np.argmin(sq @ draws.T, axis=0), minlength=len(cands))
-    chosen = np.flatnonzero(picks)
-    return [cands[i] for i in chosen], picks[chosen] / _BAGS
+    return np.bincount(np.argmin(sq @ draws.T, axis=0), minlength=len(sq)) / _BAGS
+
+
+def _bagged_choice(cands: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Candidates weighted by how often each has the least leave-one-out error over bootstrap
+    resamples of the K points: a noisy choice among near-equals becomes an average of them."""
+    shares = _bootstrap_shares(np.stack([c["rel"] ** 2 for c in cands]))
+    chosen = np.flatnonzero(shares)
+    return [cands[i] for i in chosen], shares[chosen]
 
 
 def _kernel_correction(dev: np.ndarray, rows: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, float]:
@@ -952,7 +958,11 @@ def _kernel_correction(dev: np.ndarray, rows: np.ndarray, rel: np.ndarray) -> tu
     z = (dev - dev.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
     zk = z[rows]
     sq_k = (zk**2).sum(axis=1)
-    d2 = np.maximum(sq_k[:, None] + sq_k[None, :] - 2.0 * zk @ zk.T, 0.0)
+
+    def sqdist(a: np.ndarray, sq_a: np.ndarray) -> np.ndarray:  # squared distances to the K points
+        return np.maximum(sq_a[:, None] + sq_k[None, :] - 2.0 * a @ zk.T, 0.0)
+
+    d2 = sqdist(zk, sq_k)
     med = float(np.median(d2[np.triu_indices(k, 1)]))
     spread = 1.4826 * float(np.median(np.abs(rel - np.median(rel))))
     if not (med > 0 and spread > 0):
@@ -970,12 +980,11 @@ def _kernel_correction(dev: np.ndarray, rows: np.ndarray, rel: np.ndarray) -> tu
             loo = (rel - u @ (shrink * ur)) / np.clip(1.0 - lev, 1e-6, None)
             sq.append(loo**2)
             fits.append((h, u @ (ur / (s + lam))))
-    draws = np.random.default_rng(0).multinomial(k, np.full(k, 1.0 / k), size=_BAGS)
-    picks = np.bincount(np.argmin(np.stack(sq) @ draws.T, axis=0), minlength=len(sq)) / _BAGS
+    picks = _bootstrap_shares(np.stack(sq))
     out = np.zeros(len(dev))
     if picks[0] >= 1.0:
         return out, 0.0
-    d2_all = np.maximum((z**2).sum(axis=1)[:, None] + sq_k[None, :] - 2.0 * z @ zk.T, 0.0)
+    d2_all = sqdist(z, (z**2).sum(axis=1))
     for (h, alpha), share in zip(fits, picks[1:], strict=True):
         if share > 0:
             out += share * (np.exp(-d2_all / (h * med)) @ alpha)
@@ -1076,7 +1085,7 @@ def fit_transfer(
         if not math.isfinite(win["err"]):
             near, share = [win], np.ones(1)
         elif k >= _BAG_MIN_K:
-            near, share = _bagged_choice(cands, k)
+            near, share = _bagged_choice(cands)
         else:
             near = [c for c in cands if c["err"] <= win["err"] * (1 + _ENSEMBLE_TOL)]
             share = np.full(len(near), 1.0 / len(near))

@@ -531,12 +531,17 @@ def _ship(
         return meets[0] if meets else min(queried, key=lambda a: latency[data.index[a]])
     drift = drift or _Drift(max(error, MIN_ERROR))
     latency, drift = _verify(config, queried, acc, latency, oracle, data, drift, refit, oracle.left)
-    fits = [a for a in ranked if data.index[a] in oracle.asked and oracle.truth[data.index[a]] <= budget]
+    fits = _measured_fits(ranked, oracle, data, budget)
     if fits:
         return fits[0]
     expected = drift.expected(np.array([latency[data.index[a]] for a in ranked]))
     likely = [a for a, ms in zip(ranked, expected, strict=True) if ms <= drift.safe(budget)]
     return likely[0] if likely else min(queried, key=lambda a: latency[data.index[a]])
+
+
+def _measured_fits(ranked: list[str], oracle: _LatencyOracle, data: Nb201Data, budget: float) -> list[str]:
+    """The networks of ``ranked`` whose measured latency meets ``budget``, in ``ranked``'s order."""
+    return [a for a in ranked if data.index[a] in oracle.asked and oracle.truth[data.index[a]] <= budget]
 
 
 def _verify(
@@ -569,7 +574,7 @@ def _verify(
     ranked = sorted(dict.fromkeys(queried), key=lambda a: -acc[data.index[a]])
     stop = max(0, oracle.left - samples)
     while oracle.left > stop:
-        fits = [a for a in ranked if data.index[a] in oracle.asked and oracle.truth[data.index[a]] <= budget]
+        fits = _measured_fits(ranked, oracle, data, budget)
         floor = acc[data.index[fits[0]]] if fits else -math.inf
         left = [a for a in ranked if data.index[a] not in oracle.asked and acc[data.index[a]] > floor]
         if not left:
