@@ -227,6 +227,18 @@ def _markdown(summaries: list[dict[str, Any]], rates: dict[str, Any], ceilings: 
         )
     lines += [
         "",
+        "Per seed (mean over devices): Spearman / within 10%. The floors are on the mean over seeds;",
+        "",
+    ]
+    lines += ["a seed's own mean can land on either side of a floor it meets by a thin margin.", ""]
+    for s in summaries:
+        per_seed = zip(s["seeds"], s["per_seed_mean_spearman"], s["per_seed_mean_within10"], strict=True)
+        lines.append(
+            f"- {s['space']} K={s['k']} reference={'yes' if s['reference'] else 'no'}: "
+            + ", ".join(f"seed {seed} {sp:.4f} / {w:.3f}" for seed, sp, w in per_seed)
+        )
+    lines += [
+        "",
         "Pricing rate (parse + encode + predict, in process, median of 5 passes over every arch):",
         "",
     ]
