@@ -227,10 +227,10 @@ def _markdown(summaries: list[dict[str, Any]], rates: dict[str, Any], ceilings: 
         )
     lines += [
         "",
-        "Per seed (mean over devices): Spearman / within 10%. The floors are on the mean over seeds;",
+        "Per seed (mean over devices): Spearman / within 10%. The floors are on the mean over seeds; a",
+        "seed's own mean can land on either side of a floor that the mean meets by a thin margin.",
         "",
     ]
-    lines += ["a seed's own mean can land on either side of a floor it meets by a thin margin.", ""]
     for s in summaries:
         per_seed = zip(s["seeds"], s["per_seed_mean_spearman"], s["per_seed_mean_within10"], strict=True)
         lines.append(
