@@ -94,24 +94,39 @@ def floors(dataset: str, device: str, quantile: float) -> dict:
     acc, lat = truth(dataset, device)
     budget_ms = budget_at(dataset, device, quantile)
     g = groups()
-    members: dict[str, list[str]] = {}
-    for a, u in g.items():
-        members.setdefault(u, []).append(a)
-    cheapest: dict[str, tuple[float, float]] = {}  # group -> (latency, median accuracy of the ties)
-    for u, m in members.items():
-        low = min(lat[a] for a in m)
-        cheapest[u] = (low, float(np.median([acc[a] for a in m if lat[a] <= low + 1e-9])))
+    members = _members(g)
     median = {u: float(np.median([lat[a] for a in m])) for u, m in members.items()}
     feasible = [a for a in acc if lat[a] <= budget_ms]
     best = max(acc[a] for a in feasible)
     optimum = max(feasible, key=lambda a: acc[a])
     return {
         "best_feasible": best,
-        "group_floor": best - max(a for low, a in cheapest.values() if low <= budget_ms),
+        "group_floor": group_floor(acc, lat, budget_ms, g),
         "typical_floor": best - max(acc[a] for a in feasible if median[g[a]] <= budget_ms),
         "optimum": optimum,
         "optimum_latency_vs_siblings": lat[optimum] / median[g[optimum]],
     }
+
+
+def _members(grouping: dict[str, str]) -> dict[str, list[str]]:
+    members: dict[str, list[str]] = {}
+    for a, u in grouping.items():
+        members.setdefault(u, []).append(a)
+    return members
+
+
+def group_floor(
+    acc: dict[str, float], lat: dict[str, float], budget_ms: float, grouping: dict[str, str]
+) -> float:
+    """Regret of the best feasible cheapest encoding of a group of ``grouping`` (arch -> group),
+    the median accuracy of the encodings that tie for cheapest."""
+    best = max(acc[a] for a in acc if lat[a] <= budget_ms)
+    cheapest = []
+    for m in _members(grouping).values():
+        low = min(lat[a] for a in m)
+        if low <= budget_ms:
+            cheapest.append(float(np.median([acc[a] for a in m if lat[a] <= low + 1e-9])))
+    return best - max(cheapest)
 
 
 def code_version() -> dict[str, object]:
