@@ -7,9 +7,16 @@ each once. For each row this runs ``default`` (table known, B=100, the seeds giv
 ``nas benchmark nb201`` does, and counts the searches that trained A, B, both or neither, with the
 regret of each (scored like ``score_search.py``: best feasible accuracy minus the shipped arch's).
 
+Why not count A and B as one network? It also answers what merging every such pair would cost:
+``search_spaces.nb201.functional_string`` groups the cells that compute the same function (5,390
+groups against NAS-Bench-201's 6,466), and for every table-known row of
+``benchmarks/results/search_nb201.json`` the group floor (the engine trains one encoding per
+group, its cheapest) is computed under both groupings.
+
 Run (from the project root):
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nb201_twins.py
-Writes ``benchmarks/results/nb201_twins.{json,md}``.
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nb201_twins.py [--floors-only]
+Writes ``benchmarks/results/nb201_twins.{json,md}`` (``--floors-only`` keeps the searches
+already in the JSON).
 """
 
 from __future__ import annotations
@@ -35,18 +42,33 @@ ROWS = "cifar100/titan_rtx_1/0.5,imagenet16/titan_rtx_1/0.5,cifar100/titanx_1/0.
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default=ROWS, help="dataset/device/quantile, comma-separated")
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--floors-only", action="store_true", help="keep the searches already in the JSON")
+    args = ap.parse_args()
+    res = ROOT / "benchmarks" / "results"
+    if args.floors_only:
+        searches = json.loads((res / "nb201_twins.json").read_text())["searches"]
+    else:
+        searches = _searches(args.rows, args.seeds)
+    merged = _merged_floors()
+    write_atomic(
+        res / "nb201_twins.json", json.dumps({"searches": searches, "merged_floors": merged}, indent=1) + "\n"
+    )
+    write_atomic(res / "nb201_twins.md", _markdown(searches, merged))
+    return 0
+
+
+def _searches(rows: str, seeds: int) -> list[dict]:
     from threadpoolctl import threadpool_limits
 
     from nas.benchmark.nb201 import BenchmarkConfig, run_one
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", default=ROWS, help="dataset/device/quantile, comma-separated")
-    ap.add_argument("--seeds", type=int, default=20)
-    args = ap.parse_args()
     groups = search_nb201.groups()
     out = []
     with threadpool_limits(1):
-        for row in args.rows.split(","):
+        for row in rows.split(","):
             dataset, device, q = row.split("/")
             acc, lat = search_nb201.truth(dataset, device)
             budget = search_nb201.budget_at(dataset, device, float(q))
@@ -55,7 +77,7 @@ def main() -> int:
                 dataset=dataset, device=device, max_latency_ms=budget, budget=100, seeds=1
             )
             runs = []
-            for seed in range(args.seeds):
+            for seed in range(seeds):
                 record = run_one(config, "default", seed)
                 trained = {groups[a] for a in record["queried"]}
                 runs.append(
@@ -77,22 +99,65 @@ def main() -> int:
                 }
             )
             print(row, _summary(runs), flush=True)
-    res = ROOT / "benchmarks" / "results"
-    write_atomic(res / "nb201_twins.json", json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def _merged_floors() -> list[dict]:
+    """Every table-known row's group floor under NAS-Bench-201's groups and under functional ones."""
+    from search_spaces import get_space
+    from search_spaces.nb201 import functional_string
+
+    space = get_space("nb201")
+    iso = search_nb201.groups()
+    functional = {a: functional_string(space.parse(a)) for a in iso}
+    rows = json.loads((ROOT / "benchmarks" / "results" / "search_nb201.json").read_text())
+    out = []
+    for r in rows:
+        if r["part"] != "table":
+            continue
+        acc, lat = search_nb201.truth(r["dataset"], r["device"])
+        budget = search_nb201.budget_at(r["dataset"], r["device"], r["quantile"])
+        out.append(
+            {
+                "row": f"{r['dataset']}/{r['device']}/{r['quantile']}",
+                "nb201_groups": search_nb201.group_floor(acc, lat, budget, iso),
+                "functional_groups": search_nb201.group_floor(acc, lat, budget, functional),
+            }
+        )
+    return out
+
+
+def _markdown(searches: list[dict], merged: list[dict]) -> str:
     lines = [
         "# Functional twins A and B (benchmarks/nb201_twins.py)",
         "",
         "| row | A acc | B acc | searches | mean regret | trained A | of those <= 0.3 | not A, trained B | neither |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in out:
+    for r in searches:
         s = _summary(r["runs"])
         lines.append(
             f"| {r['row']} | {r['accuracy_a']:.2f} | {r['accuracy_b']:.2f} | {s['searches']} | {s['mean_regret']:.3f} "
             f"| {s['trained_a']} | {s['a_and_ok']} | {s['b_only']} | {s['neither']} |"
         )
-    write_atomic(res / "nb201_twins.md", "\n".join(lines) + "\n")
-    return 0
+    iso = np.array([m["nb201_groups"] for m in merged])
+    fun = np.array([m["functional_groups"] for m in merged])
+    lines += [
+        "",
+        "## If functional twins counted as one network",
+        "",
+        f"Group floor over the {len(merged)} table-known rows, one trained encoding (the cheapest) per group: "
+        f"NAS-Bench-201's groups mean {iso.mean():.3f}, functional groups mean {fun.mean():.3f}; "
+        f"{int((fun > iso + 1e-9).sum())} rows rise, {int((fun < iso - 1e-9).sum())} fall, "
+        f"{int((fun > 0.3).sum())} rows above 0.3 (against {int((iso > 0.3).sum())}).",
+        "",
+        "| row | floor, NAS-Bench-201 groups | floor, functional groups |",
+        "|---|---|---|",
+    ]
+    for m in merged:
+        if abs(m["functional_groups"] - m["nb201_groups"]) > 1e-9:
+            lines.append(f"| {m['row']} | {m['nb201_groups']:.3f} | {m['functional_groups']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _summary(runs: list[dict]) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import random
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from search_spaces import InputError, TaskShape, get_space
 from search_spaces.fbnet import FBNET_OPS, NUM_LAYERS, FbnetSpace
-from search_spaces.nb201 import OPS, Nb201Space, unique_string
+from search_spaces.nb201 import OPS, Nb201Arch, Nb201Space, functional_string, unique_string
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCURACY = ROOT / "nas" / "data" / "nb201" / "accuracy_200ep.csv.gz"
@@ -93,6 +94,24 @@ def test_nb201_canonical_matches_the_benchmarks_unique_strings() -> None:
     assert len(by_unique) == 6466
     assert all(len(v) == 1 for v in by_unique.values())
     assert all(len(v) == 1 for v in by_canonical.values())
+
+
+def test_nb201_functional_string_merges_twins_and_only_coarsens_the_groups() -> None:
+    """Cells computing the same function share a functional string; it never splits a group."""
+    space = Nb201Space()
+    twin_a = space.parse("|nor_conv_3x3~0|+|skip_connect~0|none~1|+|none~0|nor_conv_3x3~1|skip_connect~2|")
+    twin_b = space.parse("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
+    assert unique_string(twin_a) != unique_string(twin_b)
+    assert functional_string(twin_a) == functional_string(twin_b) == "((0)@nor_conv_3x3)@nor_conv_3x3+0"
+    # A cell whose output sees no live edge computes zero, whatever its dead edges hold.
+    dead = space.parse("|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|none~0|none~1|none~2|")
+    assert functional_string(dead) == "#"
+    by_unique: dict[str, set[str]] = {}
+    for combo in itertools.product(OPS, repeat=6):
+        arch = Nb201Arch(combo)
+        by_unique.setdefault(unique_string(arch), set()).add(functional_string(arch))
+    assert all(len(v) == 1 for v in by_unique.values())
+    assert len({f for v in by_unique.values() for f in v}) == 5390
 
 
 def test_nb201_canonical_is_idempotent_member_of_its_class() -> None:
