@@ -38,7 +38,11 @@ from latency_models.table import write_atomic  # noqa: E402
 
 A = "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|none~0|nor_conv_3x3~1|skip_connect~2|"
 B = "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
-ROWS = "cifar100/titan_rtx_1/0.5,imagenet16/titan_rtx_1/0.5,cifar100/titanx_1/0.5,imagenet16/titanx_1/0.5"
+ROWS = (
+    "cifar100/titan_rtx_1/0.5,imagenet16/titan_rtx_1/0.5,cifar100/titanx_1/0.5,imagenet16/titanx_1/0.5,"
+    "cifar100/1080ti_1/0.5,imagenet16/1080ti_1/0.5,cifar100/2080ti_32/0.5,imagenet16/2080ti_32/0.5,"
+    "cifar100/titanxp_1/0.5,imagenet16/titanxp_1/0.5"
+)
 
 
 def main() -> int:
