@@ -47,10 +47,10 @@ SPACE_OPTIONS = {"channels": 16, "cells_per_stage": 5}
 # With K latency samples: most are kept back to measure trained networks (during the search at
 # ``CHECKPOINTS`` and before shipping), the rest fit the model first. A kept-back sample is the
 # better buy: it measures a network that was worth training, predicted near the budget, and it
-# refits the model there too. At K=20, keeping 13 back instead of 7 (10 seeds x 24 rows of
-# ``benchmarks/search_nb201.py --part fewshot``, in process, first 17 rows): summed regret 6.81 -> 4.88
-# (10 back: 5.23); the devices whose networks' latencies are noisy (gold_6240, raspi4, pixel3)
-# gain most, since there only a measurement tells which near-budget network fits.
+# refits the model there too. K=20, 13 kept back instead of 7: ``benchmarks/search_nb201.py
+# --part fewshot`` (24 rows, 10 seeds) mean regret 0.427 -> 0.305; the devices whose networks'
+# latencies are noisy (gold_6240, raspi4, pixel3) gain most, as only a measurement tells which
+# near-budget network fits.
 VERIFY_FRACTION = 0.65
 MAX_VERIFY = 16
 # Predicted latencies within these fractions of the budget are "near" it (where the second half
