@@ -19,7 +19,6 @@ from search_spaces import FatalError, InputError, SearchSpace, TaskShape
 
 from .config import Constraints, FidelityConfig
 from .executors import Executor, JobResult, TrainJob
-from .strategies import SearchContext
 from .strategies._base import Prediction
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,8 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Screen", "SearchLoop", "SearchStats", "STATES", "smallest_achievable"]
 
 STATES = ("complete", "infeasible", "failed", "duplicate")
-OBJECTIVES = ("accuracy", "latency_ms")
-DIRECTIONS = ("maximize", "minimize")
 
 
 @dataclass(frozen=True)
@@ -219,17 +216,6 @@ class SearchLoop:
         self.rungs: tuple[int, ...] = self.fidelity.rungs(self.epochs) if self.fidelity else (self.epochs,)
         self.stats.budget_epochs = self.trainings * self.epochs
         self.stats.rungs = self.rungs
-
-    def context(self) -> SearchContext:
-        return SearchContext(
-            space=self.space,
-            seed=self.seed,
-            predict=self.screen,
-            objectives=OBJECTIVES,
-            directions=DIRECTIONS,
-            max_latency_ms=self.screen.constraints.max_latency_ms,
-            n_trials=self.trainings,
-        )
 
     # -- resume --------------------------------------------------------------------------------
     def _history(self, t: optuna.trial.FrozenTrial) -> list[tuple[int, float | None]]:
