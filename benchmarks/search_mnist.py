@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from search_nb201 import code_version  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 # name -> (strategy, search.fidelity or None)
 VARIANTS: dict[str, tuple[str, dict[str, int] | None]] = {
@@ -87,9 +90,7 @@ def one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "shipped_size_bytes": best["size_bytes"],
         "seconds": round(seconds, 1),
         # strategies change while benchmarks run: which code this search used
-        "git_head": subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "code": code_version(),
     }
 
 
