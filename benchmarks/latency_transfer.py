@@ -2,8 +2,8 @@
 scored by the project's leave-one-device-out tool ``score_latency.py`` through the real CLI.
 
 Runs: nb201 and fbnet at K=10 and K=100 with reference devices (seeds 0 and 1) and K=100 without
-reference devices (seed 0), plus an in-process pricing rate and, for scale, what a model fitted on 3,000 of each
-device's own measurements reaches. Results go to
+reference devices (seed 0), plus an in-process pricing rate and, for scale, what the no-reference
+model reaches fitted on 100 to 3,000 of each device's own measurements (``OWN_SIZES``). Results go to
 ``benchmarks/results/latency_transfer.{json,md}`` (partial runs are kept per job under
 ``benchmarks/results/latency_transfer/`` so spaces can run in parallel and be merged).
 
