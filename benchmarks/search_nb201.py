@@ -265,10 +265,20 @@ def run_config(part: str, dataset: str, device: str, quantile: float, args: argp
             result["strategies"][name]["shipped_unmeasured_infeasible"] = sum(
                 lat[r["best_arch"]] > budget_ms for r in blind
             )
+            # Trainings spent on networks over the budget (true latency): what predicting
+            # latency from few samples costs in trainings.
+            result["strategies"][name]["trained_over_budget"] = float(
+                np.mean([np.mean([lat[a] > budget_ms for a in r["queried"]]) for r in rs])
+            )
     d, r = result["strategies"].get("default"), result["strategies"].get("random")
     if d and r and r["mean_regret"] > 0:
         result["default_random_ratio"] = d["mean_regret"] / r["mean_regret"]
     return result
+
+
+def _share(strategy: dict) -> str:
+    v = strategy.get("trained_over_budget")
+    return "-" if v is None else f"{v:.0%}"
 
 
 def write(results: list[dict]) -> None:
@@ -304,7 +314,7 @@ def _merge_and_write(results: list[dict]) -> None:
             + " | default/random | default queries to 0.1 (median) | infeasible shipped (default) | group floor |"
             + (
                 " typical-latency floor | optimum latency / its group's median | shipped unmeasured (default) |"
-                " best trained feasible (default) |"
+                " best trained feasible (default) | trainings over the budget (default / random) |"
                 if part == "fewshot"
                 else ""
             )
@@ -330,6 +340,7 @@ def _merge_and_write(results: list[dict]) -> None:
                     f" {r['typical_floor']:.3f} | {r['optimum_latency_vs_siblings']:.2f} |"
                     f" {d.get('shipped_unmeasured', '-')} |"
                     + (f" {d['trained_regret']:.3f} |" if "trained_regret" in d else " - |")
+                    + f" {_share(d)} / {_share(st.get('random', {}))} |"
                     if part == "fewshot"
                     else ""
                 )
@@ -345,6 +356,20 @@ def _merge_and_write(results: list[dict]) -> None:
             for n in names
         }
         lines += ["", "Mean over rows: " + ", ".join(f"{n} {v:.3f}" for n, v in means.items()), ""]
+        over = {
+            n: [
+                r["strategies"][n]["trained_over_budget"]
+                for r in part_rows
+                if "trained_over_budget" in r["strategies"].get(n, {})
+            ]
+            for n in names
+        }
+        if any(over.values()):
+            lines += [
+                "Trainings spent on networks over the budget (true latency), mean over rows: "
+                + ", ".join(f"{n} {np.mean(v):.0%}" for n, v in over.items() if v),
+                "",
+            ]
     errors = [r for r in rows if "error" in r]
     for r in errors:
         lines.append(f"- ERROR {r['part']} {r['dataset']} {r['device']} {r['quantile']}: {r['error'][-300:]}")
