@@ -20,8 +20,6 @@ Run (from the project root):
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -31,6 +29,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from latency_transfer import load_device_data  # noqa: E402
 
 from latency_models.table import write_atomic  # noqa: E402
 
@@ -64,20 +65,17 @@ def _costs(c: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return c[np.arange(codes.shape[1])[None, :], codes].sum(axis=1)
 
 
-def run(data: Path, seeds: list[int]) -> dict[str, Any]:
+def _spearman(pred: np.ndarray, truth: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
+    return float(spearmanr(pred, truth)[0])
+
+
+def run(data: Path, seeds: list[int]) -> dict[str, Any]:
     from latency_models import transfer as t
     from latency_models.measurements import Measurements
-    from search_spaces import get_space
 
-    with gzip.open(data / "fbnet" / "latency_ms_27dev.csv.gz", "rt") as f:
-        rows = list(csv.DictReader(f))
-    devices = [c for c in rows[0] if c not in ("arch_idx", "arch_str", "sample_id", "op_idx_list")]
-    space = get_space("fbnet")
-    texts = [r["arch_str"] for r in rows]
-    archs = [space.parse(s) for s in texts]
-    lat = np.array([[float(r[d]) for d in devices] for r in rows])
+    space, texts, archs, devices, lat = load_device_data(data, "fbnet")
     encoder = t.ArchEncoder.for_space(space, None)
     codes = encoder.codes(archs, space).astype(np.int64)
     x_all = encoder.features(codes)
@@ -95,24 +93,23 @@ def run(data: Path, seeds: list[int]) -> dict[str, Any]:
                 pred = np.asarray(t.fit_learned(space, m).predict(archs), dtype=float)
 
                 truth = lat[test, j]
-
-                def score(p: np.ndarray, test: np.ndarray = test, truth: np.ndarray = truth) -> float:
-                    return float(spearmanr(p[test], truth)[0])
-
-                scores.setdefault("chosen", []).append(score(pred))
+                scores.setdefault("chosen", []).append(_spearman(pred[test], truth))
                 best = -1.0
+                matrices = [design.matrix(x_all[train]) for design in designs]
                 for target in t.TARGETS:
                     yt, w = t._to_target(y, target)
-                    for design in designs:
-                        for _, _, b0, sub in t._ridge_path(design.matrix(x_all[train]), yt, w, t._LAMBDAS):
-                            best = max(best, score(x_all @ design.collapse(sub, encoder.n_features) + b0))
+                    for design, xd in zip(designs, matrices, strict=True):
+                        for _, _, b0, sub in t._ridge_path(xd, yt, w, t._LAMBDAS):
+                            coef = design.collapse(sub, encoder.n_features)
+                            best = max(best, _spearman(x_all[test] @ coef + b0, truth))
                 scores.setdefault("oracle", []).append(best)
                 # In units of the device's median latency, so one penalty means the same everywhere.
                 unit = float(np.median(y))
                 resid, w = (y - pred[train]) / unit, (unit / y) ** 2
                 for rank, lam in LOWRANK:
                     c = unit * _als(codes[train], resid, w, n_values, rank, lam)
-                    scores.setdefault(f"lowrank {rank}/{lam:g}", []).append(score(pred + _costs(c, codes)))
+                    corrected = pred[test] + _costs(c, codes[test])
+                    scores.setdefault(f"lowrank {rank}/{lam:g}", []).append(_spearman(corrected, truth))
             per[device] = scores
             print(device, " ".join(f"{k} {np.mean(v):.4f}" for k, v in scores.items()), flush=True)
     names = list(next(iter(per.values())))

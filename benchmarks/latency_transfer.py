@@ -94,22 +94,32 @@ def _run_job(tool: Any, space: str, ks: list[int], seed: int, reference: bool) -
     return rows
 
 
-def _pricing_rate(space_name: str, data: Path) -> dict[str, float]:
-    """Archs/s of parse + encode + predict in process, median of 5 passes over every arch."""
+def load_device_data(data: Path, space_name: str) -> tuple[Any, list[str], list[Any], list[str], np.ndarray]:
+    """The space, arch strings, parsed archs, device names and latency matrix (archs x devices,
+    ms) of ``data/SPACE/latency_ms_27dev.csv.gz``."""
     import csv
     import gzip
 
-    from latency_models.measurements import Measurements
-    from latency_models.transfer import fit_learned
     from search_spaces import get_space
 
     with gzip.open(data / space_name / "latency_ms_27dev.csv.gz", "rt") as f:
         rows = list(csv.DictReader(f))
-    texts = [r["arch_str"] for r in rows]
+    devices = [c for c in rows[0] if c not in ("arch_idx", "arch_str", "sample_id", "op_idx_list")]
     space = get_space(space_name)
-    lat = np.array([float(r["titan_rtx_32"]) for r in rows])
-    archs = [space.parse(t) for t in texts[:100]]
-    pred = fit_learned(space, Measurements("bench", tuple(texts[:100]), tuple(archs), lat[:100]))
+    texts = [r["arch_str"] for r in rows]
+    archs = [space.parse(t) for t in texts]
+    lat = np.array([[float(r[d]) for d in devices] for r in rows])
+    return space, texts, archs, devices, lat
+
+
+def _pricing_rate(space_name: str, data: Path) -> dict[str, float]:
+    """Archs/s of parse + encode + predict in process, median of 5 passes over every arch."""
+    from latency_models.measurements import Measurements
+    from latency_models.transfer import fit_learned
+
+    space, texts, archs, devices, lat_all = load_device_data(data, space_name)
+    lat = lat_all[:, devices.index("titan_rtx_32")]
+    pred = fit_learned(space, Measurements("bench", tuple(texts[:100]), tuple(archs[:100]), lat[:100]))
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
@@ -125,34 +135,24 @@ def _ceiling(space_name: str, data: Path, sizes: tuple[int, ...] = (3000,)) -> d
     measurements (no reference), scored on the archs none of the sizes trained on, for each ``n``
     in ``sizes`` (nested training sets, seed 0). Not a floor: a sense of the noise, and of how
     many own measurements the no-reference model needs for a given accuracy."""
-    import csv
-    import gzip
-
     from latency_models.measurements import Measurements
     from latency_models.metrics import latency_metrics
     from latency_models.transfer import fit_learned, one_blas_thread
-    from search_spaces import get_space
 
-    with gzip.open(data / space_name / "latency_ms_27dev.csv.gz", "rt") as f:
-        rows = list(csv.DictReader(f))
-    devices = [c for c in rows[0] if c not in ("arch_idx", "arch_str", "sample_id", "op_idx_list")]
-    space = get_space(space_name)
-    texts = [r["arch_str"] for r in rows]
-    archs = [space.parse(t) for t in texts]
-    order = np.random.default_rng(0).permutation(len(rows))
+    space, texts, archs, devices, lat = load_device_data(data, space_name)
+    order = np.random.default_rng(0).permutation(len(texts))
     test = order[max(sizes) :]
     out: dict[int, dict[str, Any]] = {}
     with one_blas_thread():
         for n in sizes:
             train = order[:n]
             per_dev = {}
-            for d in devices:
-                lat = np.array([float(r[d]) for r in rows])
+            for j, d in enumerate(devices):
                 m = Measurements(
-                    "ceiling", tuple(texts[i] for i in train), tuple(archs[i] for i in train), lat[train]
+                    "ceiling", tuple(texts[i] for i in train), tuple(archs[i] for i in train), lat[train, j]
                 )
                 pred = fit_learned(space, m).predict([archs[i] for i in test])
-                met = latency_metrics(pred, lat[test])
+                met = latency_metrics(pred, lat[test, j])
                 per_dev[d] = {"spearman": met.spearman, "within10": met.within10}
             out[n] = {
                 "n_train": n,
