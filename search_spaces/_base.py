@@ -172,7 +172,9 @@ class SearchSpace(ABC):
             return int(shape[0]), int(shape[1]), int(shape[2])
         if len(shape) == 2:
             return int(shape[0]), int(shape[1]), 1
-        raise InputError(f"space {self.name}: needs image input (H, W) or (H, W, C), got input_shape {shape!r}.")
+        raise InputError(
+            f"space {self.name}: needs image input (H, W) or (H, W, C), got input_shape {shape!r}."
+        )
 
     def block_model(self, block: Block) -> Any:
         """A tf_keras model of ``block`` alone (input of the block's shape), for profiling."""
