@@ -21,6 +21,7 @@ from search_spaces import InputError
 from .data import TaskSpec
 
 __all__ = [
+    "BUDGETS",
     "Constraints",
     "ExportConfig",
     "FidelityConfig",
@@ -47,20 +48,79 @@ def _positive(value: Any, where: str, allow_none: bool = True, integer: bool = F
         raise InputError(f"{where}: expected {kind} > 0, got {value!r}.")
 
 
+# The budgets a run can have, and the unit of each absolute value.
+BUDGETS: dict[str, str] = {"max_latency_ms": "ms", "max_size_kb": "KB", "max_memory_kb": "KB"}
+
+
 @dataclass(frozen=True)
 class Constraints:
-    """Hard budgets. ``None`` means no budget on that quantity."""
+    """Hard budgets. ``None`` means no budget on that quantity.
+
+    Each quantity takes one form: absolute (``max_latency_ms: 0.3``), or relative to the space's
+    predicted values on the run's device, resolved once its latency model exists
+    (``nas.budgets.resolve``): ``max_latency_quantile: 0.3`` is the 0.3 quantile of the
+    predicted latencies of random architectures (30% of the space fits), and
+    ``max_latency_times_smallest: 1.5`` is 1.5x the smallest achievable latency. A device's real
+    limit is absolute; the relative forms let one config bind on any CPU.
+    """
 
     max_latency_ms: float | None = None
     max_size_kb: float | None = None
     max_memory_kb: float | None = None
+    max_latency_quantile: float | None = None
+    max_size_quantile: float | None = None
+    max_memory_quantile: float | None = None
+    max_latency_times_smallest: float | None = None
+    max_size_times_smallest: float | None = None
+    max_memory_times_smallest: float | None = None
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _positive(getattr(self, f.name), f"constraints.{f.name}")
+        for name in BUDGETS:
+            _positive(getattr(self, name), f"constraints.{name}")
+            q = getattr(self, relative_key(name, "quantile"))
+            where = f"constraints.{relative_key(name, 'quantile')}"
+            if q is not None and not (
+                isinstance(q, (int, float)) and not isinstance(q, bool) and math.isfinite(q) and 0 < q < 1
+            ):
+                raise InputError(f"{where}: expected a number in (0, 1), got {q!r}.")
+            m = getattr(self, relative_key(name, "times_smallest"))
+            where = f"constraints.{relative_key(name, 'times_smallest')}"
+            if m is not None and not (
+                isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) and m >= 1
+            ):
+                raise InputError(f"{where}: expected a number >= 1, got {m!r}.")
+            given = [k for k in (name, *relative_keys(name)) if getattr(self, k) is not None]
+            if len(given) > 1:
+                raise InputError(
+                    f"constraints.{given[1]}: one budget per quantity, but {given[0]} is set too; keep one."
+                )
 
     def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """The absolute budgets (relative ones are in ``relative()`` until resolved)."""
+        return {k: getattr(self, k) for k in BUDGETS if getattr(self, k) is not None}
+
+    def relative(self) -> dict[str, tuple[str, float]]:
+        """``{absolute name: (form, value)}`` for every budget given in a relative form."""
+        out = {}
+        for name in BUDGETS:
+            for form in ("quantile", "times_smallest"):
+                value = getattr(self, relative_key(name, form))
+                if value is not None:
+                    out[name] = (form, float(value))
+        return out
+
+    def requested(self) -> dict[str, float]:
+        """Every budget as the user wrote it (``{key: value}``, absolute and relative)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+def relative_key(name: str, form: str) -> str:
+    """``("max_latency_ms", "quantile")`` -> ``"max_latency_quantile"``."""
+    return f"{name.rsplit('_', 1)[0]}_{form}"
+
+
+def relative_keys(name: str) -> tuple[str, str]:
+    return relative_key(name, "quantile"), relative_key(name, "times_smallest")
 
 
 @dataclass(frozen=True)
@@ -81,8 +141,14 @@ class LatencyConfig:
     table: str | None = None
     predictor: str | None = None
     calibration_models: int = 6
+    # A cached host profile is re-checked every run (its calibration models re-timed); when they
+    # drifted beyond the profile's spread: "refit" fits the correction on the fresh timings,
+    # "reprofile" measures every block again.
+    on_drift: str = "refit"
 
     def __post_init__(self) -> None:
+        if self.on_drift not in ("refit", "reprofile"):
+            raise InputError(f"latency.on_drift: expected one of ['refit', 'reprofile'], got {self.on_drift!r}.")
         if not isinstance(self.device, str) or not self.device:
             raise InputError(
                 f"latency.device: expected a device name ('host' for this machine), got {self.device!r}."
@@ -197,9 +263,13 @@ class ExportConfig:
     pipeline: tuple[str, ...] = ("int8",)
     formats: tuple[str, ...] = ("tflite",)
     calibration_samples: int = 300
+    # Before shipping, the most accurate candidates (this many, more when their predictions sit
+    # near a budget) are exported and their files measured (``nas.verify``).
+    verify_candidates: int = 3
 
     def __post_init__(self) -> None:
         _positive(self.calibration_samples, "export.calibration_samples", allow_none=False, integer=True)
+        _positive(self.verify_candidates, "export.verify_candidates", allow_none=False, integer=True)
         for name in ("pipeline", "formats"):
             value = getattr(self, name)
             if not value or not all(isinstance(v, str) and v for v in value):

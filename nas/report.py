@@ -171,32 +171,28 @@ def write_report(
     screen: Any,
     latency_model: Any,
     best_trial: Any,
-    exported: dict[str, Any],
+    exported: dict[str, Any] | None,
     timings: dict[str, float],
     screening: dict[str, Any] | None = None,
+    budgets: Any = None,
+    verification: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """Write ``report.json``, ``report.html`` and ``pareto.png``. ``best_trial``/``exported`` are
+    None when nothing was shipped (no verified file met the budgets): ``best`` is then null and
+    ``verification`` says why."""
     from latency_models.table import write_atomic
 
     rows = trial_records(study)
     front = pareto_front(rows)
-    constraints = config.constraints.as_dict()
-    winner_arch = space.parse(best_trial.user_attrs["arch"])
-    pred = screen([winner_arch])[0]
-    predicted_latency = pred.latency_ms
-    measured = exported["measured_latency_ms"]
-    size = exported["size_bytes"]
-    checks = {
-        "latency_by_prediction": constraints.get("max_latency_ms") is None
-        or predicted_latency <= constraints["max_latency_ms"],
-        "latency_measured": constraints.get("max_latency_ms") is None
-        or measured <= constraints["max_latency_ms"],
-        "size_by_prediction": constraints.get("max_size_kb") is None
-        or pred.size_bytes <= constraints["max_size_kb"] * 1024,
-        "size_measured": constraints.get("max_size_kb") is None or size <= constraints["max_size_kb"] * 1024,
-    }
+    constraints = screen.constraints.as_dict()
+    best = None
+    if best_trial is not None and exported is not None:
+        exported = {k: v for k, v in exported.items() if not k.startswith("_")}
+        best = _best(best_trial, exported, space, screen, constraints)
     counts = {
         s: sum(r["state"] == s for r in rows) for s in ("complete", "infeasible", "failed", "duplicate")
     }
+    correction = getattr(latency_model.predictor, "correction", None)
     report = {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
@@ -208,32 +204,20 @@ def write_report(
         },
         "space": {"name": space.name, "options": dict(config.space.options)},
         "device": config.latency.device,
+        "machine": _machine(),
         "latency_model": {
             "description": latency_model.description,
-            "correction": getattr(getattr(latency_model.predictor, "correction", None), "__dict__", None),
+            "correction": None if correction is None else dict(correction.__dict__),
             "size_model": latency_model.size.as_dict(),
             "calibration": latency_model.calibration,
+            "drift": getattr(latency_model, "drift", None),
         },
         "constraints": constraints,
+        "budgets": dict(budgets) if budgets is not None else {"resolved": constraints},
         "strategy": config.search.strategy,
-        "best": {
-            "arch": str(winner_arch),
-            "trial": best_trial.number,
-            "accuracy": exported["accuracy"],
-            "accuracy_split": f"test ({exported['test_samples']} samples), measured on {exported['file']} with {exported['runtime']}",
-            "val_accuracy_search": float(best_trial.values[0]),
-            "size_bytes": size,
-            "predicted_size_bytes": pred.size_bytes,
-            "predicted_latency_ms": predicted_latency,
-            "measured_latency_ms": measured,
-            "latency_error": (measured - predicted_latency) / predicted_latency,
-            "latency_spread_ms": exported.get("latency_spread_ms"),
-            "file": exported["file"],
-            "format": exported["format"],
-            "params": exported.get("params"),
-            "meets_budgets": checks,
-        },
-        "compression": exported.get("compression"),
+        "best": best,
+        "verification": verification or [],
+        "compression": exported.get("compression") if exported else None,
         "counts": {"trials": len(rows), **counts},
         "screening": screening,
         "pareto_front": front,
@@ -242,12 +226,62 @@ def write_report(
         "versions": library_versions(),
         "config": config.as_dict(),
     }
-    write_atomic(out / "pareto.png", _plot(rows, front, constraints, best_trial.number))
+    write_atomic(
+        out / "pareto.png",
+        _plot(rows, front, constraints, best_trial.number if best_trial is not None else None),
+    )
     write_atomic(out / "report.json", json.dumps(report, indent=1, default=_plain) + "\n")
     from .html_report import write_html_report
 
     write_html_report(out, json.loads(json.dumps(report, default=_plain)))
     return report
+
+
+def _best(
+    best_trial: Any, exported: dict[str, Any], space: Any, screen: Any, constraints: dict[str, float]
+) -> dict[str, Any]:
+    """The shipped model: its search record, the prediction made when the search priced it
+    (not re-fitted afterwards on its own measurement), and what its file measured."""
+    winner_arch = space.parse(best_trial.user_attrs["arch"])
+    pred = screen([winner_arch])[0]
+    predicted_latency = float(exported.get("predicted_latency_ms", pred.latency_ms))
+    measured = exported.get("measured_latency_ms")
+    size = exported["size_bytes"]
+    budget = constraints.get("max_latency_ms")
+    checks = {
+        "latency_by_prediction": budget is None or predicted_latency <= budget,
+        "latency_measured": budget is None or (measured is not None and measured <= budget),
+        "size_by_prediction": constraints.get("max_size_kb") is None
+        or pred.size_bytes <= constraints["max_size_kb"] * 1024,
+        "size_measured": constraints.get("max_size_kb") is None or size <= constraints["max_size_kb"] * 1024,
+    }
+    if measured is None:
+        checks.pop("latency_measured")
+    return {
+        "arch": str(winner_arch),
+        "trial": best_trial.number,
+        "accuracy": exported["accuracy"],
+        "accuracy_split": f"test ({exported['test_samples']} samples), measured on {exported['file']} with {exported['runtime']}",
+        "val_accuracy_search": float(best_trial.values[0]),
+        "size_bytes": size,
+        "predicted_size_bytes": pred.size_bytes,
+        "predicted_latency_ms": predicted_latency,
+        "measured_latency_ms": measured,
+        "latency_error": None if measured is None else (measured - predicted_latency) / predicted_latency,
+        "latency_spread_ms": exported.get("latency_spread_ms"),
+        "latency_repeats_ms": exported.get("latency_repeats_ms"),
+        "latency_runtime": exported.get("latency_runtime"),
+        "file": exported["file"],
+        "format": exported["format"],
+        "params": exported.get("params"),
+        "meets_budgets": checks,
+    }
+
+
+def _machine() -> dict[str, str]:
+    from latency_models.profile import machine_fingerprint
+
+    return machine_fingerprint()
 
 
 def _plain(value: Any) -> Any:

@@ -12,8 +12,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,17 @@ import numpy as np
 
 from search_spaces import FatalError, InputError, SearchSpace, get_space
 
-from .config import RunConfig
+from .config import Constraints, RunConfig
 from .data import TaskData, load_task
 
-__all__ = ["LatencyModel", "build_latency_model", "finish_winner", "run", "study_name"]
+__all__ = [
+    "LatencyModel",
+    "NothingFitsError",
+    "build_latency_model",
+    "finish_winner",
+    "run",
+    "study_name",
+]
 
 log = logging.getLogger("nas")
 REPORT_VERSION = 1
@@ -32,13 +39,40 @@ REPORT_VERSION = 1
 
 @dataclass(frozen=True)
 class LatencyModel:
-    """The device's models: latency predictor, size model, optional memory table."""
+    """The device's models: latency predictor, size model, optional memory table. ``calibration``
+    holds the whole-model measurements the correction was fitted on, ``drift`` what re-timing
+    a cached profile's calibration models found this run (None: nothing to compare)."""
 
     predictor: Any
     size: Any
     memory_table: Any
     description: str
     calibration: list[dict[str, Any]]
+    drift: dict[str, Any] | None = None
+
+    def refined(self, measured: Sequence[tuple[str, float]], space: SearchSpace) -> LatencyModel:
+        """The same model with its correction re-fitted on the calibration models plus
+        ``measured`` (arch string, ms) whole-file measurements (a table predictor only)."""
+        if not measured or not hasattr(self.predictor, "with_correction") or not self.calibration:
+            return self
+        pairs = [(c["arch"], c["latency_ms"]) for c in self.calibration] + list(measured)
+        archs = [space.parse(a) for a, _ in pairs]
+        return replace(self, predictor=self.predictor.with_correction(archs, [m for _, m in pairs]))
+
+    def with_calibration(
+        self, records: Sequence[dict[str, Any]], space: SearchSpace, task: Any
+    ) -> LatencyModel:
+        """The model re-fitted (latency correction and size model) on ``records``."""
+        from latency_models.size import SizeModel
+
+        archs = [space.parse(c["arch"]) for c in records]
+        size = SizeModel.fit(
+            [space.size_terms(a, task) for a in archs], [c["size_bytes"] for c in records], self.size.dtype
+        )
+        predictor = self.predictor
+        if hasattr(predictor, "with_correction"):
+            predictor = predictor.with_correction(archs, [c["latency_ms"] for c in records])
+        return replace(self, predictor=predictor, size=size, calibration=list(records))
 
 
 def study_name(config: RunConfig) -> str:
@@ -66,10 +100,15 @@ def _order(value: Any) -> Any:
 
 
 def build_latency_model(
-    config: RunConfig, space: SearchSpace, data: TaskData, status: Callable[[str], None] = lambda s: None
+    config: RunConfig,
+    space: SearchSpace,
+    data: TaskData,
+    status: Callable[[str], None] = lambda s: None,
+    measured: Sequence[tuple[str, float]] = (),
 ) -> LatencyModel:
-    """Host: profile (or reuse) this machine's table, then fit the whole-model overhead and the
-    size model on a few real conversions. Otherwise load the user's table or predictor."""
+    """Host: profile (or reuse) this machine's table, re-time its calibration models, then fit
+    the whole-model overhead and the size model on them (and on ``measured``, files a study
+    verified). Otherwise load the user's table or predictor."""
     from latency_models.predictor import TablePredictor, load_predictor
     from latency_models.size import SizeModel
     from latency_models.table import LatencyTable
@@ -96,13 +135,49 @@ def build_latency_model(
         memory = table if all(e.memory_bytes is not None for e in table.entries.values()) else None
         return LatencyModel(predictor, SizeModel(lat.dtype), memory, f"table {lat.table}", [])
 
-    from latency_models.profile import host_table
-
     blocks = space.all_blocks(task)
     if blocks is None:
         raise InputError(
             f"latency.device host: space {space.name!r} cannot list its blocks; supply latency.table or latency.predictor."
         )
+    predictor = _host_predictor(config, space, task, blocks, status)
+    calibration, drift = _calibrate(config, space, data, predictor, status)
+    if drift is not None and drift["drifted"] and lat.on_drift == "reprofile":
+        status(f"re-profiling this machine: {drift['message']}")
+        _forget_host_profile(config, space, predictor)
+        predictor = _host_predictor(config, space, task, blocks, status)
+        calibration, _ = _calibrate(config, space, data, predictor, status)
+        drift = {**drift, "action": "re-profiled"}
+    archs = [space.parse(c["arch"]) for c in calibration]
+    size = SizeModel.fit(
+        [space.size_terms(a, task) for a in archs], [c["size_bytes"] for c in calibration], lat.dtype
+    )
+    memory = (
+        predictor.table if all(e.memory_bytes is not None for e in predictor.table.entries.values()) else None
+    )
+    model = LatencyModel(
+        predictor,
+        size,
+        memory,
+        f"host profile ({lat.runtime} {lat.dtype}, {lat.threads} thread)",
+        calibration,
+        drift,
+    )
+    if calibration:
+        model = replace(
+            model,
+            predictor=predictor.with_correction(archs, [c["latency_ms"] for c in calibration]),
+        )
+    return model.refined(measured, space)
+
+
+def _host_predictor(
+    config: RunConfig, space: SearchSpace, task: Any, blocks: Any, status: Callable[[str], None]
+) -> Any:
+    from latency_models.predictor import TablePredictor
+    from latency_models.profile import host_table
+
+    lat = config.latency
     status(
         f"host latency table: {len(blocks)} distinct blocks ({lat.runtime} {lat.dtype}, {lat.threads} thread)"
     )
@@ -115,7 +190,7 @@ def build_latency_model(
         lat.threads,
         progress=lambda i, n: status(f"profiling block {i}/{n}") if n and i % 20 == 0 else None,
     )
-    predictor = TablePredictor(
+    return TablePredictor(
         space=space.name,
         device="host",
         table=table,
@@ -128,21 +203,17 @@ def build_latency_model(
             "threads": lat.threads,
         },
     )
-    calibration = _calibrate(config, space, data, predictor, status)
-    archs = [space.parse(c["arch"]) for c in calibration]
-    if calibration:
-        predictor = predictor.with_correction(archs, [c["latency_ms"] for c in calibration])
-    size = SizeModel.fit(
-        [space.size_terms(a, task) for a in archs], [c["size_bytes"] for c in calibration], lat.dtype
-    )
-    memory = table if all(e.memory_bytes is not None for e in table.entries.values()) else None
-    return LatencyModel(
-        predictor,
-        size,
-        memory,
-        f"host profile ({lat.runtime} {lat.dtype}, {lat.threads} thread)",
-        calibration,
-    )
+
+
+def _forget_host_profile(config: RunConfig, space: SearchSpace, predictor: Any) -> None:
+    """Delete this machine's cached table and calibration for the run's space and runtime."""
+    from latency_models.profile import table_path
+
+    lat = config.latency
+    table_path(space, lat.runtime, lat.dtype, lat.threads).unlink(missing_ok=True)
+    path = _calibration_path(config, space, predictor.task, predictor)[0]
+    for p in [path, *path.parent.glob(path.stem + "-*.bin")]:
+        p.unlink(missing_ok=True)
 
 
 def _check_covered(space: SearchSpace, table: Any, task: Any) -> None:
@@ -154,12 +225,51 @@ def _check_covered(space: SearchSpace, table: Any, task: Any) -> None:
         table.lookup(missing[0])  # raises MissingEntryError naming the block and the nearest entries
 
 
-def _calibrate(
-    config: RunConfig, space: SearchSpace, data: TaskData, predictor: Any, status: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    """End-to-end measurements (cached beside the host table) that fit overhead and size."""
+# Drift of a cached profile: re-timed calibration models whose median ratio to the cached
+# timings moves by more than this, or than 3x the fresh repeats' spread, say the machine changed.
+DRIFT_FLOOR = 0.05
+CALIBRATION_REPEATS = 3
+
+
+def _calibration_path(config: RunConfig, space: SearchSpace, task: Any, predictor: Any) -> tuple[Path, str]:
+    import hashlib
+
     from latency_models.profile import cache_dir
     from latency_models.runtimes import get_runtime
+
+    lat = config.latency
+    rt = get_runtime(lat.runtime)
+    key = json.dumps(
+        [
+            "v3-files",
+            space.name,
+            dict(config.space.options),
+            list(task.input_shape),
+            task.num_classes,
+            lat.runtime,
+            rt.version(),
+            lat.dtype,
+            lat.threads,
+            lat.calibration_models,
+            predictor.table.meta.extra.get("fingerprint", ""),
+        ],
+        sort_keys=True,
+    )
+    return cache_dir() / "calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json", key
+
+
+def _calibrate(
+    config: RunConfig, space: SearchSpace, data: TaskData, predictor: Any, status: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Whole-model measurements that fit the overhead correction and the size model, and the
+    drift found when the cached ones are re-timed.
+
+    The converted calibration files are cached beside the host table. A later run re-times
+    them (interleaved repeats) instead of trusting the old timings: shared machines change speed
+    under you, and a table that was right an hour ago can be 10-40% off now. The fresh timings
+    are what the correction is fitted on; the drift against the cached ones is reported."""
+    from latency_models.profile import time_interleaved
+    from latency_models.runtimes import Artifact, get_runtime
     from latency_models.table import write_atomic
     from search_spaces.backend import keras
     from search_spaces.weights import randomize_like_trained
@@ -167,55 +277,174 @@ def _calibrate(
     lat = config.latency
     n = lat.calibration_models
     if n == 0:
-        return []
+        return [], None
     rt = get_runtime(lat.runtime)
-    key = json.dumps(
-        [
-            "v2-trained-weights",
-            space.name,
-            dict(config.space.options),
-            list(data.input_shape),
-            data.num_classes,
-            lat.runtime,
-            rt.version(),
-            lat.dtype,
-            lat.threads,
-            n,
-            predictor.table.meta.extra.get("fingerprint", ""),
-        ],
-        sort_keys=True,
-    )
-    import hashlib
-
-    path = cache_dir() / "calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    if path.is_file():
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key:
-                status(f"reusing {len(cached['models'])} calibration measurements from {path}")
-                return cached["models"]
-        except (OSError, json.JSONDecodeError):
-            pass
+    path, key = _calibration_path(config, space, data.shape, predictor)
+    sample = data.x_train[0]
+    cached = _load_calibration(path, key)
+    if cached is not None:
+        records, files = cached
+        status(f"re-timing {len(records)} cached calibration models against the cached profile")
+        sessions = [(rt.load(Artifact(rt.name, lat.dtype, b), threads=lat.threads), sample) for b in files]
+        fresh = time_interleaved(sessions, CALIBRATION_REPEATS, threads=lat.threads)
+        drift = _drift(records, fresh)
+        if drift["drifted"]:
+            status(f"latency profile drifted: {drift['message']}")
+        now = [
+            {**r, "latency_ms": t.median_ms, "spread_ms": t.spread_ms, "cached_latency_ms": r["latency_ms"]}
+            for r, t in zip(records, fresh, strict=True)
+        ]
+        return now, drift
     archs = _calibration_archs(space, n, config.search.seed)
     rep = list(data.x_train[:64])
-    out = []
+    artifacts = []
     for i, arch in enumerate(archs):
         status(f"calibrating the latency and size models: model {i + 1}/{len(archs)}")
         keras().backend.clear_session()
         model = randomize_like_trained(space.build(arch, data.shape), seed=i)
-        artifact = rt.convert(model, lat.dtype, rep if lat.dtype == "int8" else None)
-        timing = rt.load(artifact, threads=lat.threads).time(rep[0], runs=100, warmup=10, min_total_s=1.0)
-        out.append(
-            {
-                "arch": str(arch),
-                "latency_ms": timing.median_ms,
-                "p10_ms": timing.p10_ms,
-                "p90_ms": timing.p90_ms,
-                "size_bytes": artifact.size_bytes,
-            }
-        )
+        artifacts.append(rt.convert(model, lat.dtype, rep if lat.dtype == "int8" else None))
+    sessions = [(rt.load(a, threads=lat.threads), sample) for a in artifacts]
+    timings = time_interleaved(sessions, CALIBRATION_REPEATS, threads=lat.threads)
+    out = [
+        {
+            "arch": str(arch),
+            "latency_ms": t.median_ms,
+            "spread_ms": t.spread_ms,
+            "size_bytes": a.size_bytes,
+        }
+        for arch, a, t in zip(archs, artifacts, timings, strict=True)
+    ]
+    for i, a in enumerate(artifacts):
+        write_atomic(path.with_name(f"{path.stem}-{i}.bin"), a.data)
     write_atomic(path, json.dumps({"key": key, "models": out}, indent=1))
-    return out
+    return out, None
+
+
+# Whole models measured near the latency budget on every run, so the correction is right where
+# the search decides (a line fitted over the whole space can be 10-20% off at the budget).
+NEAR_BUDGET_MODELS = 4
+
+
+def _near_budget_calibration(
+    config: RunConfig,
+    space: SearchSpace,
+    data: TaskData,
+    model: LatencyModel,
+    budget_ms: float,
+    screen: Any,
+    status: Callable[[str], None],
+) -> LatencyModel:
+    """Measure NEAR_BUDGET_MODELS random architectures predicted at 0.85-1.15x ``budget_ms``
+    (fresh, never cached) and re-fit the correction and size model with them."""
+    from latency_models.profile import time_interleaved
+    from latency_models.runtimes import get_runtime
+    from search_spaces.backend import keras
+    from search_spaces.weights import randomize_like_trained
+
+    lat = config.latency
+    if lat.device != "host" or not model.calibration or not hasattr(model.predictor, "with_correction"):
+        return model
+    rng = random.Random(1234)
+    pool = list(dict.fromkeys(space.random(rng) for _ in range(2000)))
+    known = {c["arch"] for c in model.calibration}
+    pool = [a for a in pool if str(a) not in known]
+    preds = model.predictor.predict(pool)
+    picked: list[Hashable] = []
+    for target in np.linspace(0.88, 1.12, NEAR_BUDGET_MODELS) * budget_ms:
+        order = np.argsort(np.abs(preds - target))
+        choice = next((pool[i] for i in order if pool[i] not in picked), None)
+        if choice is not None and abs(preds[pool.index(choice)] / budget_ms - 1) <= 0.15:
+            picked.append(choice)
+    if not picked:
+        return model
+    status(f"measuring {len(picked)} models near the latency budget ({budget_ms:.4g} ms)")
+    rt = get_runtime(lat.runtime)
+    rep = list(data.x_train[:64])
+    artifacts = []
+    for i, arch in enumerate(picked):
+        keras().backend.clear_session()
+        built = randomize_like_trained(space.build(arch, data.shape), seed=100 + i)
+        artifacts.append(rt.convert(built, lat.dtype, rep if lat.dtype == "int8" else None))
+    sessions = [(rt.load(a, threads=lat.threads), data.x_train[0]) for a in artifacts]
+    timings = time_interleaved(sessions, CALIBRATION_REPEATS, threads=lat.threads)
+    records = [
+        {
+            "arch": str(arch),
+            "latency_ms": t.median_ms,
+            "spread_ms": t.spread_ms,
+            "size_bytes": a.size_bytes,
+            "near_budget": True,
+            "predicted_before_ms": float(model.predictor.predict([arch])[0]),
+        }
+        for arch, a, t in zip(picked, artifacts, timings, strict=True)
+    ]
+    return model.with_calibration([*model.calibration, *records], space, data.shape)
+
+
+# The guard band's bounds (fractions of the latency budget).
+GUARD_MIN, GUARD_MAX = 0.02, 0.20
+
+
+def _latency_guard(model: LatencyModel) -> float:
+    """How far under the budget a prediction must be for its file to be expected to fit: the
+    worst relative error of the fitted model on the models measured near the budget, plus
+    ``verify.SPREAD_FACTOR`` times their median repeat spread (what verification demands)."""
+    from .verify import SPREAD_FACTOR
+
+    near = [c for c in model.calibration if c.get("near_budget")]
+    if not near:
+        return 0.0
+    archs = [c["arch"] for c in near]
+    space = model.predictor._space() if hasattr(model.predictor, "_space") else None
+    if space is None:
+        return 0.0
+    predicted = model.predictor.predict([space.parse(a) for a in archs])
+    errors = [abs(p / c["latency_ms"] - 1.0) for p, c in zip(predicted, near, strict=True)]
+    spread = float(np.median([c["spread_ms"] / c["latency_ms"] for c in near]))
+    return float(min(GUARD_MAX, max(GUARD_MIN, max(errors) + SPREAD_FACTOR * spread)))
+
+
+def _load_calibration(path: Path, key: str) -> tuple[list[dict[str, Any]], list[bytes]] | None:
+    """The cached records and files, or None when missing or damaged (a cache is ours to rebuild)."""
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("key") != key:
+            return None
+        records = list(cached["models"])
+        files = [path.with_name(f"{path.stem}-{i}.bin").read_bytes() for i in range(len(records))]
+        if not records or not all(isinstance(r.get("latency_ms"), (int, float)) for r in records):
+            return None
+        return records, files
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _drift(records: Sequence[dict[str, Any]], fresh: Sequence[Any]) -> dict[str, Any]:
+    """How far re-timed calibration models moved from their cached timings."""
+    ratios = [t.median_ms / r["latency_ms"] - 1.0 for r, t in zip(records, fresh, strict=True)]
+    spreads = [t.relative_spread for t in fresh] + [
+        r["spread_ms"] / r["latency_ms"] for r in records if r.get("spread_ms") is not None
+    ]
+    median = float(np.median(ratios))
+    threshold = max(DRIFT_FLOOR, 3.0 * float(np.median(spreads)))
+    drifted = abs(median) > threshold
+    message = (
+        f"the {len(ratios)} calibration models now run {abs(median):.1%} "
+        f"{'slower' if median > 0 else 'faster'} than when profiled (median; per model "
+        f"{min(ratios):+.1%} to {max(ratios):+.1%}), beyond the profile's spread (+-{threshold:.1%}); "
+        "the correction is re-fitted on the fresh timings"
+        if drifted
+        else f"calibration models within {abs(median):.1%} of the cached profile (threshold {threshold:.1%})"
+    )
+    return {
+        "models": len(ratios),
+        "median": median,
+        "per_model": ratios,
+        "threshold": threshold,
+        "drifted": drifted,
+        "action": "correction re-fitted on fresh timings",
+        "message": message,
+    }
 
 
 def open_storage(url: str) -> Any:
@@ -306,6 +535,25 @@ def select_best(study: Any) -> Any:
     return max(done, key=lambda t: (t.user_attrs.get("fidelity_epochs") or 0, t.values[0], -t.values[1]))
 
 
+def _stored(config: RunConfig, out: Path, storage: str | None, resume: bool) -> dict[str, Any]:
+    """What a study being resumed already fixed: its resolved budgets and verified files."""
+    if not resume:
+        return {}
+    import optuna
+
+    url = storage or f"sqlite:///{out / 'study.db'}"
+    if storage is None and not (out / "study.db").is_file():
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if study_name(config) not in optuna.study.get_all_study_names(url):
+            return {}
+        attrs = optuna.load_study(study_name=study_name(config), storage=url).user_attrs
+    except Exception:  # noqa: BLE001 - _open_study names a storage that cannot be opened
+        return {}
+    return {"budgets": attrs.get("budgets"), "verified": attrs.get("verified") or []}
+
+
 def run(
     config: RunConfig,
     out_dir: str | os.PathLike[str],
@@ -315,11 +563,18 @@ def run(
     status: Callable[[str], None] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole job and return the report (also written to ``out_dir/report.json``)."""
+    """Run the whole job and return the report (also written to ``out_dir/report.json``).
+
+    Latency model, budgets (relative ones resolved on this device), search, verification of
+    the best few candidates' exported files, then the shipped model: retrained, exported and
+    measured, shipped only when that file meets the budgets. When no candidate's file fits,
+    the report is still written and ``NothingFitsError`` names the closest one."""
+    from .budgets import ResolvedBudgets, resolve
     from .executors import WorkerSetup
     from .report import write_report
-    from .search import Screen, SearchLoop, budget_share, smallest_achievable
+    from .search import Screen, SearchLoop, budget_share
     from .strategies import make_strategy
+    from .verify import measurements_for_correction
 
     say = status or (lambda s: log.info(s))
     out = Path(out_dir)
@@ -332,25 +587,41 @@ def run(
     started = time.time()
     data = load_task(config.task)
     space = get_space(config.space.name, config.space.options)
+    stored = _stored(config, out, storage, resume)
+    verified_before = measurements_for_correction(stored.get("verified") or [])
 
-    model = build_latency_model(config, space, data, say)
+    model = build_latency_model(config, space, data, say, measured=verified_before)
     screen = Screen(
         space,
         data.shape,
         model.predictor,
         model.size,
-        config.constraints,
+        Constraints(),
         model.memory_table,
         exact_size=exact_size_fn(space, data, config.latency.dtype),
     )
-    achievable = smallest_achievable(space, screen, seed=config.search.seed)
+    if stored.get("budgets"):
+        budgets = ResolvedBudgets.from_dict(stored["budgets"])
+        say(f"budgets as resolved when the study started: {_budget_text(budgets.constraints)}")
+    else:
+        budgets = resolve(config.constraints, space, screen)
+    if budgets.constraints.max_latency_ms is not None:
+        model = _near_budget_calibration(
+            config, space, data, model, budgets.constraints.max_latency_ms, screen, say
+        )
+        screen = replace(screen, latency=model.predictor, size=model.size)
+        if not stored.get("budgets") and "max_latency_ms" in config.constraints.relative():
+            budgets = resolve(config.constraints, space, screen)  # on the re-fitted model
+    if config.constraints.relative() and not stored.get("budgets"):
+        say(f"budgets resolved on this device: {_budget_text(budgets.constraints)}")
+    guard = _latency_guard(model) if budgets.constraints.max_latency_ms is not None else 0.0
+    if guard:
+        say(
+            f"screening latency at {1 - guard:.0%} of the budget: the latency model's error near it "
+            "and the timing noise, so trained candidates can be shipped as measured"
+        )
+    screen = replace(screen, constraints=budgets.constraints, latency_guard=guard)
     screening = budget_share(space, screen, seed=config.search.seed)
-    for name, budget in config.constraints.as_dict().items():
-        if name in achievable and achievable[name] > budget:
-            raise InputError(
-                f"constraints.{name}: {budget:g} cannot be met by any architecture of space {space.name}; "
-                f"the smallest achievable is {achievable[name]:.4g}."
-            )
 
     from .strategies import SearchContext
 
@@ -359,17 +630,19 @@ def run(
         space=space,
         seed=config.search.seed,
         predict=screen,
-        max_latency_ms=config.constraints.max_latency_ms,
+        max_latency_ms=None
+        if budgets.constraints.max_latency_ms is None
+        else budgets.constraints.max_latency_ms * (1 - guard),
         n_trials=config.search.trainings,
     )
     sampler = make_strategy(config.search.strategy, context)
     study = _open_study(config, out, storage, resume, sampler)
+    if not study.user_attrs.get("budgets"):
+        study.set_user_attr("budgets", {**budgets.as_dict(), "latency_guard": guard})
     if study.trials:
         # A seeded sampler would replay the proposals it made before the interruption.
-        from dataclasses import replace as _replace
-
         study.sampler = make_strategy(
-            config.search.strategy, _replace(context, seed=context.seed + len(study.trials))
+            config.search.strategy, replace(context, seed=context.seed + len(study.trials))
         )
     setup = WorkerSetup(
         config.space.name, dict(config.space.options), _task_dict(config), _train_dict(config)
@@ -400,12 +673,16 @@ def run(
     loop.run()
     search_s = time.time() - started
 
-    best = select_best(study)
-    if best is None:
+    if select_best(study) is None:
         raise FatalError("no candidate was trained successfully; see the trials in the study for the reasons")
-    winner = space.parse(best.user_attrs["arch"])
-    say(f"retraining the winner {winner} for {config.training.final_epochs} epochs")
-    exported = finish_winner(config, space, winner, data, out, say)
+    shipped, verified, model = _verify_and_ship(
+        config, space, data, study, screen, budgets.constraints, model, out, say
+    )
+    winner_trial = (
+        next(t for t in study.get_trials(deepcopy=False) if shipped and t.number == shipped[0].trial)
+        if shipped
+        else None
+    )
     report = write_report(
         out,
         config=config,
@@ -413,12 +690,129 @@ def run(
         space=space,
         screen=screen,
         latency_model=model,
-        best_trial=best,
-        exported=exported,
+        best_trial=winner_trial,
+        exported=shipped[1] if shipped else None,
         timings={"search_s": search_s, "total_s": time.time() - started},
         screening=screening,
+        budgets={**budgets.as_dict(), "latency_guard": guard},
+        verification=[v.as_dict() for v in verified],
     )
+    if not shipped:
+        from .verify import closest
+
+        near = closest(verified, budgets.constraints)
+        detail = (
+            f"closest: {near.arch} (trial {near.trial}): {'; '.join(r for r in near.reasons if not r.startswith('file') or 'budget' in r)}"
+            if near is not None
+            else "no candidate could be verified"
+        )
+        raise NothingFitsError(
+            f"no verified candidate's file meets the budgets ({_budget_text(budgets.constraints)}); {detail}; "
+            f"files kept in {out / 'verify'}, report in {out / 'report.json'}"
+        )
     return report
+
+
+class NothingFitsError(FatalError):
+    """Every verified candidate's exported file broke a budget as measured: nothing was shipped."""
+
+
+def _budget_text(c: Constraints) -> str:
+    from .config import BUDGETS
+
+    return ", ".join(f"{k} {v:.4g} {BUDGETS[k]}" for k, v in c.as_dict().items()) or "none"
+
+
+# At most this many candidates are verified (trained, compressed, exported and timed) per run.
+VERIFY_LIMIT = 8
+
+
+def _predicted_to_fit(trial: Any, space: SearchSpace, screen: Any, model: LatencyModel) -> bool:
+    """Whether ``trial``'s network fits the budgets by ``model``'s (possibly re-fitted) latency."""
+    if trial.user_attrs.get("state") != "complete":
+        return False
+    budget = screen.constraints.max_latency_ms
+    if budget is None:
+        return True
+    predicted = float(model.predictor.predict([space.parse(trial.user_attrs["arch"])])[0])
+    return predicted <= budget * (1.0 - screen.latency_guard)
+
+
+def _verify_and_ship(
+    config: RunConfig,
+    space: SearchSpace,
+    data: TaskData,
+    study: Any,
+    screen: Any,
+    budgets: Constraints,
+    model: LatencyModel,
+    out: Path,
+    say: Callable[[str], None],
+) -> tuple[tuple[Any, dict[str, Any]] | None, list[Any], LatencyModel]:
+    """Verify the best candidates' exported files, then retrain, export and measure the most
+    accurate one that fits, falling back to the next when the shipped file itself does not.
+    Returns ((verified winner, exported record) or None, every verification, the refined model)."""
+    from .verify import check, order, pick, verify_candidates
+
+    trials = study.get_trials(deepcopy=False)
+    verified: list[Any] = []
+    # Rounds: when no verified file fits, the correction is re-fitted on what was measured, and
+    # the next candidates still predicted to fit are verified, up to VERIFY_LIMIT in all.
+    while len(verified) < VERIFY_LIMIT:
+        done = {v.trial for v in verified}
+        pool = [t for t in trials if t.number not in done and _predicted_to_fit(t, space, screen, model)]
+        chosen = pick(pool, budgets, k=config.export.verify_candidates, limit=VERIFY_LIMIT - len(verified))
+        if not chosen:
+            break
+        verified += verify_candidates(config, space, data, chosen, budgets, out / "verify", say)
+        timed = [(v.arch, v.measured_latency_ms) for v in verified if v.measured_latency_ms is not None]
+        model = model.refined(timed, space)
+        study.set_user_attr("verified", [v.as_dict() for v in verified])
+        if any(v.fits for v in verified):
+            break
+        say("no verified file fits; re-fitted the latency correction on their measurements")
+    finals: list[Any] = []
+    for v in order(verified):
+        say(f"retraining {v.arch} (trial {v.trial}) for {config.training.final_epochs} epochs to ship it")
+        exported = finish_winner(config, space, space.parse(v.arch), data, out, say)
+        latency = exported.pop("_timing", None)
+        exported["predicted_latency_ms"] = v.predicted_latency_ms  # as the search priced it
+        fits, reasons = check(latency, exported["size_bytes"], budgets, None)
+        final = replace(
+            v,
+            stage="final",
+            accuracy=exported["accuracy"],
+            measured_latency_ms=exported["measured_latency_ms"] if latency is not None else None,
+            latency_spread_ms=None if latency is None else latency.spread_ms,
+            latency_repeats_ms=() if latency is None else latency.repeats_ms,
+            size_bytes=exported["size_bytes"],
+            file="model.tflite",
+            fits=fits,
+            reasons=reasons,
+            shipped=fits,
+            epochs=config.training.final_epochs,
+        )
+        finals.append(final)
+        study.set_user_attr("verified", [x.as_dict() for x in (*verified, *finals)])
+        if fits:
+            return (final, exported), [*verified, *finals], model
+        say(
+            f"the retrained file of trial {v.trial} does not fit ({'; '.join(reasons)}); trying the next candidate"
+        )
+        _set_aside(out, v.trial)
+    return None, [*verified, *finals], model
+
+
+def _set_aside(out: Path, trial: int) -> None:
+    """Move a shipped-then-rejected model and its export under ``verify/trial-N/final/``."""
+    import shutil
+
+    target = out / "verify" / f"trial-{trial}" / "final"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("model.tflite", "export"):
+        if (out / name).exists():
+            os.replace(out / name, target / name)
 
 
 def _task_dict(config: RunConfig) -> dict[str, Any]:
@@ -473,7 +867,10 @@ def export_winner(
     import shutil
 
     from compress import compress_and_export
+    from latency_models.profile import time_interleaved
     from latency_models.runtimes import Artifact, get_runtime
+
+    from .verify import latency_runtime_format
 
     report = compress_and_export(
         model,
@@ -498,17 +895,30 @@ def export_winner(
     rt = get_runtime("litert")
     session = rt.load(Artifact("litert", exported.dtype, data_bytes), threads=config.latency.threads)
     accuracy = float(np.mean(np.argmax(session.run(data.x_test), axis=1) == data.y_test))
-    timing = session.time(data.x_test[0], runs=200, warmup=20, min_total_s=2.0)
+    fmt, _ = latency_runtime_format(config)
+    timing = None
+    if fmt is not None:
+        # The shipped file is timed the way verification timed the candidates: in repeats, with
+        # the runtime the budget is for (ONNX Runtime times the exported .onnx).
+        lat = config.latency
+        runtime = get_runtime(lat.runtime)
+        file = out / "export" / next(e for e in report.exports if e.format == fmt).files[0]
+        if fmt == "tflite":
+            file = out / "model.tflite"
+        timed = runtime.load(Artifact(runtime.name, exported.dtype, file.read_bytes()), threads=lat.threads)
+        timing = time_interleaved([(timed, data.x_test[0])], threads=lat.threads)[0]
     return {
         "file": "model.tflite",
         "format": f"tflite-{exported.dtype}",
         "size_bytes": len(data_bytes),
         "accuracy": accuracy,
         "test_samples": int(len(data.y_test)),
-        "measured_latency_ms": timing.median_ms,
-        "latency_spread_ms": [timing.p10_ms, timing.p90_ms],
-        "latency_runs": timing.runs,
+        "measured_latency_ms": None if timing is None else timing.median_ms,
+        "latency_spread_ms": None if timing is None else [min(timing.repeats_ms), max(timing.repeats_ms)],
+        "latency_repeats_ms": None if timing is None else list(timing.repeats_ms),
+        "latency_runtime": None if timing is None else config.latency.runtime,
         "runtime": f"litert {rt.version()}",
         "threads": config.latency.threads,
         "compression": report.to_dict(),
+        "_timing": timing,
     }

@@ -45,6 +45,10 @@ class Screen:
     memory_table: LatencyTable | None = None
     exact_size: Callable[[Hashable], int] | None = None
     verify_margin: float = 0.15
+    # Screen latency against budget * (1 - latency_guard): the latency model's error near the
+    # budget plus timing noise, so a candidate predicted just under the budget (which its file
+    # may well miss) is not trained. 0 where latency cannot be measured (another device).
+    latency_guard: float = 0.0
 
     def __post_init__(self) -> None:
         if self.constraints.max_memory_kb is not None and self.memory_table is None:
@@ -88,7 +92,7 @@ class Screen:
         c = self.constraints
         v: list[float] = []
         if c.max_latency_ms is not None:
-            v.append(latency - c.max_latency_ms)
+            v.append(latency - c.max_latency_ms * (1.0 - self.latency_guard))
         if c.max_size_kb is not None:
             v.append(size / 1024.0 - c.max_size_kb)
         if c.max_memory_kb is not None:

@@ -19,7 +19,16 @@ import numpy as np
 
 from search_spaces import InputError
 
-__all__ = ["RUNTIMES", "Artifact", "Runtime", "Session", "Timing", "get_runtime", "time_calls"]
+__all__ = [
+    "RUNTIMES",
+    "Artifact",
+    "RepeatedTiming",
+    "Runtime",
+    "Session",
+    "Timing",
+    "get_runtime",
+    "time_calls",
+]
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,43 @@ class Timing:
             "std_ms": self.std_ms,
             "runs": self.runs,
             "warmup": self.warmup,
+        }
+
+
+@dataclass(frozen=True)
+class RepeatedTiming:
+    """One model timed in several repeats (each a ``Timing``, interleaved with other models so a
+    change of machine speed hits them alike): the median of the repeats' medians, and the
+    repeat-to-repeat spread (half the range of those medians), the noise a single figure has."""
+
+    median_ms: float
+    spread_ms: float
+    repeats_ms: tuple[float, ...]
+    runs: int
+
+    @classmethod
+    def of(cls, timings: Iterable[Timing]) -> RepeatedTiming:
+        timings = list(timings)
+        if not timings:
+            raise InputError("repeats: expected at least one timing, got none.")
+        medians = tuple(float(t.median_ms) for t in timings)
+        return cls(
+            median_ms=float(np.median(medians)),
+            spread_ms=(max(medians) - min(medians)) / 2.0,
+            repeats_ms=medians,
+            runs=sum(t.runs for t in timings),
+        )
+
+    @property
+    def relative_spread(self) -> float:
+        return self.spread_ms / self.median_ms if self.median_ms > 0 else float("inf")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "median_ms": self.median_ms,
+            "spread_ms": self.spread_ms,
+            "repeats_ms": list(self.repeats_ms),
+            "runs": self.runs,
         }
 
 

@@ -119,9 +119,15 @@ def _run(args: argparse.Namespace) -> int:
         on_event=on_event,
     )
     best = report["best"]
+    measured = best["measured_latency_ms"]
+    latency = (
+        f"latency {measured:.4f} ms measured / {best['predicted_latency_ms']:.4f} ms predicted"
+        if measured is not None
+        else f"latency {best['predicted_latency_ms']:.4f} ms predicted (not measurable here)"
+    )
+    budget = report["constraints"].get("max_latency_ms")
     print(
         f"best {best['arch']}: test accuracy {best['accuracy']:.4f} ({best['file']}), {best['size_bytes']} bytes, "
-        f"latency {best['measured_latency_ms']:.4f} ms measured / {best['predicted_latency_ms']:.4f} ms predicted; "
-        f"report: {args.out}/report.json"
+        f"{latency}{f' (budget {budget:.4f} ms)' if budget is not None else ''}; report: {args.out}/report.json"
     )
     return 0
