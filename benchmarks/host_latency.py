@@ -9,6 +9,12 @@ Arena: ``predict_arena_bytes`` on a TFLM table vs the bytes TFLM allocates for t
 Floor: within 5%.
 
 Run: ``.venv/bin/python benchmarks/host_latency.py [--n 30] [--calib 5] [--rounds 3]``.
+
+With ``--config examples/quickstart.yaml``: the latency model ``nas run`` itself builds for that
+config (``build_latency_model`` then ``prepare_budgets``: the host profile, the re-timed
+calibration models, the models measured near the resolved budget) against LiteRT on ``--n``
+uniformly random networks of the config's space, measured end to end in interleaved rounds.
+Floor: >= 90% within 10%. Results in ``benchmarks/results/host_latency_quickstart.{json,md}``.
 """
 
 from __future__ import annotations
@@ -66,7 +72,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per whole model")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--config", help="score the latency model nas run builds for this run config")
     args = parser.parse_args()
+    if args.config:
+        return run_config_check(args)
 
     t_start = time.time()
     space, task = get_space("mbconv"), TaskShape((28, 28, 1), 10)
@@ -226,6 +235,110 @@ def main() -> int:
     write_atomic(RESULTS / "host_latency.md", "\n".join(md))
     print("\n".join(md))
     return 0 if lat["meets_floor"] and mem["meets_floor"] else 1
+
+
+def run_config_check(args: argparse.Namespace) -> int:
+    """The ``--config`` mode: nas run's own latency model against LiteRT on random networks."""
+    import os
+
+    from nas.config import load_config
+    from nas.data import load_task
+    from nas.run import build_latency_model, prepare_budgets
+
+    t_start = time.time()
+    config = load_config(args.config)
+    data = load_task(config.task)
+    space = get_space(config.space.name, config.space.options)
+    notes: list[str] = []
+    model = build_latency_model(config, space, data, notes.append)
+    model, screen, budgets, guard = prepare_budgets(config, space, data, model, None, notes.append)
+    t_model = time.time() - t_start
+    known = {c["arch"] for c in model.calibration}
+    scored = distinct_archs(space, random.Random(args.seed), args.n, known)
+    litert, k = get_runtime(config.latency.runtime), keras()
+    rep = list(data.x_train[:64])
+    sessions = []
+    for arch in scored:
+        artifact = litert.convert(space.build(arch, data.shape), config.latency.dtype, rep)
+        k.backend.clear_session()
+        sessions.append(litert.load(artifact, threads=config.latency.threads))
+    medians = np.zeros((args.rounds, len(scored)))
+    for r in range(args.rounds):
+        for i, session in enumerate(sessions):
+            medians[r, i] = time_session(
+                session, data.x_train[0], (100, 10, 0.5), config.latency.threads
+            ).median_ms
+    y = np.median(medians, axis=0)
+    pred = model.predictor.predict(scored)
+    raw = model.predictor.raw(scored)
+    rel = np.abs(pred - y) / y
+    rel_raw = np.abs(raw - y) / y
+    spread = (medians.max(axis=0) - medians.min(axis=0)) / 2 / y
+    budget = budgets.constraints.max_latency_ms
+    near = np.abs(y / budget - 1) <= 0.25
+    result = {
+        "benchmark": "host_latency --config",
+        "config": str(args.config),
+        "machine": machine_fingerprint(),
+        "load_average": os.getloadavg(),
+        "n_scored": len(scored),
+        "rounds": args.rounds,
+        "budget_ms": budget,
+        "latency_guard": guard,
+        "calibration_models": len(model.calibration),
+        "near_budget_models": sum(bool(c.get("near_budget")) for c in model.calibration),
+        "correction": dict(model.predictor.correction.__dict__),
+        "within_10pct": float(np.mean(rel <= 0.10)),
+        "within_5pct": float(np.mean(rel <= 0.05)),
+        "mape_pct": float(100 * rel.mean()),
+        "max_err_pct": float(100 * rel.max()),
+        "near_budget_n": int(near.sum()),
+        "near_budget_within_10pct": float(np.mean(rel[near] <= 0.10)) if near.any() else None,
+        "raw_sum_within_10pct": float(np.mean(rel_raw <= 0.10)),
+        "raw_sum_mape_pct": float(100 * rel_raw.mean()),
+        "measurement_spread_median_pct": float(100 * np.median(spread)),
+        "measured_ms_range": [float(y.min()), float(y.max())],
+        "floor_within_10pct": 0.90,
+        "meets_floor": bool(np.mean(rel <= 0.10) >= 0.90),
+        "seconds": {"latency_model": round(t_model, 1), "total": round(time.time() - t_start, 1)},
+        "per_arch": [
+            {
+                "arch": str(a),
+                "measured_ms": float(y[i]),
+                "predicted_ms": float(pred[i]),
+                "table_sum_ms": float(raw[i]),
+            }
+            for i, a in enumerate(scored)
+        ],
+        "notes": notes,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_atomic(RESULTS / "host_latency_quickstart.json", json.dumps(result, indent=1) + "\n")
+    md = [
+        "# host_latency --config " + str(args.config),
+        "",
+        f"The latency model `nas run` builds for `{args.config}` (host profile, {result['calibration_models']} "
+        f"whole-model calibrations of which {result['near_budget_models']} near the resolved budget "
+        f"{budget:.4g} ms) against LiteRT on {len(scored)} uniformly random networks of its space, "
+        f"medians of {args.rounds} interleaved rounds. CPU: {result['machine']['cpu']}; load average "
+        f"{result['load_average'][0]:.2f}.",
+        "",
+        "| metric | value | floor |",
+        "|---|---|---|",
+        f"| within 10% | {result['within_10pct']:.0%} | >= 90% |",
+        f"| within 5% | {result['within_5pct']:.0%} | |",
+        f"| MAPE / max error | {result['mape_pct']:.1f}% / {result['max_err_pct']:.1f}% | |",
+        f"| networks within 25% of the budget: within 10% | {result['near_budget_within_10pct'] if result['near_budget_within_10pct'] is None else format(result['near_budget_within_10pct'], '.0%')} (of {result['near_budget_n']}) | |",
+        f"| raw table sum (no correction) within 10% / MAPE | {result['raw_sum_within_10pct']:.0%} / {result['raw_sum_mape_pct']:.1f}% | |",
+        f"| measurement: median round-to-round spread | {result['measurement_spread_median_pct']:.1f}% | |",
+        f"| measured range (ms) | {y.min():.4f} - {y.max():.4f} | |",
+        "",
+        f"Wall time {result['seconds']['total']} s.",
+        "",
+    ]
+    write_atomic(RESULTS / "host_latency_quickstart.md", "\n".join(md))
+    print("\n".join(md))
+    return 0 if result["meets_floor"] else 1
 
 
 if __name__ == "__main__":

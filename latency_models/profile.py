@@ -137,34 +137,49 @@ def convert_blocks(
     most 4). Conversion is CPU work that does not need a quiet machine, unlike timing; doing it
     first, in parallel, roughly halves a first profile on 2 cores. Falls back to this process
     when the space cannot be sent to a worker or a worker fails."""
-    import concurrent.futures
-    import multiprocessing
     import pickle
+    import subprocess
+    import sys
 
     blocks = list(blocks)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     if workers <= 1 or len(blocks) < 4 * workers:
         return {}
     try:
-        pickle.dumps(space)
+        jobs = [pickle.dumps((space, blocks[i::workers], runtime, dtype)) for i in range(workers)]
     except Exception:  # noqa: BLE001 - a space holding a local function: convert in-process
         return {}
-    n_chunks = min(len(blocks), 8 * workers)
-    chunks = [blocks[i::n_chunks] for i in range(n_chunks)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "latency_models._convert_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        for _ in jobs
+    ]
     out: dict[Block, Any] = {}
     try:
-        with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn")
-        ) as pool:
-            futures = [pool.submit(_convert_chunk, (space, chunk, runtime, dtype)) for chunk in chunks]
-            for future in concurrent.futures.as_completed(futures):
-                out.update(future.result())
+        # communicate() one after the other: each worker got its whole job at once and runs
+        # in parallel meanwhile; its pipe is read when its turn comes.
+        for proc, job in zip(procs, jobs, strict=True):
+            proc.stdin.write(job)  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        for proc in procs:
+            data = proc.stdout.read()  # type: ignore[union-attr]
+            if proc.wait() == 0 and data:
+                try:
+                    out.update(dict(pickle.loads(data)))
+                except Exception:  # noqa: BLE001 - a garbled result: those blocks convert here
+                    continue
                 if progress is not None:
                     progress(len(out), len(blocks))
-    except (InputError, KeyboardInterrupt):
-        raise
-    except Exception:  # noqa: BLE001 - a broken pool costs speed, not the profile
-        return out
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     return out
 
 

@@ -71,6 +71,10 @@ def render_html_report(report: Mapping[str, Any], folder: Path | None = None) ->
         f"strategy {_e(report.get('strategy', '?'))}, latency model: "
         f"{_e((report.get('latency_model') or {}).get('description', '?'))}</p>",
         _summary(report, best, budgets),
+        "<h2>Budgets</h2>",
+        _budgets(report),
+        "<h2>Verified before shipping</h2>",
+        _verification(report),
         "<h2>Pareto front</h2>",
         _charts(rows, report.get("pareto_front") or [], budgets, winner),
         "<h2>Exported files</h2>",
@@ -104,6 +108,66 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _kb(value: Any) -> str:
     return "–" if value is None else f"{float(value) / 1024:.1f}"
+
+
+# -- budgets and verification -----------------------------------------------------------------------
+def _budgets(report: Mapping[str, Any]) -> str:
+    """As configured, as resolved on the device (and how), and the guard the search screened with."""
+    doc = report.get("budgets") or {}
+    resolved = doc.get("resolved") or report.get("constraints") or {}
+    how = doc.get("how") or {}
+    rows = [[name, _fmt(value), how.get(name, "absolute, as configured")] for name, value in resolved.items()]
+    guard = doc.get("latency_guard")
+    note = (
+        f"<p>The search screened latency at {100 * (1 - float(guard)):.0f}% of the budget (the latency "
+        "model's error near it and the timing noise).</p>"
+        if guard
+        else ""
+    )
+    requested = ", ".join(f"{k}: {_fmt(v)}" for k, v in (doc.get("requested") or {}).items())
+    return (
+        f"<p>As configured: {_e(requested or 'none')}</p>"
+        + _table(["budget", "resolved", "how"], rows)
+        + note
+    )
+
+
+def _verification(report: Mapping[str, Any]) -> str:
+    """Every candidate whose exported file was measured, and the verdict on it."""
+    rows = [
+        [
+            v.get("trial"),
+            v.get("stage"),
+            v.get("arch"),
+            _fmt(v.get("search_accuracy")),
+            _fmt(v.get("accuracy")),
+            _fmt(v.get("predicted_latency_ms")),
+            _fmt(v.get("measured_latency_ms")),
+            _fmt(v.get("latency_spread_ms"), 2),
+            _fmt(v.get("size_bytes")),
+            "shipped" if v.get("shipped") else ("fits" if v.get("fits") else "does not fit"),
+            "; ".join(v.get("reasons") or []),
+        ]
+        for v in report.get("verification") or []
+    ]
+    if not rows:
+        return "<p>No candidate was verified.</p>"
+    return _table(
+        [
+            "trial",
+            "stage",
+            "arch",
+            "search acc",
+            "file acc",
+            "predicted ms",
+            "measured ms",
+            "spread ms",
+            "bytes",
+            "verdict",
+            "why",
+        ],
+        rows,
+    )
 
 
 # -- summary --------------------------------------------------------------------------------------

@@ -92,6 +92,8 @@ class Study:
     name: str
     study_id: int
     config: Mapping[str, Any]
+    budgets: Mapping[str, Any] | None = None  # as resolved by nas run (relative budgets)
+    measured: Mapping[int, float] = field(default_factory=dict)  # trial -> ms of its verified file
 
     @property
     def folder(self) -> Path:
@@ -141,7 +143,7 @@ def find_studies(runs: str | os.PathLike[str]) -> list[Study]:
                 rows = con.execute(
                     "SELECT s.study_id, s.study_name, a.key, a.value_json FROM studies s "
                     "LEFT JOIN study_user_attributes a ON a.study_id = s.study_id "
-                    "AND a.key IN ('config', 'format_version')"
+                    "AND a.key IN ('config', 'format_version', 'budgets', 'verified')"
                 ).fetchall()
         except sqlite3.Error as e:
             raise InputError(f"{path}: not an Optuna SQLite study ({e}).") from None
@@ -159,8 +161,29 @@ def find_studies(runs: str | os.PathLike[str]) -> list[Study]:
                     f"{path}: study {names[study_id]!r} has edge-nas format version {version!r}; expected "
                     f"{FORMAT_VERSION} (rerun it with this edge-nas, or move it out of --runs)."
                 )
-            studies.append(Study(path, names[study_id], study_id, attrs["config"]))
+            studies.append(
+                Study(
+                    path,
+                    names[study_id],
+                    study_id,
+                    attrs["config"],
+                    attrs.get("budgets") if isinstance(attrs.get("budgets"), Mapping) else None,
+                    _measured_latencies(attrs.get("verified")),
+                )
+            )
     return studies
+
+
+def _measured_latencies(records: Any) -> dict[int, float]:
+    """Trial number -> the latency its exported file measured in verification (the last one)."""
+    out: dict[int, float] = {}
+    if isinstance(records, list):
+        for r in records:
+            if isinstance(r, Mapping) and isinstance(r.get("measured_latency_ms"), (int, float)):
+                value = float(r["measured_latency_ms"])
+                if math.isfinite(value) and value > 0 and isinstance(r.get("trial"), int):
+                    out[r["trial"]] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -627,7 +650,8 @@ def _candidates(study: Study, trials: Sequence[_Trial], dev: Device, pricers: _P
     latency: list[float]
     memory: list[float | None]
     if same:
-        latency = [float(t.attrs["predicted_latency_ms"]) for t in trials]
+        # A file verified before shipping was measured: that beats any prediction.
+        latency = [study.measured.get(t.number, float(t.attrs["predicted_latency_ms"])) for t in trials]
         memory = [t.attrs.get("predicted_memory_bytes") for t in trials]
     else:
         pricer = pricers.get(study)

@@ -29,6 +29,7 @@ __all__ = [
     "NothingFitsError",
     "build_latency_model",
     "finish_winner",
+    "prepare_budgets",
     "run",
     "study_name",
 ]
@@ -331,7 +332,6 @@ def _near_budget_calibration(
     data: TaskData,
     model: LatencyModel,
     budget_ms: float,
-    screen: Any,
     status: Callable[[str], None],
 ) -> LatencyModel:
     """Measure NEAR_BUDGET_MODELS random architectures predicted at 0.85-1.15x ``budget_ms``
@@ -554,6 +554,51 @@ def _stored(config: RunConfig, out: Path, storage: str | None, resume: bool) -> 
     return {"budgets": attrs.get("budgets"), "verified": attrs.get("verified") or []}
 
 
+def prepare_budgets(
+    config: RunConfig,
+    space: SearchSpace,
+    data: TaskData,
+    model: LatencyModel,
+    stored: dict[str, Any] | None = None,
+    say: Callable[[str], None] = lambda s: None,
+) -> tuple[LatencyModel, Any, Any, float]:
+    """The budgets a run screens with, on ``model`` (what ``nas run`` does between building the
+    latency model and searching): relative budgets resolved (or ``stored`` ones reused on
+    resume), the model re-fitted on fresh measurements near the latency budget, and the guard
+    band. Returns (model, screen, resolved budgets, latency guard)."""
+    from .budgets import ResolvedBudgets, resolve
+    from .search import Screen
+
+    screen = Screen(
+        space,
+        data.shape,
+        model.predictor,
+        model.size,
+        Constraints(),
+        model.memory_table,
+        exact_size=exact_size_fn(space, data, config.latency.dtype),
+    )
+    if stored:
+        budgets = ResolvedBudgets.from_dict(stored)
+        say(f"budgets as resolved when the study started: {_budget_text(budgets.constraints)}")
+    else:
+        budgets = resolve(config.constraints, space, screen)
+    if budgets.constraints.max_latency_ms is not None:
+        model = _near_budget_calibration(config, space, data, model, budgets.constraints.max_latency_ms, say)
+        screen = replace(screen, latency=model.predictor, size=model.size)
+        if not stored and "max_latency_ms" in config.constraints.relative():
+            budgets = resolve(config.constraints, space, screen)  # on the re-fitted model
+    if config.constraints.relative() and not stored:
+        say(f"budgets resolved on this device: {_budget_text(budgets.constraints)}")
+    guard = _latency_guard(model) if budgets.constraints.max_latency_ms is not None else 0.0
+    if guard:
+        say(
+            f"screening latency at {1 - guard:.0%} of the budget: the latency model's error near it "
+            "and the timing noise, so trained candidates can be shipped as measured"
+        )
+    return model, replace(screen, constraints=budgets.constraints, latency_guard=guard), budgets, guard
+
+
 def run(
     config: RunConfig,
     out_dir: str | os.PathLike[str],
@@ -569,10 +614,9 @@ def run(
     the best few candidates' exported files, then the shipped model: retrained, exported and
     measured, shipped only when that file meets the budgets. When no candidate's file fits,
     the report is still written and ``NothingFitsError`` names the closest one."""
-    from .budgets import ResolvedBudgets, resolve
     from .executors import WorkerSetup
     from .report import write_report
-    from .search import Screen, SearchLoop, budget_share
+    from .search import SearchLoop, budget_share
     from .strategies import make_strategy
     from .verify import measurements_for_correction
 
@@ -591,36 +635,7 @@ def run(
     verified_before = measurements_for_correction(stored.get("verified") or [])
 
     model = build_latency_model(config, space, data, say, measured=verified_before)
-    screen = Screen(
-        space,
-        data.shape,
-        model.predictor,
-        model.size,
-        Constraints(),
-        model.memory_table,
-        exact_size=exact_size_fn(space, data, config.latency.dtype),
-    )
-    if stored.get("budgets"):
-        budgets = ResolvedBudgets.from_dict(stored["budgets"])
-        say(f"budgets as resolved when the study started: {_budget_text(budgets.constraints)}")
-    else:
-        budgets = resolve(config.constraints, space, screen)
-    if budgets.constraints.max_latency_ms is not None:
-        model = _near_budget_calibration(
-            config, space, data, model, budgets.constraints.max_latency_ms, screen, say
-        )
-        screen = replace(screen, latency=model.predictor, size=model.size)
-        if not stored.get("budgets") and "max_latency_ms" in config.constraints.relative():
-            budgets = resolve(config.constraints, space, screen)  # on the re-fitted model
-    if config.constraints.relative() and not stored.get("budgets"):
-        say(f"budgets resolved on this device: {_budget_text(budgets.constraints)}")
-    guard = _latency_guard(model) if budgets.constraints.max_latency_ms is not None else 0.0
-    if guard:
-        say(
-            f"screening latency at {1 - guard:.0%} of the budget: the latency model's error near it "
-            "and the timing noise, so trained candidates can be shipped as measured"
-        )
-    screen = replace(screen, constraints=budgets.constraints, latency_guard=guard)
+    model, screen, budgets, guard = prepare_budgets(config, space, data, model, stored.get("budgets"), say)
     screening = budget_share(space, screen, seed=config.search.seed)
 
     from .strategies import SearchContext

@@ -58,6 +58,15 @@ def test_tiny_search_end_to_end(run_nas, tmp_path: Path) -> None:
     assert best["size_bytes"] == (out / "model.tflite").stat().st_size
     assert best["size_bytes"] <= 24 * 1024
     assert best["accuracy"] > 0.5  # digits after a few epochs; chance is 0.1
+
+    # the shipped file was verified: listed with the candidates, measured, within the budget
+    verification = report["verification"]
+    assert len(verification) >= 1
+    shipped = [v for v in verification if v["shipped"]]
+    assert len(shipped) == 1 and shipped[0]["stage"] == "final" and shipped[0]["fits"]
+    assert shipped[0]["measured_latency_ms"] == best["measured_latency_ms"]
+    assert all(v["size_bytes"] <= 24 * 1024 for v in verification if v["fits"])
+    assert all((out / v["file"]).is_file() for v in verification if v["stage"] == "verify")
     assert best["measured_latency_ms"] > 0 and best["predicted_latency_ms"] > 0
 
     # the trial records: the size budget binds, screened candidates were never trained
@@ -99,7 +108,10 @@ def test_tiny_search_end_to_end(run_nas, tmp_path: Path) -> None:
     again = run_nas("run", str(cfg), "--out", str(tmp_path / "run2"), timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "profiling block" not in again.stderr
-    assert "reusing 4 calibration measurements" in again.stderr
+    # ... and re-times the cached calibration files, reporting their drift from the profile
+    assert "re-timing 4 cached calibration models" in again.stderr
+    drift = json.loads((tmp_path / "run2" / "report.json").read_text())["latency_model"]["drift"]
+    assert drift["models"] == 4 and len(drift["per_model"]) == 4 and drift["threshold"] >= 0.05
 
     # the same folder without --resume is refused in one line, and nothing is overwritten
     before = (out / "report.json").read_bytes()
