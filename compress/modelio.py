@@ -1,31 +1,73 @@
-"""Loading the user's saved tf_keras models (``.keras``, ``.h5`` or a SavedModel folder) with
-one-line errors for a missing or foreign file."""
+"""Loading the user's saved tf_keras models with one-line errors, and without running code from
+the file: ``.keras`` archives load in Keras's safe mode (a ``Lambda`` layer's pickled bytecode is
+refused); legacy ``.h5`` files and SavedModel folders can carry code that runs on load, so they
+are refused unless the caller says it trusts the file (``--trust-model-code``)."""
 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from search_spaces import InputError
 
-__all__ = ["load_keras_model"]
+__all__ = ["TRUST_OPTION", "load_keras_model"]
+
+TRUST_OPTION = "--trust-model-code"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
-def load_keras_model(path: str | os.PathLike[str], what: str = "MODEL") -> Any:
-    """A tf_keras model from ``path`` (not compiled); ``what`` names the argument in errors."""
+def _kind(path: Path) -> str:
+    """``keras`` (a zip archive), ``h5``, ``savedmodel`` or ``unknown``, by content, not name."""
+    if path.is_dir():
+        return "savedmodel" if (path / "saved_model.pb").exists() else "folder"
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.__class__.__name__}: {e.strerror or e}).") from None
+    if head == _HDF5_MAGIC:
+        return "h5"
+    if zipfile.is_zipfile(path):
+        return "keras"
+    return "unknown"
+
+
+def load_keras_model(path: str | os.PathLike[str], what: str = "MODEL", trust_code: bool = False) -> Any:
+    """A tf_keras model from ``path`` (not compiled); ``what`` names the argument in errors.
+
+    ``trust_code`` allows the legacy formats, whose loading can run code stored in the file."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} {path}: file not found.")
-    if path.is_dir() and not (path / "saved_model.pb").exists():
+    kind = _kind(path)
+    if kind == "folder":
         raise InputError(
             f"{what} {path}: expected a tf_keras SavedModel folder (with saved_model.pb), got a folder without one."
+        )
+    if kind == "unknown":
+        raise InputError(
+            f"{what} {path}: expected a saved tf_keras model (.keras archive, .h5 or SavedModel folder), "
+            "got a file that is none of them."
+        )
+    if kind == "keras" and path.suffix != ".keras":
+        # tf_keras decides by the name: a zip not called .keras would go to the legacy loaders.
+        raise InputError(f"{what} {path}: expected a .keras archive to be named *.keras, got {path.name!r}.")
+    if kind in ("h5", "savedmodel") and not trust_code:
+        name = "legacy HDF5 (.h5)" if kind == "h5" else "SavedModel"
+        raise InputError(
+            f"{what} {path}: a {name} model can run code stored in the file when loaded; save it as .keras "
+            f"(model.save('m.keras')), or pass {TRUST_OPTION} if you trust its author."
         )
     from search_spaces.backend import keras
 
     k = keras()
     try:
-        model = k.models.load_model(path, compile=False)
+        if kind == "keras":
+            model = k.models.load_model(path, compile=False, safe_mode=True)
+        else:
+            model = k.models.load_model(path, compile=False)
     except Exception as e:  # tf_keras raises OSError, ValueError, KeyError, ... for foreign files
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise InputError(

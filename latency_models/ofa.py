@@ -163,21 +163,18 @@ def _key_lines(text: str) -> dict[str, int]:
 
 def load_ofa_yaml(path: str | os.PathLike[str], device: str | None = None) -> LatencyTable:
     """Read an OFA/ProxylessNAS lookup table; every problem names the file, line and key."""
-    import yaml
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: lookup table file not found.")
+    from search_spaces.safeio import MAX_JSON_BYTES, loads_yaml, read_bounded
+
+    raw = read_bounded(path, "lookup table", MAX_JSON_BYTES)
     try:
-        raw = path.read_bytes()
         text = raw.decode()
-        doc = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise InputError(f"{path}: cannot read ({e.__class__.__name__}).") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)}).") from None
+    doc = loads_yaml(text, str(path))
     if not isinstance(doc, dict) or not doc:
         raise InputError(
             f"{path}: expected a YAML mapping from layer keys to mean/std/count, got {type(doc).__name__}."

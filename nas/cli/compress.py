@@ -28,6 +28,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--teacher", help="saved tf_keras teacher for distillation (also used by every fine-tuning)"
     )
+    p.add_argument(
+        "--trust-model-code",
+        action="store_true",
+        help="allow legacy .h5 and SavedModel files for MODEL and --teacher; loading them can run code "
+        "stored in the file (.keras files load in safe mode without it)",
+    )
     p.add_argument("--target-size-kb", type=float, help="stop at the first stage whose file is this small")
     p.add_argument("--target-latency-ms", type=float, help="stop at the first stage this fast (LiteRT here)")
     p.add_argument(
@@ -52,8 +58,12 @@ def _run(args: argparse.Namespace) -> int:
         get_exporter(name)
     build_pipeline(args.pipeline, Trainer(teacher=object() if args.teacher else None))  # argument checks only
     task = load_task(args.task)
-    model = load_keras_model(args.model, "MODEL")
-    teacher = load_keras_model(args.teacher, "--teacher") if args.teacher else None
+    model = load_keras_model(args.model, "MODEL", trust_code=args.trust_model_code)
+    teacher = (
+        load_keras_model(args.teacher, "--teacher", trust_code=args.trust_model_code)
+        if args.teacher
+        else None
+    )
 
     def say(message: str) -> None:
         if not args.quiet:
