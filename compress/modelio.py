@@ -6,6 +6,7 @@ are refused unless the caller says it trusts the file (``--trust-model-code``)."
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,19 @@ def load_keras_model(path: str | os.PathLike[str], what: str = "MODEL", trust_co
 
     k = keras()
     try:
-        if kind == "keras":
-            model = k.models.load_model(path, compile=False, safe_mode=True)
-        else:
-            model = k.models.load_model(path, compile=False)
+        with warnings.catch_warnings():  # e.g. "module X is not loaded, but a Lambda layer uses it"
+            warnings.simplefilter("ignore")
+            if kind == "keras":
+                model = k.models.load_model(path, compile=False, safe_mode=not trust_code)
+            else:
+                model = k.models.load_model(path, compile=False)
     except Exception as e:  # tf_keras raises OSError, ValueError, KeyError, ... for foreign files
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        if "arbitrary code execution" in first:
+            raise InputError(
+                f"{what} {path}: the model holds Python code (a Lambda layer) that would run when loaded; "
+                f"refused (pass {TRUST_OPTION} if you trust its author)."
+            ) from None
         raise InputError(
             f"{what} {path}: expected a saved tf_keras model (.keras, .h5 or SavedModel folder), got a file "
             f"tf_keras cannot load ({first})."
