@@ -146,6 +146,9 @@ def compress_and_export(
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the folder it becomes is the user's to share
     try:
         report = _run(
             model,

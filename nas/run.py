@@ -315,16 +315,33 @@ def run(
     status: Callable[[str], None] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole job and return the report (also written to ``out_dir/report.json``)."""
+    """Run the whole job and return the report (also written to ``out_dir/report.json``).
+
+    ``out_dir`` is held by one driver at a time (see ``nas.guard.RunGuard``); ``--resume`` on a
+    finished run raises ``RunFinished`` and changes nothing."""
+    from .guard import RunGuard
+
+    with RunGuard(out_dir, resume) as guard:
+        return _run_in_folder(config, guard, resume, storage, executor_factory, status, on_event)
+
+
+def _run_in_folder(
+    config: RunConfig,
+    guard: Any,
+    resume: bool,
+    storage: str | None,
+    executor_factory: Callable[..., Any] | None,
+    status: Callable[[str], None] | None,
+    on_event: Callable[[str, dict[str, Any]], None] | None,
+) -> dict[str, Any]:
     from .executors import WorkerSetup
+    from .guard import close_running_trials
     from .report import write_report
     from .search import Screen, SearchLoop, budget_share, smallest_achievable
     from .strategies import make_strategy
 
     say = status or (lambda s: log.info(s))
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out: {out} exists and is not a folder.")
+    out = guard.out
     if not resume and out.is_dir() and (out / "study.db").exists() and storage is None:
         raise InputError(
             f"--out: {out} already holds a study; rerun with --resume to continue it, or choose a new folder."
@@ -354,7 +371,7 @@ def run(
 
     from .strategies import SearchContext
 
-    out.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no folder behind
+    guard.make_folder()  # only now: bad input above leaves no folder behind
     context = SearchContext(
         space=space,
         seed=config.search.seed,
@@ -397,7 +414,11 @@ def run(
         on_event=on_event,
     )
     say(f"searching: {config.search.trainings} trainings, strategy {config.search.strategy}")
-    loop.run()
+    try:
+        loop.run()
+    except BaseException:  # Ctrl-C, SIGTERM, a full disk: no trial stays RUNNING in the study
+        close_running_trials(study)
+        raise
     search_s = time.time() - started
 
     best = select_best(study)

@@ -73,9 +73,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"nas: stopped: {e}\n")
         return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("nas: interrupted; completed trials are saved (rerun with --resume to continue).\n")
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or nas.guard.Stopped for SIGINT/SIGTERM
+        why = f"stopped by {e.args[0]}" if getattr(e, "exit_code", None) else "interrupted"
+        sys.stderr.write(f"nas: {why}; completed trials are saved (rerun with --resume to continue).\n")
+        return int(getattr(e, "exit_code", 130))
+    except Exception as e:
+        from nas.guard import write_failure
+
+        message = write_failure(e, str(getattr(args, "phase", "") or ""))
+        if message is None or getattr(args, "verbose", False):
+            raise
+        sys.stderr.write(f"nas: stopped: {message}\n")
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
