@@ -13,7 +13,7 @@ from typing import Any
 
 from search_spaces import InputError
 
-__all__ = ["TRUST_OPTION", "load_keras_model"]
+__all__ = ["TRUST_OPTION", "check_model_file", "load_keras_model"]
 
 TRUST_OPTION = "--trust-model-code"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -35,13 +35,14 @@ def _kind(path: Path) -> str:
     return "unknown"
 
 
-def load_keras_model(path: str | os.PathLike[str], what: str = "MODEL", trust_code: bool = False) -> Any:
-    """A tf_keras model from ``path`` (not compiled); ``what`` names the argument in errors.
-
-    ``trust_code`` allows the legacy formats, whose loading can run code stored in the file."""
+def check_model_file(path: str | os.PathLike[str], what: str = "MODEL", trust_code: bool = False) -> str:
+    """Everything that can be said of a model file without TensorFlow: it exists, is a model
+    format, and (unless ``trust_code``) carries no code that would run on load. Returns its kind."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} {path}: file not found.")
+    if not (path.is_file() or path.is_dir()):  # a FIFO or device would block or never end
+        raise InputError(f"{what} {path}: expected a model file or SavedModel folder, got a special file.")
     kind = _kind(path)
     if kind == "folder":
         raise InputError(
@@ -61,6 +62,55 @@ def load_keras_model(path: str | os.PathLike[str], what: str = "MODEL", trust_co
             f"{what} {path}: a {name} model can run code stored in the file when loaded; save it as .keras "
             f"(model.save('m.keras')), or pass {TRUST_OPTION} if you trust its author."
         )
+    if kind == "keras" and not trust_code and _has_lambda(path, what):
+        raise _lambda_error(what, path)
+    return kind
+
+
+def _lambda_error(what: str, path: Path) -> InputError:
+    return InputError(
+        f"{what} {path}: the model holds Python code (a Lambda layer) that would run when loaded; "
+        f"refused (pass {TRUST_OPTION} if you trust its author)."
+    )
+
+
+def _has_lambda(path: Path, what: str) -> bool:
+    """Whether a .keras archive's config names a ``Lambda`` layer (read before TensorFlow loads:
+    Keras's safe mode refuses it too, but only after importing everything)."""
+    from search_spaces.safeio import MAX_JSON_BYTES, loads_json
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("config.json")
+            if info.file_size > MAX_JSON_BYTES:
+                raise InputError(
+                    f"{what} {path}: expected a model config of at most 64 MB, got {info.file_size:,} bytes."
+                )
+            config = loads_json(z.read(info), f"{what} {path} (config.json)", "a model config")
+    except KeyError:
+        raise InputError(f"{what} {path}: expected a .keras archive with config.json, got none.") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise InputError(
+            f"{what} {path}: expected a readable .keras archive ({e.__class__.__name__})."
+        ) from None
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+def load_keras_model(path: str | os.PathLike[str], what: str = "MODEL", trust_code: bool = False) -> Any:
+    """A tf_keras model from ``path`` (not compiled); ``what`` names the argument in errors.
+
+    ``trust_code`` allows the legacy formats, whose loading can run code stored in the file."""
+    path = Path(path)
+    kind = check_model_file(path, what, trust_code)
     from search_spaces.backend import keras
 
     k = keras()
@@ -74,10 +124,7 @@ def load_keras_model(path: str | os.PathLike[str], what: str = "MODEL", trust_co
     except Exception as e:  # tf_keras raises OSError, ValueError, KeyError, ... for foreign files
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         if "arbitrary code execution" in first:
-            raise InputError(
-                f"{what} {path}: the model holds Python code (a Lambda layer) that would run when loaded; "
-                f"refused (pass {TRUST_OPTION} if you trust its author)."
-            ) from None
+            raise _lambda_error(what, path) from None
         raise InputError(
             f"{what} {path}: expected a saved tf_keras model (.keras, .h5 or SavedModel folder), got a file "
             f"tf_keras cannot load ({first})."

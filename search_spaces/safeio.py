@@ -194,8 +194,9 @@ def loads_yaml(data: str | bytes, where: str, max_aliases: int = MAX_ALIASES) ->
         raise InputError(
             f"{where}: expected YAML nested at most {MAX_DEPTH} levels deep, got deeper nesting."
         )
-    loader = _loader(max_aliases)(data)
+    loader = None
     try:
+        loader = _loader(max_aliases)(data)  # the reader checks the characters here already
         return loader.get_single_data()
     except _TooManyAliases as e:
         raise InputError(
@@ -204,14 +205,17 @@ def loads_yaml(data: str | bytes, where: str, max_aliases: int = MAX_ALIASES) ->
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}:" if mark is not None else ""
-        problem = getattr(e, "problem", None) or e.__class__.__name__
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0] if str(e) else e.__class__.__name__
         raise InputError(f"{where}:{line} not valid YAML ({str(problem)[:120]}).") from None
+    except ValueError:  # an integer of more than 4300 digits
+        raise InputError(f"{where}: expected YAML with numbers of at most 4300 digits, got longer.") from None
     except RecursionError:
         raise InputError(
             f"{where}: expected YAML nested at most {MAX_DEPTH} levels deep, got deeper nesting."
         ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _yaml_too_deep(text: str) -> bool:

@@ -33,7 +33,8 @@ def _from_ofa(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise InputError(f"{path}: net.config file not found.")
     doc = load_json(path, "net.config", max_bytes=16 * 1024 * 1024)
-    stem = doc.get("first_conv", {}).get("out_channels") if isinstance(doc, dict) else None
+    first = doc.get("first_conv") if isinstance(doc, dict) else None
+    stem = first.get("out_channels") if isinstance(first, dict) else None
     # The config says which supernet it came from: width 1.0 nets start with 16 channels.
     options = {"width_mult": 1.0} if stem == 16 else {}
     space = get_space("ofa-mbv3", options)

@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from compress import StageError, Trainer, build_pipeline, compress_and_export
     from compress.exporters import get_exporter
-    from compress.modelio import load_keras_model
+    from compress.modelio import check_model_file, load_keras_model
     from nas.data import load_task
     from search_spaces import FatalError
 
@@ -58,6 +58,9 @@ def _run(args: argparse.Namespace) -> int:
         get_exporter(name)
     build_pipeline(args.pipeline, Trainer(teacher=object() if args.teacher else None))  # argument checks only
     task = load_task(args.task)
+    check_model_file(args.model, "MODEL", args.trust_model_code)  # both files, before TensorFlow loads
+    if args.teacher:
+        check_model_file(args.teacher, "--teacher", args.trust_model_code)
     model = load_keras_model(args.model, "MODEL", trust_code=args.trust_model_code)
     teacher = (
         load_keras_model(args.teacher, "--teacher", trust_code=args.trust_model_code)

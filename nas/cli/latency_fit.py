@@ -186,6 +186,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     predictor = load_predictor(args.predictor)
     m = read_measurements(args.measurements, _space_of(predictor))
+    if len(m) < 2:  # a rank correlation of one point is no measure at all (it printed 0)
+        from search_spaces import InputError
+
+        raise InputError(
+            f"{args.measurements}: expected at least 2 measured archs to evaluate, got {len(m)}."
+        )
     metrics = latency_metrics(predictor.predict(list(m.archs)), m.latency_ms)
     if args.json:
         print(json.dumps(metrics.to_dict()))
