@@ -155,7 +155,8 @@ class _Parser:
             try:
                 arch = self.space.parse(text)
             except InputError as e:
-                raise InputError(f"{self.where}: line {line}: {e}") from None
+                message = str(e) if len(str(e)) <= 200 else f"{str(e)[:150]}...{str(e)[-40:]}"
+                raise InputError(f"{self.where}: line {line}: {message}") from None
             self.cache[text] = arch
         return arch
 

@@ -50,9 +50,10 @@ def brief(value: Any) -> str:
     """``repr(value)`` cut to a few dozen characters (a value from a hostile file can be huge,
     deep or expand exponentially when printed)."""
     try:
-        return _REPR.repr(value)
+        text = _REPR.repr(value)
     except (RecursionError, ValueError):
         return f"<{type(value).__name__}>"
+    return text if len(text) <= 100 else f"{text[:60]}...{text[-30:]}"
 
 
 def finite_number(value: Any, where: str, low: float | None = None, positive: bool = False) -> float:
