@@ -30,6 +30,7 @@ __all__ = [
     "RunGuard",
     "Stopped",
     "check_out_dir",
+    "raise_if_stopped",
     "close_running_trials",
     "stop_on_signals",
     "write_failure",
@@ -236,7 +237,9 @@ def stop_on_signals(grace_s: float = GRACE_S, write: Callable[[str], Any] | None
         yield
         return
     say = write or (lambda s: (sys.stderr.write(s + "\n"), sys.stderr.flush()))
-    received: list[int] = []
+    received = _RECEIVED
+    received.clear()
+    timers: list[threading.Timer] = []
 
     def force(code: int, why: str) -> None:
         say(f"nas: {why}; exiting now (rerun with --resume to continue).")
@@ -249,6 +252,7 @@ def stop_on_signals(grace_s: float = GRACE_S, write: Callable[[str], Any] | None
         timer = threading.Timer(grace_s, force, (128 + signum, f"still stopping after {grace_s:.0f} s"))
         timer.daemon = True
         timer.start()
+        timers.append(timer)
         raise Stopped(signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -257,13 +261,27 @@ def stop_on_signals(grace_s: float = GRACE_S, write: Callable[[str], Any] | None
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        for timer in timers:
+            timer.cancel()
+        received.clear()
+
+
+_RECEIVED: list[int] = []
+
+
+def raise_if_stopped() -> None:
+    """Raise ``Stopped`` again if a signal came but its exception was swallowed (TensorFlow's
+    calibration calls our Python from C++ and drops exceptions raised there). Called from the
+    run's progress callback, which every phase calls."""
+    if _RECEIVED and threading.current_thread() is threading.main_thread():
+        raise Stopped(_RECEIVED[0])
 
 
 # -- write failures -------------------------------------------------------------------------
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
 
-def write_failure(e: BaseException, doing: str = "") -> str | None:
+def write_failure(e: BaseException, doing: str = "", where: str = "") -> str | None:
     """One line for a failed write (disk full, read-only, no permission), else ``None``.
     SQLite's "database or disk is full" arrives wrapped by SQLAlchemy and Optuna."""
     seen: set[int] = set()
@@ -277,6 +295,7 @@ def write_failure(e: BaseException, doing: str = "") -> str | None:
         text = str(cur).splitlines()[0] if str(cur) else ""
         for needle in ("database or disk is full", "readonly database", "disk I/O error"):
             if needle in text:
-                return f"cannot write the study database{during}: {needle}."
+                place = f" in {where}" if where else ""
+                return f"cannot write the study database{place}{during}: {needle}."
         cur = cur.__cause__ or cur.__context__
     return None

@@ -250,6 +250,10 @@ def _open_study(config: RunConfig, out_dir: Path, storage: str | None, resume: b
     try:
         existing = optuna.study.get_all_study_names(url)
     except Exception as e:  # noqa: BLE001 - any storage failure is the user's URL
+        from .guard import write_failure
+
+        if storage is None and write_failure(e):
+            raise  # our own study.db on a full or read-only disk: not a bad URL
         raise InputError(
             f"--storage: cannot open {url!r} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})."
         ) from None

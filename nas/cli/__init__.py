@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         from nas.guard import write_failure
 
-        message = write_failure(e, str(getattr(args, "phase", "") or ""))
+        message = write_failure(e, str(getattr(args, "phase", "") or ""), str(getattr(args, "out", "") or ""))
         if message is None or getattr(args, "verbose", False):
             raise
         sys.stderr.write(f"nas: stopped: {message}\n")

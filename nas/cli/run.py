@@ -96,7 +96,7 @@ def _run_job(args: argparse.Namespace) -> int:
     import dataclasses
 
     from nas.config import load_config
-    from nas.guard import check_out_dir
+    from nas.guard import check_out_dir, raise_if_stopped
     from nas.run import run
     from search_spaces import InputError
 
@@ -122,6 +122,7 @@ def _run_job(args: argparse.Namespace) -> int:
     on_event = progress.on_event
 
     def say(message: str) -> None:
+        raise_if_stopped()
         args.phase = message  # names what was going on if a write fails
         progress.status(message)
 
