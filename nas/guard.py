@@ -136,7 +136,7 @@ class RunGuard:
             if exc_type is not None and self._lock_fd is not None:
                 if not self._had_report and self._ours():
                     self._remove_outputs()  # all of a run's outputs or none
-                if self._created_lock and not any(p.name != LOCK_NAME for p in self.out.iterdir()):
+                if self._created_lock and not (self.out / "study.db").exists():
                     (self.out / LOCK_NAME).unlink(missing_ok=True)  # leave the folder as we found it
         finally:
             self.release()
