@@ -59,24 +59,30 @@ class Stopped(KeyboardInterrupt):
 
 
 # -- --out ----------------------------------------------------------------------------------
-def check_out_dir(out: str | os.PathLike[str], what: str = "--out") -> Path:
-    """``out`` as a path we may create and write, or one line saying why not. Creates nothing."""
+def check_out_dir(out: str | os.PathLike[str], what: str = "--out", folder: bool = True) -> Path:
+    """``out`` as a folder (or, with ``folder=False``, a file) we may create and write, or one
+    line saying why not. Creates nothing."""
     text = os.fspath(out)
+    kind = "folder" if folder else "file"
     if not text or not text.strip():
-        raise InputError(f"{what}: expected a folder path, got {text!r}.")
+        raise InputError(f"{what}: expected a {kind} path, got {text!r}.")
     path = Path(text).expanduser()
     resolved = path.resolve()
     if any(resolved == Path(r) or Path(r) in resolved.parents for r in _SYSTEM_ROOTS):
         raise InputError(f"{what}: expected a folder for results, got {text!r} (under a system folder).")
-    if path.exists() and not path.is_dir():
+    if folder and path.exists() and not path.is_dir():
         raise InputError(f"{what}: expected a folder, got {text!r} (an existing file).")
+    if not folder and path.is_dir():
+        raise InputError(f"{what}: expected a file path, got {text!r} (an existing folder).")
+    if not folder and path.exists() and not path.is_file():
+        raise InputError(f"{what}: expected a regular file path, got {text!r} (a special file).")
     probe = path
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise InputError(f"{what}: expected a folder path, got {text!r} ({probe} is a file).")
+        raise InputError(f"{what}: expected a {kind} path, got {text!r} ({probe} is a file).")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"{what}: expected a writable location, got {text!r} ({probe} is not writable).")
     try:

@@ -140,6 +140,8 @@ def find_studies(runs: str | os.PathLike[str], skipped: list[str] | None = None)
     studies: list[Study] = []
     errors: list[InputError] = []
     for path in paths:
+        sidecars = [path.with_name(path.name + s) for s in ("-wal", "-shm")]
+        existed = [p.exists() for p in sidecars]
         try:
             with closing(_connect(path)) as con:
                 rows = con.execute(
@@ -155,6 +157,9 @@ def find_studies(runs: str | os.PathLike[str], skipped: list[str] | None = None)
                 if key is not None:
                     attrs[key] = json.loads(value)
         except (sqlite3.Error, ValueError, TypeError) as e:
+            for sidecar, was in zip(sidecars, existed, strict=True):
+                if not was:  # SQLite made them for a file that is no study: leave no trace
+                    sidecar.unlink(missing_ok=True)
             error = InputError(f"{path}: not an Optuna SQLite study ({str(e)[:100]}).")
             if skipped is None:
                 raise error from None

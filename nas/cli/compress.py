@@ -4,6 +4,7 @@ compress a saved tf_keras model and export it, every file re-measured (``compres
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -46,13 +47,33 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Cheap checks first, so a typo fails in a second, before TensorFlow loads a model.
+    from pathlib import Path
+
     from compress import StageError, Trainer, build_pipeline, compress_and_export
     from compress.exporters import get_exporter
     from compress.modelio import check_model_file, load_keras_model
+    from compress.pipeline import check_out_dir
     from nas.data import load_task
-    from search_spaces import FatalError
+    from search_spaces import FatalError, InputError
 
-    # Cheap checks first, so a typo fails in a second, before TensorFlow loads a model.
+    if not [s for s in args.pipeline.split(",") if s.strip()]:
+        raise InputError(f"--pipeline: expected at least one stage (e.g. int8), got {args.pipeline!r}.")
+    if args.threads < 1:
+        raise InputError(f"--threads: expected an int >= 1, got {args.threads}.")
+    for flag, value, low in (
+        ("--target-size-kb", args.target_size_kb, 0.0),
+        ("--target-latency-ms", args.target_latency_ms, 0.0),
+        ("--max-accuracy-drop", args.max_accuracy_drop, None),
+    ):
+        if value is None:
+            continue
+        ok = math.isfinite(value) and (value > 0 if low is not None else value >= 0)
+        if not ok:
+            raise InputError(
+                f"{flag}: expected a finite number {'> 0' if low is not None else '>= 0'}, got {value}."
+            )
+    check_out_dir(Path(args.out))
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     for name in formats:
         get_exporter(name)
