@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from search_spaces import FatalError, InputError, SearchSpace, get_space
 
 from .config import RunConfig
 from .data import TaskData, load_task
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .guard import RunGuard
 
 __all__ = ["LatencyModel", "build_latency_model", "finish_winner", "run", "study_name"]
 
@@ -331,7 +334,7 @@ def run(
 
 def _run_in_folder(
     config: RunConfig,
-    guard: Any,
+    guard: RunGuard,
     resume: bool,
     storage: str | None,
     executor_factory: Callable[..., Any] | None,
