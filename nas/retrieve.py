@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import FatalError, InputError
+from search_spaces.safeio import load_json
 
 __all__ = [
     "Answer",
@@ -279,10 +280,10 @@ def resolve_device(device: str, studies: Sequence[Study]) -> Device:
 def _device_from_file(path: Path) -> Device:
     if path.suffix == ".json":
         try:
-            doc = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            doc = load_json(path, "latency table or predictor")
+        except InputError as e:
             raise InputError(
-                f"--device {path}: not a JSON latency table or predictor ({e.__class__.__name__})."
+                f"--device {path}: not a JSON latency table or predictor ({str(e)[-80:]})."
             ) from None
         if isinstance(doc, dict) and doc.get("format") == "edge-nas-latency-predictor":
             return Device(str(doc.get("device", path.stem)), "predictor", path)
@@ -432,10 +433,7 @@ def _read_report(study: Study) -> dict[str, Any] | None:
 def _load_report(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not a JSON run report ({e.__class__.__name__}).") from None
+    doc = load_json(path, "run report")
     if (
         not isinstance(doc, dict)
         or doc.get("format") != REPORT_FORMAT
