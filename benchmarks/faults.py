@@ -241,12 +241,16 @@ def main() -> int:
             print(json.dumps(cases[-1]), flush=True)
     disk = []
     sizes = ["64k", "1m", "1200k", "1500k", "2m", "8m"]
+    sizes = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--sizes=")), sizes)
     for size in [] if quick or only else sizes:
         disk.append(disk_full_case(work, cache, size))
         print(json.dumps(disk[-1]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if "--disk-only" in sys.argv and (RESULTS / "faults.json").is_file():
-        cases = json.loads((RESULTS / "faults.json").read_text())["signals"]  # keep the signal cases
+        earlier = json.loads((RESULTS / "faults.json").read_text())
+        cases = earlier["signals"]  # keep the signal cases, and the other disk sizes
+        tried = {d["size"] for d in disk}
+        disk = [d for d in earlier["disk_full"] if d["size"] not in tried] + disk
     summary = {
         "signal_cases": len(cases),
         "signal_ok": sum(bool(c["ok"]) for c in cases),
