@@ -294,9 +294,9 @@ def write_failure(e: BaseException, doing: str = "", where: str = "") -> str | N
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        during = f" while {doing}" if doing else ""
+        during = f" (last step: {doing})" if doing else ""
         if isinstance(cur, OSError) and cur.errno in _WRITE_ERRNOS:
-            name = cur.filename or "a file"
+            name = cur.filename or (f"into {where}" if where else "a file")
             return f"cannot write {name}{during}: {cur.strerror or os.strerror(cur.errno or 0)}."
         text = str(cur).splitlines()[0] if str(cur) else ""
         for needle in ("database or disk is full", "readonly database", "disk I/O error"):

@@ -177,8 +177,10 @@ def test_a_swallowed_stop_is_raised_again() -> None:
 def test_write_failures_are_one_line() -> None:
     full = OSError(errno.ENOSPC, "No space left on device", "/data/run/report.json")
     assert write_failure(full, "writing the report") == (
-        "cannot write /data/run/report.json while writing the report: No space left on device."
+        "cannot write /data/run/report.json (last step: writing the report): No space left on device."
     )
+    nameless = OSError(errno.ENOSPC, "No space left on device")
+    assert write_failure(nameless, where="runs/q") == "cannot write into runs/q: No space left on device."
     try:
         try:
             raise full
