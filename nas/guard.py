@@ -76,7 +76,7 @@ def check_out_dir(out: str | os.PathLike[str], what: str = "--out", folder: bool
         raise InputError(f"{what}: expected a file path, got {text!r} (an existing folder).")
     if not folder and path.exists() and not path.is_file():
         raise InputError(f"{what}: expected a regular file path, got {text!r} (a special file).")
-    probe = path
+    probe = path.parent if (not folder and path.is_file()) else path  # a file is replaced in its folder
     while not probe.exists():
         if probe.parent == probe:
             break

@@ -51,6 +51,9 @@ def test_out_that_is_a_file_or_under_one(tmp_path: Path) -> None:
         check_out_dir(f)
     with pytest.raises(InputError, match="is a file"):
         check_out_dir(f / "sub" / "run")
+    assert check_out_dir(f, folder=False) == f  # an output file is replaced
+    with pytest.raises(InputError, match="an existing folder"):
+        check_out_dir(tmp_path, folder=False)
     assert check_out_dir(tmp_path / "new" / "run") == tmp_path / "new" / "run"
     assert not (tmp_path / "new").exists()  # checking creates nothing
 
