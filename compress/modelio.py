@@ -62,8 +62,15 @@ def check_model_file(path: str | os.PathLike[str], what: str = "MODEL", trust_co
             f"{what} {path}: a {name} model can run code stored in the file when loaded; save it as .keras "
             f"(model.save('m.keras')), or pass {TRUST_OPTION} if you trust its author."
         )
-    if kind == "keras" and not trust_code and _has_lambda(path, what):
-        raise _lambda_error(what, path)
+    if kind == "keras" and not trust_code:
+        foreign = _foreign_code(path, what)
+        if foreign == "Lambda":
+            raise _lambda_error(what, path)
+        if foreign:
+            raise InputError(
+                f"{what} {path}: the model's config imports module {foreign!r}, whose code would run when "
+                f"loaded; refused (only keras/tf_keras are imported; pass {TRUST_OPTION} for your own layers)."
+            )
     return kind
 
 
@@ -74,9 +81,13 @@ def _lambda_error(what: str, path: Path) -> InputError:
     )
 
 
-def _has_lambda(path: Path, what: str) -> bool:
-    """Whether a .keras archive's config names a ``Lambda`` layer (read before TensorFlow loads:
-    Keras's safe mode refuses it too, but only after importing everything)."""
+_SAFE_MODULES = ("keras", "tf_keras", "builtins")
+
+
+def _foreign_code(path: Path, what: str) -> str | None:
+    """``"Lambda"`` if a .keras archive's config holds a ``Lambda`` layer, the name of a module
+    outside keras/tf_keras if it asks for one (tf_keras imports any ``module`` a config names,
+    in safe mode too), else ``None``. Read before TensorFlow loads."""
     from search_spaces.safeio import MAX_JSON_BYTES, loads_json
 
     try:
@@ -98,11 +109,14 @@ def _has_lambda(path: Path, what: str) -> bool:
         node = stack.pop()
         if isinstance(node, dict):
             if node.get("class_name") == "Lambda":
-                return True
+                return "Lambda"
+            module = node.get("module")
+            if isinstance(module, str) and module.split(".")[0] not in _SAFE_MODULES:
+                return module[:60]
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-    return False
+    return None
 
 
 def load_keras_model(path: str | os.PathLike[str], what: str = "MODEL", trust_code: bool = False) -> Any:

@@ -392,3 +392,26 @@ def test_finite_latencies_only(tmp_path: Path) -> None:
         with pytest.raises(InputError):
             LinearCorrection(scale=bad)
     assert math.isfinite(LinearCorrection(2.0, -0.1, 3)(1.0))
+
+
+def test_a_keras_config_naming_a_foreign_module_is_refused(tmp_path: Path) -> None:
+    """tf_keras imports whatever ``module`` a .keras config names, in safe mode too."""
+    from compress.modelio import check_model_file
+    from search_spaces.backend import keras
+
+    k = keras()
+    inputs = k.Input((8, 8, 1))
+    model = k.Model(inputs, k.layers.Dense(10, activation="relu")(k.layers.Flatten()(inputs)))
+    good = tmp_path / "good.keras"
+    model.save(good)
+    assert check_model_file(good) == "keras"
+    bad = tmp_path / "bad.keras"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "config.json":
+                data = data.replace(b'"module": "keras.layers"', b'"module": "os"', 1)
+            dst.writestr(item, data)
+    with pytest.raises(InputError, match="imports module 'os'"):
+        check_model_file(bad)
+    assert check_model_file(bad, trust_code=True) == "keras"
