@@ -148,6 +148,21 @@ def _keras_model(folder: Path, lambda_code: str | None) -> bytes:
 
 
 # -- the catalogue --------------------------------------------------------------------------
+def _foreign_module(keras_file: bytes) -> bytes:
+    """A .keras archive whose config asks tf_keras to import ``os`` (it would, in safe mode too)."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(keras_file)) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "config.json":
+                data = data.replace(b'"module": "keras.layers"', b'"module": "os"', 1)
+            dst.writestr(item, data)
+    return out.getvalue()
+
+
 def generic(valid: bytes) -> dict[str, bytes | str]:
     """Hostile content that applies to any file argument."""
     rng = random.Random(1)
@@ -602,6 +617,7 @@ def catalogue(base: dict[str, bytes]) -> list[Case]:
         ("keras-archive-named-zip", base["model"], ".zip"),
         ("savedmodel-folder", "savedmodel", ""),
         ("tflite-file", b"\x1c\x00\x00\x00TFL3" + b"\0" * 200, ".tflite"),
+        ("keras-config-imports-os", _foreign_module(base["model"]), ".keras"),
     ):
         cases.append(Case("compress MODEL", name, model_args, content, suffix))
     teacher = [
