@@ -379,6 +379,16 @@ def parse_config(doc: Any, where: str = "config", base_dir: Path | None = None) 
         value = getattr(sections["latency"], key)
         if value and not Path(value).is_file():
             raise InputError(f"latency.{key}: file {value!r} not found.")
+    # The device's latency model is read now too (numbers finite, a positive correction scale),
+    # not after the task is loaded; the run reads it again, which costs milliseconds.
+    if sections["latency"].predictor:
+        from latency_models.predictor import load_predictor
+
+        load_predictor(sections["latency"].predictor)
+    elif sections["latency"].table:
+        from latency_models.table import LatencyTable
+
+        LatencyTable.load(sections["latency"].table)
     # Validate the space options now, not forty minutes into the search.
     from search_spaces import get_space
 

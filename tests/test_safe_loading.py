@@ -415,3 +415,14 @@ def test_a_keras_config_naming_a_foreign_module_is_refused(tmp_path: Path) -> No
     with pytest.raises(InputError, match="imports module 'os'"):
         check_model_file(bad)
     assert check_model_file(bad, trust_code=True) == "keras"
+
+
+def test_config_reads_the_predictor_at_load(tmp_path: Path) -> None:
+    """A hand-edited predictor with a NaN scale stops `nas run` at load, before any work."""
+    doc = _predictor_doc()
+    doc["correction"]["scale"] = float("nan")
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("latency:\n  device: pixel7\n  predictor: p.json\n")
+    with pytest.raises(InputError, match=r"p.json: correction.scale: expected a finite number > 0, got nan"):
+        load_config(cfg)
