@@ -91,7 +91,8 @@ def _positive(value: float | None, where: str) -> None:
         raise InputError(f"{where}: expected a number > 0, got {value!r}.")
 
 
-def _check_out_dir(out_dir: Path) -> None:
+def check_out_dir(out_dir: Path) -> None:
+    """``out_dir`` may receive a compress output: new, empty, or an earlier output."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir}: expected a directory, got a file.")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / REPORT_NAME).exists():
@@ -142,10 +143,13 @@ def compress_and_export(
             )
         trainer = trainer.with_teacher(teacher)
     stages = build_pipeline(pipeline, trainer)
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the folder it becomes is the user's to share
     try:
         report = _run(
             model,

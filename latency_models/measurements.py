@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from search_spaces import InputError, SearchSpace
+from search_spaces.safeio import brief
 
 __all__ = [
     "ArchList",
@@ -121,7 +122,7 @@ def _open_rows(path: str | os.PathLike[str]) -> tuple[str, list[str], list[tuple
 def _column(where: str, header: list[str], name: str, example: str) -> int:
     if name not in header:
         raise InputError(
-            f"{where}: line 1: expected a column {name!r} (header like {example!r}), got {header}."
+            f"{where}: line 1: expected a column {name!r} (header like {example!r}), got {brief(header)}."
         )
     if header.count(name) > 1:
         raise InputError(f"{where}: line 1: column {name!r} appears more than once.")
@@ -154,7 +155,8 @@ class _Parser:
             try:
                 arch = self.space.parse(text)
             except InputError as e:
-                raise InputError(f"{self.where}: line {line}: {e}") from None
+                message = str(e) if len(str(e)) <= 200 else f"{str(e)[:150]}...{str(e)[-40:]}"
+                raise InputError(f"{self.where}: line {line}: {message}") from None
             self.cache[text] = arch
         return arch
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import Block, InputError
+from search_spaces.safeio import brief
 
 from .table import Entry, LatencyTable, TableMeta
 
@@ -53,8 +54,8 @@ def parse_key(key: str) -> OfaKey:
     m = _KEY.fullmatch(str(key))
     if not m:
         raise InputError(
-            f"key {key!r}: expected '<layer>-input:HxWxC-output:HxWxC[-name:int...]' (e.g. "
-            "'expanded_conv-input:56x56x32-output:56x56x32-expand:96-kernel:3-stride:1-idskip:1-se:0-hs:0')."
+            f"key {key!r}: expected '<layer>-input:HxWxC-output:HxWxC[-name:int...]' "
+            "(e.g. 'Conv-input:224x224x3-output:112x112x16')."
         )
     layer = m.group("type")
     if layer not in LAYER_TYPES:
@@ -131,23 +132,30 @@ def _entry(value: Any, key: str) -> Entry:
         raise InputError(f"key {key!r}: expected a mapping with mean/std/count, got {type(value).__name__}.")
     if "mean" not in value:
         raise InputError(f"key {key!r}: missing 'mean'.")
+
+    def number(name: str) -> float:
+        try:
+            return float(value[name])
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"{name}: expected a number, got {brief(value[name])}.") from None
+
     try:
-        mean = float(value["mean"])
+        mean = number("mean")
         if "std" in value:
-            std = float(value["std"])
+            std = number("std")
         elif "var" in value:
-            var = float(value["var"])
+            var = number("var")
             if not (math.isfinite(var) and var >= 0):
-                raise InputError(f"var: expected a finite number >= 0, got {value['var']!r}.")
+                raise InputError(f"var: expected a finite number >= 0, got {brief(value['var'])}.")
             std = math.sqrt(var)
         else:
             std = 0.0
         count = value.get("count", 1)
         if isinstance(count, bool) or not isinstance(count, int):
-            raise InputError(f"count: expected an int >= 1, got {count!r}.")
+            raise InputError(f"count: expected an int >= 1, got {brief(count)}.")
         return Entry(mean_ms=mean, std_ms=std, count=count)
     except (TypeError, ValueError) as e:
-        raise InputError(f"key {key!r}: {str(e).rstrip('.')}.") from None
+        raise InputError(f"key {brief(key)}: {str(e).rstrip('.')[:120]}.") from None
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -163,21 +171,18 @@ def _key_lines(text: str) -> dict[str, int]:
 
 def load_ofa_yaml(path: str | os.PathLike[str], device: str | None = None) -> LatencyTable:
     """Read an OFA/ProxylessNAS lookup table; every problem names the file, line and key."""
-    import yaml
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: lookup table file not found.")
+    from search_spaces.safeio import MAX_JSON_BYTES, loads_yaml, read_bounded
+
+    raw = read_bounded(path, "lookup table", MAX_JSON_BYTES)
     try:
-        raw = path.read_bytes()
         text = raw.decode()
-        doc = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise InputError(f"{path}: cannot read ({e.__class__.__name__}).") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)}).") from None
+    doc = loads_yaml(text, str(path))
     if not isinstance(doc, dict) or not doc:
         raise InputError(
             f"{path}: expected a YAML mapping from layer keys to mean/std/count, got {type(doc).__name__}."

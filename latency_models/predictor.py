@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from search_spaces import InputError, SearchSpace, TaskShape, get_space
+from search_spaces.safeio import brief, finite_number, load_json
 
 from .table import LatencyTable, write_atomic
 
@@ -42,6 +43,20 @@ class LinearCorrection:
     scale: float = 1.0
     offset_ms: float = 0.0
     n_measurements: int = 0
+
+    def __post_init__(self) -> None:
+        # A scale <= 0 inverts or flattens the ranking and can price networks at negative ms;
+        # NaN prices every network NaN and screens nothing out.
+        finite_number(self.scale, "correction.scale", positive=True)
+        finite_number(self.offset_ms, "correction.offset_ms")
+        if (
+            isinstance(self.n_measurements, bool)
+            or not isinstance(self.n_measurements, int)
+            or not 0 <= self.n_measurements < 2**53
+        ):
+            raise InputError(
+                f"correction.n_measurements: expected an int >= 0, got {brief(self.n_measurements)}."
+            )
 
     def __call__(self, raw: np.ndarray | float) -> Any:
         return self.scale * np.asarray(raw, dtype=float) + self.offset_ms
@@ -128,7 +143,15 @@ class TablePredictor(LatencyPredictor):
         return np.array([self.table.price(space.blocks(a, self.task)) for a in archs], dtype=float)
 
     def predict(self, archs: Sequence[Hashable]) -> np.ndarray:
-        return np.asarray(self.correction(self.raw(archs)), dtype=float)
+        out = np.asarray(self.correction(self.raw(archs)), dtype=float)
+        bad = ~(np.isfinite(out) & (out > 0))
+        if bad.any():  # never let a network look free (or cost -3 ms) to the search
+            i = int(np.argmax(bad))
+            raise InputError(
+                f"predictor for {self.device}: expected a latency > 0 ms for {brief(str(archs[i]))}, got "
+                f"{out[i]:.4g} (correction scale {self.correction.scale:g}, offset_ms {self.correction.offset_ms:g})."
+            )
+        return out
 
     def with_correction(self, archs: Sequence[Hashable], measured_ms: Sequence[float]) -> TablePredictor:
         from dataclasses import replace
@@ -151,26 +174,48 @@ class TablePredictor(LatencyPredictor):
     @classmethod
     def _from_payload(cls, doc: Mapping[str, Any], where: str) -> TablePredictor:
         try:
-            task = TaskShape(
-                tuple(int(d) for d in doc["task"]["input_shape"]), int(doc["task"]["num_classes"])
-            )
-            corr = doc.get("correction", {})
-            table = LatencyTable._from_json(json.dumps(doc["table"]), f"{where} (table)")
+            task_doc = _mapping(doc.get("task"), "task")
+            shape = task_doc.get("input_shape")
+            if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2**31 for d in shape
+            ):
+                raise InputError(f"task.input_shape: expected a list of sizes > 0, got {brief(shape)}.")
+            classes = task_doc.get("num_classes")
+            if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes < 2**31:
+                raise InputError(f"task.num_classes: expected an int >= 2, got {brief(classes)}.")
+            task = TaskShape(tuple(shape), classes)
+            corr = _mapping(doc.get("correction", {}), "correction")
+            for key in corr:
+                if key not in ("scale", "offset_ms", "n_measurements"):
+                    raise InputError(
+                        f"correction.{key}: unknown key; valid keys: ['n_measurements', 'offset_ms', 'scale']."
+                    )
+            table = LatencyTable._from_doc(doc.get("table"), "table")
             return cls(
-                space=str(doc["space"]),
-                device=str(doc["device"]),
-                provenance=dict(doc.get("provenance", {})),
+                space=_text(doc.get("space"), "space"),
+                device=_text(doc.get("device"), "device"),
+                provenance=_mapping(doc.get("provenance", {}), "provenance"),
                 table=table,
                 task=task,
-                space_options=dict(doc.get("space_options", {})),
+                space_options=_mapping(doc.get("space_options", {}), "space_options"),
                 correction=LinearCorrection(
-                    float(corr.get("scale", 1.0)),
-                    float(corr.get("offset_ms", 0.0)),
-                    int(corr.get("n_measurements", 0)),
+                    corr.get("scale", 1.0), corr.get("offset_ms", 0.0), corr.get("n_measurements", 0)
                 ),
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{where}: malformed table predictor ({e.__class__.__name__}: {e}).") from None
+        except InputError as e:
+            raise InputError(f"{where}: {e}") from None
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InputError(f"{where}: expected a mapping, got {brief(value)}.")
+    return dict(value)
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{where}: expected a non-empty name, got {brief(value)}.")
+    return value
 
 
 _SPACE_CACHE: dict[tuple[str, str], SearchSpace] = {}
@@ -192,21 +237,20 @@ def load_predictor(path: str | os.PathLike[str]) -> LatencyPredictor:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: predictor file not found.")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not a JSON predictor file ({e.__class__.__name__}).") from None
+    doc = load_json(path, "predictor")
     if not isinstance(doc, dict) or doc.get("format") != PREDICTOR_FORMAT:
         raise InputError(f'{path}: expected a JSON object with "format": "{PREDICTOR_FORMAT}".')
     if doc.get("version") != PREDICTOR_VERSION:
         raise InputError(
-            f"{path}: predictor format version {doc.get('version')!r} is not supported (expected {PREDICTOR_VERSION})."
+            f"{path}: predictor format version {brief(doc.get('version'))} is not supported (expected {PREDICTOR_VERSION})."
         )
     kind = doc.get("kind")
+    if not isinstance(kind, str):
+        raise InputError(f"{path}: kind: expected one of {sorted(PREDICTORS)}, got {brief(kind)}.")
     if kind not in PREDICTORS:
         _load_plugins()
     if kind not in PREDICTORS:
-        raise InputError(f"{path}: unknown predictor kind {kind!r}; valid kinds: {sorted(PREDICTORS)}.")
+        raise InputError(f"{path}: unknown predictor kind {brief(kind)}; valid kinds: {sorted(PREDICTORS)}.")
     return PREDICTORS[kind]._from_payload(doc, str(path))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import Block, InputError
+from search_spaces.safeio import MAX_JSON_BYTES, brief, loads_json, read_bounded
 
 __all__ = [
     "FORMAT",
@@ -80,10 +81,12 @@ class Entry:
             raise InputError(f"mean_ms: expected a finite number > 0, got {self.mean_ms!r}.")
         if not (isinstance(self.std_ms, (int, float)) and math.isfinite(self.std_ms) and self.std_ms >= 0):
             raise InputError(f"std_ms: expected a finite number >= 0, got {self.std_ms!r}.")
-        if not isinstance(self.count, int) or self.count < 1:
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or not 1 <= self.count < _MAX_INT:
             raise InputError(f"count: expected an int >= 1, got {self.count!r}.")
         if self.memory_bytes is not None and (
-            not isinstance(self.memory_bytes, int) or self.memory_bytes < 0
+            isinstance(self.memory_bytes, bool)
+            or not isinstance(self.memory_bytes, int)
+            or not 0 <= self.memory_bytes < _MAX_INT
         ):
             raise InputError(f"memory_bytes: expected an int >= 0 or empty, got {self.memory_bytes!r}.")
 
@@ -102,14 +105,58 @@ class TableMeta:
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not self.device.strip():
-            raise InputError(f"device: expected a non-empty name, got {self.device!r}.")
+            raise InputError(f"device: expected a non-empty name, got {brief(self.device)}.")
         if self.dtype not in DTYPES:
-            raise InputError(f"dtype: expected one of {list(DTYPES)}, got {self.dtype!r}.")
-        if not isinstance(self.threads, int) or self.threads < 1:
-            raise InputError(f"threads: expected an int >= 1, got {self.threads!r}.")
+            raise InputError(f"dtype: expected one of {list(DTYPES)}, got {brief(self.dtype)}.")
+        if (
+            isinstance(self.threads, bool)
+            or not isinstance(self.threads, int)
+            or not 1 <= self.threads <= 4096
+        ):
+            raise InputError(f"threads: expected an int in [1, 4096], got {brief(self.threads)}.")
+        if not isinstance(self.extra, Mapping):
+            raise InputError(f"extra: expected a mapping of metadata, got {brief(self.extra)}.")
         invoke = self.extra.get(INVOKE_KEY, 0.0)
         if isinstance(invoke, bool) or not isinstance(invoke, (int, float)) or not 0 <= invoke < math.inf:
-            raise InputError(f"extra.{INVOKE_KEY}: expected a finite number of ms >= 0, got {invoke!r}.")
+            raise InputError(f"extra.{INVOKE_KEY}: expected a finite number of ms >= 0, got {brief(invoke)}.")
+        _check_extra(self.extra)
+
+
+def _check_extra(extra: Mapping[str, Any]) -> None:
+    """The metadata keys that pricing reads: right type and range, or one line naming the key."""
+
+    def count(value: Any, where: str, low: int = 0) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value < _MAX_INT:
+            raise InputError(f"{where}: expected an int in [{low}, 2**53), got {brief(value)}.")
+
+    if OVERHEAD_KEY in extra:
+        count(extra[OVERHEAD_KEY], f"extra.{OVERHEAD_KEY}")
+    persistent = extra.get(PERSISTENT_KEY)
+    if persistent is not None:
+        if not isinstance(persistent, Mapping):
+            raise InputError(
+                f"extra.{PERSISTENT_KEY}: expected a mapping of block key to bytes, got {brief(persistent)}."
+            )
+        for key, value in persistent.items():
+            count(value, f"extra.{PERSISTENT_KEY}.{key}")
+    if "input_shape" in extra:
+        shape = extra["input_shape"]
+        if not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 3:
+            raise InputError(f"extra.input_shape: expected 1 to 3 sizes, got {brief(shape)}.")
+        for i, d in enumerate(shape):
+            count(d, f"extra.input_shape[{i}]", low=1)
+    if "num_classes" in extra:
+        count(extra["num_classes"], "extra.num_classes", low=2)
+    if "space_options" in extra and not isinstance(extra["space_options"], Mapping):
+        raise InputError(f"extra.space_options: expected a mapping, got {brief(extra['space_options'])}.")
+    if "space" in extra and not isinstance(extra["space"], str):
+        raise InputError(f"extra.space: expected a space name, got {brief(extra['space'])}.")
+
+
+# Integers beyond 2**53 are not exact as floats: no measured count or size is that large.
+_MAX_INT = 2**53
+# A CSV table's cells are numbers and short names; the csv module's own limit is 128 KB.
+_MAX_CELL = 4096
 
 
 @dataclass(frozen=True)
@@ -223,7 +270,11 @@ class LatencyTable:
         meta = asdict(self.meta)
         buf.write(f"# format: {FORMAT}\n# version: {VERSION}\n")
         for key in ("device", "runtime", "runtime_version", "dtype", "threads", "source"):
-            buf.write(f"# {key}: {meta[key]}\n")
+            buf.write(f"# {key}: {_meta_text(meta[key])}\n")
+        # Every extra key as JSON, so the CSV prices exactly as the JSON (invoke_overhead_ms,
+        # input_shape, num_classes, space_options, tflm_persistent_bytes, ...).
+        for key, value in sorted(meta["extra"].items()):
+            buf.write(f"# extra.{key}: {json.dumps(value, sort_keys=True)}\n")
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow((*BLOCK_COLUMNS, *VALUE_COLUMNS))
         for block, entry in sorted(self.entries.items(), key=lambda kv: kv[0].key):
@@ -241,25 +292,29 @@ class LatencyTable:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: latency table file not found.")
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{path}: cannot read latency table ({e.__class__.__name__}).") from None
+        data = read_bounded(path, "latency table", MAX_JSON_BYTES)
         if path.suffix.lower() == ".csv":
+            try:
+                text = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not a column name
+            except UnicodeDecodeError:
+                raise InputError(
+                    f"{path}: expected a UTF-8 CSV latency table, got undecodable bytes."
+                ) from None
             return cls._from_csv(text, str(path))
-        return cls._from_json(text, str(path))
+        return cls._from_json(data, str(path))
 
     @classmethod
-    def _from_json(cls, text: str, where: str) -> LatencyTable:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON (line {e.lineno}: {e.msg}).") from None
+    def _from_json(cls, text: str | bytes, where: str) -> LatencyTable:
+        return cls._from_doc(loads_json(text, where, "a latency table"), where)
+
+    @classmethod
+    def _from_doc(cls, doc: Any, where: str) -> LatencyTable:
+        """A table from its parsed JSON document (also embedded in predictor files)."""
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise InputError(f'{where}: expected a JSON object with "format": "{FORMAT}".')
         if doc.get("version") != VERSION:
             raise InputError(
-                f"{where}: table format version {doc.get('version')!r} is not supported (expected {VERSION})."
+                f"{where}: table format version {brief(doc.get('version'))} is not supported (expected {VERSION})."
             )
         meta = _meta(doc, where)
         rows = doc.get("entries")
@@ -270,16 +325,28 @@ class LatencyTable:
     @classmethod
     def _from_csv(cls, text: str, where: str) -> LatencyTable:
         meta_doc: dict[str, Any] = {}
-        lines = text.splitlines()
+        extra: dict[str, Any] = {}
+        text = text.removeprefix("\ufeff")
         body_start = 0
-        for i, line in enumerate(lines):
-            if line.startswith("#"):
-                key, sep, value = line[1:].partition(":")
-                if sep:
-                    meta_doc[key.strip()] = value.strip()
-                body_start = i + 1
+        offset = 0
+        while offset < len(text) and text.startswith("#", offset):
+            end = text.find("\n", offset)
+            end = len(text) if end < 0 else end
+            line = text[offset:end].rstrip("\r")
+            offset = end + 1
+            body_start += 1
+            key, sep, value = line[1:].partition(":")
+            key, value = key.strip(), value.strip()
+            if not sep:
+                continue
+            if len(value) > MAX_JSON_BYTES // 4:
+                raise InputError(f"{where}: line {body_start}: metadata '# {key}:' is too long.")
+            if key.startswith("extra."):
+                extra[key[len("extra.") :]] = loads_json(value, f"{where}: line {body_start}: '# {key}:'")
             else:
-                break
+                meta_doc[key] = _meta_value(value, f"{where}: line {body_start}")
+        if extra:
+            meta_doc["extra"] = extra
         if meta_doc.get("format", FORMAT) != FORMAT:
             raise InputError(f"{where}: '# format:' must be {FORMAT}, got {meta_doc['format']!r}.")
         if "version" in meta_doc and meta_doc["version"] != str(VERSION):
@@ -294,14 +361,27 @@ class LatencyTable:
                     f"{where}: '# threads:' must be an integer, got {meta_doc['threads']!r}."
                 ) from None
         meta = _meta(meta_doc, where)
-        reader = csv.DictReader(lines[body_start:])
-        header = reader.fieldnames or []
-        missing = [c for c in CSV_REQUIRED if c not in header]
-        if missing:
+        body = io.StringIO(text[offset:] if body_start else text, newline="")
+        reader = csv.DictReader(body)
+        try:
+            header = reader.fieldnames or []
+            missing = [c for c in CSV_REQUIRED if c not in header]
+            if missing:
+                raise InputError(
+                    f"{where}: missing column(s) {brief(missing)}; the header must have {list(CSV_REQUIRED)}."
+                )
+            rows = []
+            for r in reader:
+                if None in r or any(len(v) > _MAX_CELL for v in r.values() if isinstance(v, str)):
+                    raise InputError(
+                        f"{where}: line {body_start + reader.line_num}: expected {len(header)} cells of at most "
+                        f"{_MAX_CELL} characters, got more."
+                    )
+                rows.append(dict(r))
+        except csv.Error as e:
             raise InputError(
-                f"{where}: missing column(s) {missing}; the header must have {list(CSV_REQUIRED)}."
-            )
-        rows = [dict(r) for r in reader]
+                f"{where}: line {body_start + reader.line_num}: not valid CSV ({str(e)[:80]})."
+            ) from None
         if not rows:
             raise InputError(f"{where}: the table has no rows.")
         return cls(meta, _entries(rows, where, "line", first_line=body_start + 2))
@@ -310,6 +390,11 @@ class LatencyTable:
 def _meta(doc: Mapping[str, Any], where: str) -> TableMeta:
     if "device" not in doc:
         raise InputError(f"{where}: missing metadata 'device'.")
+    extra = doc.get("extra", {})
+    if extra is None:
+        extra = {}
+    if not isinstance(extra, Mapping):
+        raise InputError(f"{where}: extra: expected a mapping of metadata, got {brief(extra)}.")
     try:
         return TableMeta(
             device=doc["device"],
@@ -318,7 +403,7 @@ def _meta(doc: Mapping[str, Any], where: str) -> TableMeta:
             dtype=doc.get("dtype", "int8"),
             threads=doc.get("threads", 1),
             source=str(doc.get("source", "")),
-            extra=dict(doc.get("extra", {}) or {}),
+            extra=dict(extra),
         )
     except InputError as e:
         raise InputError(f"{where}: {e}") from None
@@ -330,15 +415,17 @@ def _number(row: Mapping[str, Any], key: str, kind: type, default: Any = None) -
         if default is None and key in CSV_REQUIRED:
             raise InputError(f"column {key!r} is empty.")
         return default
-    if isinstance(value, bool):
-        raise InputError(f"{key}: expected a number, got {value!r}.")
+    if isinstance(value, bool) or (isinstance(value, str) and len(value) > 64):
+        raise InputError(f"{key}: expected a number, got {brief(value)}.")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{key}: expected a number, got {value!r}.") from None
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{key}: expected a finite number, got {brief(value)}.") from None
+    if not math.isfinite(number):
+        raise InputError(f"{key}: expected a finite number, got {brief(value)}.")
     if kind is int:
-        if not number.is_integer():
-            raise InputError(f"{key}: expected an integer, got {value!r}.")
+        if not number.is_integer() or abs(number) >= _MAX_INT:
+            raise InputError(f"{key}: expected an integer below 2**53, got {brief(value)}.")
         return int(number)
     return number
 
@@ -350,7 +437,7 @@ def _bool(value: Any, key: str) -> bool:
         return True
     if str(value).strip().lower() in ("0", "false", "no", ""):
         return False
-    raise InputError(f"{key}: expected 0/1 or true/false, got {value!r}.")
+    raise InputError(f"{key}: expected 0/1 or true/false, got {brief(value)}.")
 
 
 def _entries(rows: list[Any], where: str, unit: str, first_line: int = 0) -> dict[Block, Entry]:
@@ -359,6 +446,9 @@ def _entries(rows: list[Any], where: str, unit: str, first_line: int = 0) -> dic
         at = f"{where}: {unit} {first_line + i if first_line else i}"
         if not isinstance(row, dict):
             raise InputError(f"{at}: expected an object, got {type(row).__name__}.")
+        for c in ("kind", "act", "extra"):
+            if c in row and not isinstance(row[c], (str, type(None))):
+                raise InputError(f"{at}: {c}: expected a string, got {brief(row[c])}.")
         try:
             missing = [c for c in CSV_REQUIRED if c not in row]
             if missing:
@@ -390,3 +480,20 @@ def _entries(rows: list[Any], where: str, unit: str, first_line: int = 0) -> dic
             )
         entries[block] = entry
     return entries
+
+
+def _meta_text(value: Any) -> str:
+    """A metadata value for a ``# key: value`` line; one that would not read back as itself
+    (a newline, surrounding spaces, a leading quote) is written as a JSON string."""
+    text = str(value)
+    if text != text.strip() or "\n" in text or "\r" in text or text.startswith('"'):
+        return json.dumps(text)
+    return text
+
+
+def _meta_value(text: str, where: str) -> Any:
+    if len(text) >= 2 and text.startswith('"') and text.endswith('"'):
+        value = loads_json(text, where)
+        if isinstance(value, str):
+            return value
+    return text

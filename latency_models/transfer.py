@@ -437,6 +437,8 @@ class LinearArchModel:
             raise InputError("coef: expected finite numbers, got NaN or infinity.")
         if not (math.isfinite(self.floor_ms) and self.floor_ms > 0):
             raise InputError(f"floor_ms: expected a number > 0, got {self.floor_ms!r}.")
+        if not all(isinstance(v, float) and math.isfinite(v) for v in self.known.values()):
+            raise InputError("known_archs.offsets: expected finite numbers, got NaN or infinity.")
 
     def predict_codes(self, codes: np.ndarray) -> np.ndarray:
         raw = self.intercept + self.encoder.dot(codes, self.coef)
@@ -539,9 +541,9 @@ class _ArchModelPredictor(LatencyPredictor):
             )
         except InputError as e:
             raise InputError(f"{where}: {e}") from None
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
             raise InputError(
-                f"{where}: malformed {cls.kind} predictor ({e.__class__.__name__}: {e})."
+                f"{where}: malformed {cls.kind} predictor ({e.__class__.__name__}: {str(e)[:100]})."
             ) from None
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import InputError
+from search_spaces.safeio import brief
 
 from .data import TaskSpec
 
@@ -35,6 +36,12 @@ __all__ = [
 ]
 
 
+def _seed(value: Any, where: str) -> None:
+    # numpy's and Optuna's generators take seeds in [0, 2**32).
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise InputError(f"{where}: expected an int in [0, 2**32), got {brief(value)}.")
+
+
 def _positive(value: Any, where: str, allow_none: bool = True, integer: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -45,7 +52,7 @@ def _positive(value: Any, where: str, allow_none: bool = True, integer: bool = F
         ok = ok and isinstance(value, int)
     if not ok:
         kind = "an int" if integer else "a number"
-        raise InputError(f"{where}: expected {kind} > 0, got {value!r}.")
+        raise InputError(f"{where}: expected {kind} > 0, got {brief(value)}.")
 
 
 # The budgets a run can have, and the unit of each absolute value.
@@ -246,10 +253,13 @@ class SearchConfig:
             or self.gpus_per_trial < 0
         ):
             raise InputError(f"search.gpus_per_trial: expected a number >= 0, got {self.gpus_per_trial!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise InputError(f"search.seed: expected an int, got {self.seed!r}.")
-        if not isinstance(self.strategy, str):
-            raise InputError(f"search.strategy: expected a strategy name, got {self.strategy!r}.")
+        _seed(self.seed, "search.seed")
+        from .strategies import STRATEGIES
+
+        if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
+            raise InputError(
+                f"search.strategy: expected one of {sorted(STRATEGIES)}, got {brief(self.strategy)}."
+            )
         if self.fidelity is not None and not isinstance(self.fidelity, FidelityConfig):
             raise InputError(f"search.fidelity: expected a mapping of settings, got {self.fidelity!r}.")
 
@@ -273,7 +283,30 @@ class ExportConfig:
         for name in ("pipeline", "formats"):
             value = getattr(self, name)
             if not value or not all(isinstance(v, str) and v for v in value):
-                raise InputError(f"export.{name}: expected a non-empty list of names, got {list(value)!r}.")
+                raise InputError(
+                    f"export.{name}: expected a non-empty list of names, got {brief(list(value))}."
+                )
+        # The stages and formats are checked now, not after the search trained every candidate.
+        from compress import Trainer, build_pipeline
+        from compress.exporters import get_exporter
+        from compress.registry import stage_class
+
+        for i, spec in enumerate(self.pipeline):
+            try:
+                if stage_class(spec.split(":")[0].strip()).name == "distill":
+                    raise InputError("stage distill needs a teacher model, which nas run does not have.")
+                build_pipeline([spec], Trainer())
+            except InputError as e:
+                raise InputError(f"export.pipeline[{i}]: {e}") from None
+        for i, name in enumerate(self.formats):
+            try:
+                get_exporter(name)
+            except InputError as e:
+                raise InputError(f"export.formats[{i}]: {e}") from None
+        if "tflite" not in self.formats:
+            raise InputError(
+                f"export.formats: expected a list including 'tflite' (for model.tflite), got {list(self.formats)!r}."
+            )
 
     def stages(self) -> list[str]:
         return [f"int8:{self.calibration_samples}" if s == "int8" else s for s in self.pipeline]
@@ -317,37 +350,51 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _check_type(value, inner[0], where)
     if annotation is float:
+        if isinstance(value, str) and _is_number(value):
+            # YAML 1.1 reads 1e-2 (no dot) as a string; say so rather than just "not a number".
+            raise InputError(
+                f"{where}: expected a number, got the string {brief(value)} (YAML reads exponents "
+                "without a dot as text: write 1.0e-2 or 0.01)."
+            )
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"{where}: expected a number, got {value!r}.")
+            raise InputError(f"{where}: expected a number, got {brief(value)}.")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{where}: expected an integer, got {value!r}.")
+            raise InputError(f"{where}: expected an integer, got {brief(value)}.")
         return value
     if annotation is str:
         if not isinstance(value, str):
-            raise InputError(f"{where}: expected a string, got {value!r}.")
+            raise InputError(f"{where}: expected a string, got {brief(value)}.")
         return value
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise InputError(f"{where}: expected a list, got {value!r}.")
+            raise InputError(f"{where}: expected a list, got {brief(value)}.")
         return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(annotation):
         return _section(annotation, value, where)
     if origin in (Mapping, dict) or annotation is Mapping:
         if not isinstance(value, Mapping):
-            raise InputError(f"{where}: expected a mapping, got {value!r}.")
+            raise InputError(f"{where}: expected a mapping, got {brief(value)}.")
         return dict(value)
     return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _section(cls: type, raw: Any, where: str) -> Any:
     if raw is None:
         return cls()
     if not isinstance(raw, Mapping):
-        raise InputError(f"{where}: expected a mapping of settings, got {raw!r}.")
+        raise InputError(f"{where}: expected a mapping of settings, got {brief(raw)}.")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -402,6 +449,16 @@ def parse_config(doc: Any, where: str = "config", base_dir: Path | None = None) 
         value = getattr(sections["latency"], key)
         if value and not Path(value).is_file():
             raise InputError(f"latency.{key}: file {value!r} not found.")
+    # The device's latency model is read now too (numbers finite, a positive correction scale),
+    # not after the task is loaded; the run reads it again, which costs milliseconds.
+    if sections["latency"].predictor:
+        from latency_models.predictor import load_predictor
+
+        load_predictor(sections["latency"].predictor)
+    elif sections["latency"].table:
+        from latency_models.table import LatencyTable
+
+        LatencyTable.load(sections["latency"].table)
     # Validate the space options now, not forty minutes into the search.
     from search_spaces import get_space
 
@@ -410,22 +467,23 @@ def parse_config(doc: Any, where: str = "config", base_dir: Path | None = None) 
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
-    import yaml
+    from search_spaces.safeio import load_yaml
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found.")
+    doc = load_yaml(path, "config", max_bytes=1024 * 1024)
     try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise InputError(
-            f"{path}:{line} not valid YAML ({getattr(e, 'problem', None) or e.__class__.__name__})."
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read config ({e.__class__.__name__}).") from None
-    try:
-        return parse_config(doc, str(path), base_dir=path.parent)
+        config = parse_config(doc, str(path), base_dir=path.parent)
     except InputError as e:
-        raise InputError(f"{path}: {e}") from None
+        message = str(e)
+        raise InputError(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
+    if doc is None or (isinstance(doc, Mapping) and not (set(doc) - {"task"})):
+        # An empty file, or one naming only the data, says nothing of the space, device or budget;
+        # running every default would profile and search the 900-block mbconv space unbounded.
+        raise InputError(
+            f"{path}: expected at least one section besides 'task' (space, latency, constraints, search, "
+            f"training or export; defaults: space {SpaceConfig().name!r}, device 'host', no budget), "
+            f"got {brief(sorted(doc or {}))}."
+        )
+    return config

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces import InputError, TaskShape
+from search_spaces.safeio import brief
 
 __all__ = ["BUNDLED", "TaskData", "TaskSpec", "load_task", "export_split"]
 
@@ -38,8 +39,8 @@ class TaskSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 0.5:
                 raise InputError(f"task.{name}: expected a number in (0, 0.5), got {value!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise InputError(f"task.seed: expected an int, got {self.seed!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise InputError(f"task.seed: expected an int in [0, 2**32), got {self.seed!r}.")
 
     @property
     def name(self) -> str:
@@ -110,23 +111,90 @@ BUNDLED: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
 }
 
 
+def _npz_members(path: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Each ``.npy`` member's shape and dtype from its header, checked against the bytes the
+    archive says it holds, before any array is allocated (a header can claim terabytes)."""
+    import zipfile
+
+    with path.open("rb") as f:
+        head = f.read(6)
+    if head == b"\x93NUMPY":
+        raise InputError(f"{path}: expected an .npz archive of arrays 'x' and 'y', got a single .npy array.")
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: expected an .npz (zip) archive, got a truncated or damaged zip file.")
+    if not zipfile.is_zipfile(path):
+        raise InputError(
+            f"{path}: expected an .npz (zip) archive of arrays 'x' and 'y', got another kind of file."
+        )
+    out: dict[str, tuple[tuple[int, ...], Any]] = {}
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            name = info.filename[: -len(".npy")]
+            with z.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                header = member.tell() if member.seekable() else 0
+            if dtype.hasobject:
+                raise InputError(
+                    f"{path}: array {name!r}: expected numbers, got Python objects (dtype {dtype})."
+                )
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if need > info.file_size - header + 0:
+                raise InputError(
+                    f"{path}: array {name!r}: its header claims shape {brief(shape)} ({need:,} bytes) but the "
+                    f"archive holds {max(info.file_size - header, 0):,}; the file is truncated or forged."
+                )
+            out[name] = (tuple(shape), dtype)
+    return out
+
+
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import zipfile
+    import zlib
+
     if not path.is_file():
         raise InputError(
             f"task.data: file {str(path)!r} not found (expected a bundled task {sorted(BUNDLED)} or an .npz path)."
         )
     try:
+        members = _npz_members(path)
+        missing = [k for k in ("x", "y") if k not in members]
+        if missing:
+            raise InputError(
+                f"{path}: missing array(s) {missing}; expected arrays 'x' and 'y', got {brief(sorted(members))}."
+            )
+        for name in ("x", "y"):
+            shape, dtype = members[name]
+            if len(shape) == 0:
+                raise InputError(f"{path}: {name!r} must be an array of samples, got a single number (0-d).")
+        total = sum(int(np.prod(s, dtype=object)) * d.itemsize for s, d in members.values())
+        if total > _memory_bound():
+            raise InputError(
+                f"{path}: expected arrays that fit in memory (at most {_memory_bound() / 2**30:.1f} GB), "
+                f"got {total / 2**30:.1f} GB."
+            )
         with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("x", "y") if k not in f.files]
-            if missing:
-                raise InputError(
-                    f"{path}: missing array(s) {missing}; expected arrays 'x' and 'y', got {sorted(f.files)}."
-                )
             x, y = f["x"], f["y"]
     except InputError:
         raise
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable .npz file ({e.__class__.__name__}: {e}).") from None
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        KeyError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+    ) as e:
+        detail = str(e).splitlines()[0][:100] if str(e) else ""
+        raise InputError(f"{path}: not a readable .npz file ({e.__class__.__name__}: {detail}).") from None
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise InputError(f"{path}: 'x' must be real numbers, got complex dtype {x.dtype}.")
     if len(x) != len(y):
         raise InputError(f"{path}: 'x' and 'y' must have the same length, got {len(x)} and {len(y)}.")
     if x.ndim < 2 or not np.issubdtype(x.dtype, np.number):
@@ -139,14 +207,29 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(
             f"{path}: 'y' must be 1-D non-negative integer labels, got dtype {y.dtype} shape {y.shape}."
         )
-    if len(np.unique(y)) < 2:
-        raise InputError(f"{path}: 'y' must have at least 2 classes, got {len(np.unique(y))}.")
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise InputError(f"{path}: 'y' must have at least 2 classes, got {len(classes)}.")
+    if int(classes[-1]) + 1 > 2 * len(classes):
+        # Every label up to the largest becomes an output unit: {0, 1, 2, 1000000} is 1,000,001.
+        raise InputError(
+            f"{path}: 'y' must be labels 0..K-1, got {len(classes)} distinct labels up to {int(classes[-1])} "
+            f"({int(classes[-1]) + 1:,} classes); renumber them, e.g. np.unique(y, return_inverse=True)[1]."
+        )
     if len(x) < 30:
         raise InputError(f"{path}: expected at least 30 samples, got {len(x)}.")
     x = x.astype(np.float32)
     if x.ndim == 2:  # (N, features) -> sequence of one channel, so conv spaces apply
         x = x[..., None]
     return x, y.astype(np.int64)
+
+
+def _memory_bound() -> int:
+    """Half the machine's memory: a task larger than that cannot be split and trained on here."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
 
 
 _CACHE: dict[tuple[Any, ...], TaskData] = {}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import FatalError, InputError
+from search_spaces.safeio import load_json
 
 __all__ = [
     "Answer",
@@ -126,8 +127,11 @@ def _connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=5.0)
 
 
-def find_studies(runs: str | os.PathLike[str]) -> list[Study]:
-    """Every edge-nas study in every ``study.db`` under ``runs`` (the folder itself included)."""
+def find_studies(runs: str | os.PathLike[str], skipped: list[str] | None = None) -> list[Study]:
+    """Every edge-nas study in every ``study.db`` under ``runs`` (the folder itself included).
+
+    With ``skipped``, an unreadable ``study.db`` is noted there and passed over (one corrupt run
+    among many should not hide the others), unless no study at all can be read."""
     root = Path(runs)
     if not root.is_dir():
         raise InputError(f"--runs: expected a folder of run folders, got {str(root)!r} (not a folder).")
@@ -137,7 +141,10 @@ def find_studies(runs: str | os.PathLike[str]) -> list[Study]:
             f"--runs: no study found under {root} (looked for */study.db, as written by nas run)."
         )
     studies: list[Study] = []
+    errors: list[InputError] = []
     for path in paths:
+        sidecars = [path.with_name(path.name + s) for s in ("-wal", "-shm")]
+        existed = [p.exists() for p in sidecars]
         try:
             with closing(_connect(path)) as con:
                 rows = con.execute(
@@ -145,15 +152,23 @@ def find_studies(runs: str | os.PathLike[str]) -> list[Study]:
                     "LEFT JOIN study_user_attributes a ON a.study_id = s.study_id "
                     "AND a.key IN ('config', 'format_version', 'budgets', 'verified')"
                 ).fetchall()
-        except sqlite3.Error as e:
-            raise InputError(f"{path}: not an Optuna SQLite study ({e}).") from None
-        by_study: dict[int, dict[str, Any]] = {}
-        names: dict[int, str] = {}
-        for study_id, name, key, value in rows:
-            names[study_id] = name
-            attrs = by_study.setdefault(study_id, {})
-            if key is not None:
-                attrs[key] = json.loads(value)
+            by_study: dict[int, dict[str, Any]] = {}
+            names: dict[int, str] = {}
+            for study_id, name, key, value in rows:
+                names[study_id] = name
+                attrs = by_study.setdefault(study_id, {})
+                if key is not None:
+                    attrs[key] = json.loads(value)
+        except (sqlite3.Error, ValueError, TypeError) as e:
+            for sidecar, was in zip(sidecars, existed, strict=True):
+                if not was:  # SQLite made them for a file that is no study: leave no trace
+                    sidecar.unlink(missing_ok=True)
+            error = InputError(f"{path}: not an Optuna SQLite study ({str(e)[:100]}).")
+            if skipped is None:
+                raise error from None
+            errors.append(error)
+            skipped.append(str(error))
+            continue
         for study_id, attrs in by_study.items():
             version = attrs.get("format_version")
             if version != FORMAT_VERSION or not isinstance(attrs.get("config"), Mapping):
@@ -171,6 +186,8 @@ def find_studies(runs: str | os.PathLike[str]) -> list[Study]:
                     _measured_latencies(attrs.get("verified")),
                 )
             )
+    if not studies and errors:
+        raise errors[0]
     return studies
 
 
@@ -286,10 +303,10 @@ def resolve_device(device: str, studies: Sequence[Study]) -> Device:
 def _device_from_file(path: Path) -> Device:
     if path.suffix == ".json":
         try:
-            doc = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            doc = load_json(path, "latency table or predictor")
+        except InputError as e:
             raise InputError(
-                f"--device {path}: not a JSON latency table or predictor ({e.__class__.__name__})."
+                f"--device {path}: not a JSON latency table or predictor ({str(e)[-80:]})."
             ) from None
         if isinstance(doc, dict) and doc.get("format") == "edge-nas-latency-predictor":
             return Device(str(doc.get("device", path.stem)), "predictor", path)
@@ -439,10 +456,7 @@ def _read_report(study: Study) -> dict[str, Any] | None:
 def _load_report(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not a JSON run report ({e.__class__.__name__}).") from None
+    doc = load_json(path, "run report")
     if (
         not isinstance(doc, dict)
         or doc.get("format") != REPORT_FORMAT
@@ -590,7 +604,8 @@ def best(
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InputError(f"--top: expected an int >= 1, got {top!r}.")
     budgets = Budgets(max_latency_ms, max_size_kb, max_memory_kb)
-    studies = find_studies(runs)
+    unreadable: list[str] = []
+    studies = find_studies(runs, unreadable)
     if task is not None:
         matching = [s for s in studies if s.task == task]
         if not matching:
@@ -600,7 +615,7 @@ def best(
         studies = matching
     dev = resolve_device(device, studies)
     pricers = _Pricers(dev, studies)
-    notes: list[str] = []
+    notes: list[str] = [f"ignored {e}" for e in unreadable]
     pool: list[Candidate] = []
     priced_studies = 0
     for study in studies:
@@ -619,8 +634,9 @@ def best(
                 f"with {pricers.get(study).description}"
             )
         pool.extend(found)
-    if not pool and any(n.startswith("skipped") for n in notes):
-        raise InputError(f"--device {device}: no latency model to price the studies with: {notes[0][8:]}.")
+    skips = [n for n in notes if n.startswith("skipped")]
+    if not pool and skips:
+        raise InputError(f"--device {device}: no latency model to price the studies with: {skips[0][8:]}.")
     feasible = [c for c in pool if all(r <= 1.0 for r in c.ratios(budgets).values())]
     feasible.sort(key=lambda c: (-c.accuracy, c.latency_ms, c.size_bytes))
     answer = Answer(

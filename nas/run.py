@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from search_spaces import FatalError, InputError, SearchSpace, get_space
 
 from .config import Constraints, RunConfig
 from .data import TaskData, load_task
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .guard import RunGuard
 
 __all__ = [
     "LatencyModel",
@@ -479,6 +482,10 @@ def _open_study(config: RunConfig, out_dir: Path, storage: str | None, resume: b
     try:
         existing = optuna.study.get_all_study_names(url)
     except Exception as e:  # noqa: BLE001 - any storage failure is the user's URL
+        from .guard import write_failure
+
+        if storage is None and write_failure(e):
+            raise  # our own study.db on a full or read-only disk: not a bad URL
         raise InputError(
             f"--storage: cannot open {url!r} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})."
         ) from None
@@ -613,17 +620,34 @@ def run(
     Latency model, budgets (relative ones resolved on this device), search, verification of
     the best few candidates' exported files, then the shipped model: retrained, exported and
     measured, shipped only when that file meets the budgets. When no candidate's file fits,
-    the report is still written and ``NothingFitsError`` names the closest one."""
+    the report is still written and ``NothingFitsError`` names the closest one.
+
+    ``out_dir`` is held by one driver at a time (see ``nas.guard.RunGuard``); ``--resume`` on a
+    finished run raises ``RunFinished`` and changes nothing."""
+    from .guard import RunGuard
+
+    with RunGuard(out_dir, resume) as guard:
+        return _run_in_folder(config, guard, resume, storage, executor_factory, status, on_event)
+
+
+def _run_in_folder(
+    config: RunConfig,
+    guard: RunGuard,
+    resume: bool,
+    storage: str | None,
+    executor_factory: Callable[..., Any] | None,
+    status: Callable[[str], None] | None,
+    on_event: Callable[[str, dict[str, Any]], None] | None,
+) -> dict[str, Any]:
     from .executors import WorkerSetup
+    from .guard import close_running_trials
     from .report import write_report
     from .search import SearchLoop, budget_share
     from .strategies import make_strategy
     from .verify import measurements_for_correction
 
     say = status or (lambda s: log.info(s))
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out: {out} exists and is not a folder.")
+    out = guard.out
     if not resume and out.is_dir() and (out / "study.db").exists() and storage is None:
         raise InputError(
             f"--out: {out} already holds a study; rerun with --resume to continue it, or choose a new folder."
@@ -635,25 +659,27 @@ def run(
     verified_before = measurements_for_correction(stored.get("verified") or [])
 
     model = build_latency_model(config, space, data, say, measured=verified_before)
-    model, screen, budgets, guard = prepare_budgets(config, space, data, model, stored.get("budgets"), say)
+    model, screen, budgets, latency_guard = prepare_budgets(
+        config, space, data, model, stored.get("budgets"), say
+    )
     screening = budget_share(space, screen, seed=config.search.seed)
 
     from .strategies import SearchContext
 
-    out.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no folder behind
+    guard.make_folder()  # only now: bad input above leaves no folder behind
     context = SearchContext(
         space=space,
         seed=config.search.seed,
         predict=screen,
         max_latency_ms=None
         if budgets.constraints.max_latency_ms is None
-        else budgets.constraints.max_latency_ms * (1 - guard),
+        else budgets.constraints.max_latency_ms * (1 - latency_guard),
         n_trials=config.search.trainings,
     )
     sampler = make_strategy(config.search.strategy, context)
     study = _open_study(config, out, storage, resume, sampler)
     if not study.user_attrs.get("budgets"):
-        study.set_user_attr("budgets", {**budgets.as_dict(), "latency_guard": guard})
+        study.set_user_attr("budgets", {**budgets.as_dict(), "latency_guard": latency_guard})
     if study.trials:
         # A seeded sampler would replay the proposals it made before the interruption.
         study.sampler = make_strategy(
@@ -685,7 +711,11 @@ def run(
         on_event=on_event,
     )
     say(f"searching: {config.search.trainings} trainings, strategy {config.search.strategy}")
-    loop.run()
+    try:
+        loop.run()
+    except BaseException:  # Ctrl-C, SIGTERM, a full disk: no trial stays RUNNING in the study
+        close_running_trials(study)
+        raise
     search_s = time.time() - started
 
     if select_best(study) is None:
@@ -709,7 +739,7 @@ def run(
         exported=shipped[1] if shipped else None,
         timings={"search_s": search_s, "total_s": time.time() - started},
         screening=screening,
-        budgets={**budgets.as_dict(), "latency_guard": guard},
+        budgets={**budgets.as_dict(), "latency_guard": latency_guard},
         verification=[v.as_dict() for v in verified],
     )
     if not shipped:

@@ -41,8 +41,19 @@ def get_space(name: str, options: Mapping[str, Any] | None = None) -> SearchSpac
     module_name, cls_name = SPACES[name].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     options = dict(options or {})
-    if hasattr(cls, "from_options"):
+    if not hasattr(cls, "from_options"):
+        if options:
+            raise InputError(f"space {name}: takes no options, got {sorted(options)}.")
+        return cls()
+    try:
         return cls.from_options(options)
-    if options:
-        raise InputError(f"space {name}: takes no options, got {sorted(options)}.")
-    return cls()
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as e:
+        if isinstance(e, InputError):
+            raise
+        # A value of the wrong type deep in the options (null, a string for a list, ...).
+        from .safeio import brief
+
+        raise InputError(
+            f"space {name}: expected options of the documented types, got {brief(options)} "
+            f"({e.__class__.__name__}: {str(e)[:80]})."
+        ) from None

@@ -193,8 +193,10 @@ class OfaMbv3Space(SearchSpace):
                 )
         except InputError:
             raise
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{where}: malformed OFA net.config ({e.__class__.__name__}: {e}).") from None
+        except (KeyError, TypeError, ValueError, OverflowError, IndexError, AttributeError) as e:
+            raise InputError(
+                f"{where}: malformed OFA net.config ({e.__class__.__name__}: {str(e)[:80]})."
+            ) from None
         arch = OfaMbv3Arch(tuple(tuple(s) for s in stages))
         self.validate(arch)
         return arch

@@ -52,7 +52,7 @@ def test_bad_configs_exit_2_with_one_line(run_nas, tmp_path: Path, text: str, ne
 
 def test_npz_with_mismatched_lengths(run_nas, tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", x=np.zeros((40, 8, 8, 1), np.float32), y=np.zeros(39, np.int64))
-    cfg = write(tmp_path, "task:\n  data: bad.npz\n")
+    cfg = write(tmp_path, "task:\n  data: bad.npz\nsearch:\n  trainings: 1\n")
     proc = run_nas("run", str(cfg), "--out", str(tmp_path / "out"), timeout=120)
     assert_one_line_error(proc, "bad.npz", "same length", "40", "39")
     assert not (tmp_path / "out" / "report.json").exists()
@@ -61,7 +61,11 @@ def test_npz_with_mismatched_lengths(run_nas, tmp_path: Path) -> None:
 def test_npz_missing_array(run_nas, tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", x=np.zeros((40, 8, 8, 1), np.float32))
     proc = run_nas(
-        "run", str(write(tmp_path, "task:\n  data: bad.npz\n")), "--out", str(tmp_path / "o"), timeout=120
+        "run",
+        str(write(tmp_path, "task:\n  data: bad.npz\nsearch:\n  trainings: 1\n")),
+        "--out",
+        str(tmp_path / "o"),
+        timeout=120,
     )
     assert_one_line_error(proc, "bad.npz", "missing array(s) ['y']")
 

@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_common(args)
         return int(args.func(args) or 0)
     except InputError as e:
         if getattr(args, "verbose", False):
@@ -73,9 +74,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"nas: stopped: {e}\n")
         return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("nas: interrupted; completed trials are saved (rerun with --resume to continue).\n")
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or nas.guard.Stopped for SIGINT/SIGTERM
+        why = f"stopped by {e.args[0]}" if getattr(e, "exit_code", None) else "interrupted"
+        sys.stderr.write(f"nas: {why}; completed trials are saved (rerun with --resume to continue).\n")
+        return int(getattr(e, "exit_code", 130))
+    except Exception as e:
+        from nas.guard import write_failure
+
+        message = write_failure(e, str(getattr(args, "phase", "") or ""), str(getattr(args, "out", "") or ""))
+        if message is None or getattr(args, "verbose", False):
+            raise
+        sys.stderr.write(f"nas: stopped: {message}\n")
+        return 1
+
+
+# Commands whose --out is a folder; every other --out (and nb201's --json) is a file.
+_FOLDER_OUTPUTS = ("run", "compress")
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    """What every command shares, checked before any work: ``--seed`` (numpy's and Optuna's
+    range) and every output location (not empty, not under a system folder, writable)."""
+    from nas.guard import check_out_dir
+    from search_spaces import InputError
+
+    seed = getattr(args, "seed", None)
+    if isinstance(seed, int) and not 0 <= seed < 2**32:
+        raise InputError(f"--seed: expected an int in [0, 2**32), got {seed}.")
+    if isinstance(getattr(args, "out", None), str):
+        check_out_dir(args.out, "--out", folder=args.command in _FOLDER_OUTPUTS)
+    if isinstance(getattr(args, "export", None), str) and args.command == "best":
+        check_out_dir(args.export, "--export")
+    if isinstance(getattr(args, "json_out", None), str):
+        check_out_dir(args.json_out, "--json", folder=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

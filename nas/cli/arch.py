@@ -23,22 +23,18 @@ def register(sub: Any) -> None:
 
 
 def _from_ofa(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from latency_models.table import LatencyTable
     from search_spaces import InputError, TaskShape, get_space
+    from search_spaces.safeio import load_json
 
     path = Path(args.config)
     if not path.is_file():
         raise InputError(f"{path}: net.config file not found.")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read ({e.__class__.__name__}).") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg}).") from None
-    stem = doc.get("first_conv", {}).get("out_channels") if isinstance(doc, dict) else None
+    doc = load_json(path, "net.config", max_bytes=16 * 1024 * 1024)
+    first = doc.get("first_conv") if isinstance(doc, dict) else None
+    stem = first.get("out_channels") if isinstance(first, dict) else None
     # The config says which supernet it came from: width 1.0 nets start with 16 channels.
     options = {"width_mult": 1.0} if stem == 16 else {}
     space = get_space("ofa-mbv3", options)

@@ -4,6 +4,7 @@ compress a saved tf_keras model and export it, every file re-measured (``compres
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -28,6 +29,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--teacher", help="saved tf_keras teacher for distillation (also used by every fine-tuning)"
     )
+    p.add_argument(
+        "--trust-model-code",
+        action="store_true",
+        help="allow legacy .h5 and SavedModel files for MODEL and --teacher; loading them can run code "
+        "stored in the file (.keras files load in safe mode without it)",
+    )
     p.add_argument("--target-size-kb", type=float, help="stop at the first stage whose file is this small")
     p.add_argument("--target-latency-ms", type=float, help="stop at the first stage this fast (LiteRT here)")
     p.add_argument(
@@ -40,20 +47,47 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Cheap checks first, so a typo fails in a second, before TensorFlow loads a model.
+    from pathlib import Path
+
     from compress import StageError, Trainer, build_pipeline, compress_and_export
     from compress.exporters import get_exporter
-    from compress.modelio import load_keras_model
+    from compress.modelio import check_model_file, load_keras_model
+    from compress.pipeline import check_out_dir
     from nas.data import load_task
-    from search_spaces import FatalError
+    from search_spaces import FatalError, InputError
 
-    # Cheap checks first, so a typo fails in a second, before TensorFlow loads a model.
+    if not [s for s in args.pipeline.split(",") if s.strip()]:
+        raise InputError(f"--pipeline: expected at least one stage (e.g. int8), got {args.pipeline!r}.")
+    if args.threads < 1:
+        raise InputError(f"--threads: expected an int >= 1, got {args.threads}.")
+    for flag, value, low in (
+        ("--target-size-kb", args.target_size_kb, 0.0),
+        ("--target-latency-ms", args.target_latency_ms, 0.0),
+        ("--max-accuracy-drop", args.max_accuracy_drop, None),
+    ):
+        if value is None:
+            continue
+        ok = math.isfinite(value) and (value > 0 if low is not None else value >= 0)
+        if not ok:
+            raise InputError(
+                f"{flag}: expected a finite number {'> 0' if low is not None else '>= 0'}, got {value}."
+            )
+    check_out_dir(Path(args.out))
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     for name in formats:
         get_exporter(name)
     build_pipeline(args.pipeline, Trainer(teacher=object() if args.teacher else None))  # argument checks only
     task = load_task(args.task)
-    model = load_keras_model(args.model, "MODEL")
-    teacher = load_keras_model(args.teacher, "--teacher") if args.teacher else None
+    check_model_file(args.model, "MODEL", args.trust_model_code)  # both files, before TensorFlow loads
+    if args.teacher:
+        check_model_file(args.teacher, "--teacher", args.trust_model_code)
+    model = load_keras_model(args.model, "MODEL", trust_code=args.trust_model_code)
+    teacher = (
+        load_keras_model(args.teacher, "--teacher", trust_code=args.trust_model_code)
+        if args.teacher
+        else None
+    )
 
     def say(message: str) -> None:
         if not args.quiet:

@@ -57,10 +57,14 @@ def _table_predictor(args: argparse.Namespace, table_path: str) -> Any:
 
     from .space import space_options
 
-    if not args.space:
-        raise InputError("--space: expected the space the table prices (e.g. mbconv), got none.")
     table = LatencyTable.load(table_path)
     extra = dict(table.meta.extra)
+    if not args.space:
+        args.space = extra.get("space")  # profiled and imported tables record their space
+    if not args.space:
+        raise InputError(
+            f"--space: expected the space the table prices (e.g. mbconv); {table_path} does not record it."
+        )
     options = (
         space_options(args.space_options) if args.space_options else dict(extra.get("space_options", {}))
     )
@@ -111,6 +115,15 @@ def _fit(args: argparse.Namespace) -> int:
                 "--reference: cannot be combined with --table (fit either from a table or by transfer)."
             )
         predictor, space = _table_predictor(args, args.table)
+        # A table that misses blocks of the space would fail at the first network that needs one.
+        blocks = space.all_blocks(predictor.task)
+        missing = predictor.table.missing(blocks) if blocks is not None else []
+        if missing:
+            raise InputError(
+                f"{args.table}: expected a row for every block of space {space.name} at input "
+                f"{'x'.join(map(str, predictor.task.input_shape))}, got {len(missing)} of {len(set(blocks))} "
+                f"missing (e.g. {missing[0].key}); narrow the space with --space-options."
+            )
         if args.measurements is not None:
             m = read_measurements(args.measurements, space)
             predictor = predictor.with_correction(list(m.archs), m.latency_ms)
@@ -186,6 +199,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     predictor = load_predictor(args.predictor)
     m = read_measurements(args.measurements, _space_of(predictor))
+    if len(m) < 2:  # a rank correlation of one point is no measure at all (it printed 0)
+        from search_spaces import InputError
+
+        raise InputError(
+            f"{args.measurements}: expected at least 2 measured archs to evaluate, got {len(m)}."
+        )
     metrics = latency_metrics(predictor.predict(list(m.archs)), m.latency_ms)
     if args.json:
         print(json.dumps(metrics.to_dict()))

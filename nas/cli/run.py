@@ -82,13 +82,26 @@ def _check_storage(url: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from nas.guard import RunFinished, stop_on_signals
+
+    with stop_on_signals():
+        try:
+            return _run_job(args)
+        except RunFinished as e:
+            print(f"nas: {e}", file=sys.stderr)
+            return 0
+
+
+def _run_job(args: argparse.Namespace) -> int:
     import dataclasses
 
     from nas.config import load_config
+    from nas.guard import check_out_dir, raise_if_stopped
     from nas.run import run
     from search_spaces import InputError
 
     config = load_config(args.config)
+    check_out_dir(args.out)  # before the storage or a cluster is touched
     search = config.search
     if args.strategy:
         search = dataclasses.replace(search, strategy=args.strategy)
@@ -106,7 +119,13 @@ def _run(args: argparse.Namespace) -> int:
         _check_storage(args.storage)
     choice.connect()
     progress = _status_printer(args.quiet, config.search.trainings, config.export.pipeline)
-    say, on_event = progress.status, progress.on_event
+    on_event = progress.on_event
+
+    def say(message: str) -> None:
+        raise_if_stopped()
+        args.phase = message  # names what was going on if a write fails
+        progress.status(message)
+
     run = progress.closing_after(run)  # the bar is put away before the summary or an error line
 
     report = run(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import random
 from collections.abc import Hashable
 from pathlib import Path
@@ -71,12 +70,11 @@ def space_options(text: str | None) -> dict[str, Any]:
 
     if not text:
         return {}
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"--space-options: expected a JSON object, got {text!r} ({e.msg}).") from None
+    from search_spaces.safeio import brief, loads_json
+
+    options = loads_json(text, "--space-options", "a JSON object")
     if not isinstance(options, dict):
-        raise InputError(f"--space-options: expected a JSON object, got {text!r}.")
+        raise InputError(f"--space-options: expected a JSON object, got {brief(text)}.")
     return options
 
 

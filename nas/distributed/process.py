@@ -59,6 +59,9 @@ def _worker_main(setup: WorkerSetup, conn: Connection, threads: int, parent: int
         return
     # Ctrl-C reaches the whole process group; the driver decides what happens to workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # So is SIGTERM to the group (kill -TERM -PGID): the driver stops them (SIGKILL, or they die
+    # with it), after closing their trials; a worker killed first would fail a trial for nothing.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     set_title("nas-starting")
     limit_threads(threads)
     from search_spaces.backend import keras
