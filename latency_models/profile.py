@@ -118,11 +118,20 @@ _TFLITE_CACHE: dict[tuple[str, Block, str], Any] = {}
 _TFLITE_RUNTIMES = ("litert", "tflm")
 
 
-def _convert_chunk(args: tuple[SearchSpace, list[Block], str, str]) -> list[tuple[Block, Any]]:
-    """Worker: convert ``blocks`` of ``space`` for a runtime (in a separate process)."""
-    space, blocks, runtime, dtype = args
-    rt = get_runtime(runtime)
-    return [(b, _convert_block(space, b, rt, dtype)[0]) for b in blocks]
+def _space_options(space: SearchSpace) -> dict[str, Any] | None:
+    """Options that rebuild ``space`` by name in another process (checked), else None."""
+    import dataclasses
+
+    from search_spaces import get_space
+
+    if not dataclasses.is_dataclass(space):
+        return None
+    options = {f.name: getattr(space, f.name) for f in dataclasses.fields(space) if f.init}
+    try:
+        options = json.loads(json.dumps(options))
+        return options if get_space(space.name, options) == space else None
+    except Exception:  # noqa: BLE001 - a space that cannot travel is converted in-process
+        return None
 
 
 def convert_blocks(
@@ -133,49 +142,74 @@ def convert_blocks(
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> dict[Block, Any]:
-    """Convert every block for ``runtime`` in ``workers`` processes (default: one per core, at
-    most 4). Conversion is CPU work that does not need a quiet machine, unlike timing; doing it
-    first, in parallel, roughly halves a first profile on 2 cores. Falls back to this process
-    when the space cannot be sent to a worker or a worker fails."""
-    import pickle
+    """Convert blocks for ``runtime`` in ``workers`` processes (default: one per core, at most
+    4). Conversion is CPU work that does not need a quiet machine, unlike timing; doing it first,
+    in parallel, roughly halves a first profile on 2 cores. Returns what the workers converted
+    (possibly nothing: a space that cannot be rebuilt by name, a failed worker); the caller
+    converts the rest itself."""
+    import base64
+    import dataclasses
     import subprocess
     import sys
+    import threading
+
+    from .runtimes import Artifact
 
     blocks = list(blocks)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     if workers <= 1 or len(blocks) < 4 * workers:
         return {}
-    try:
-        jobs = [pickle.dumps((space, blocks[i::workers], runtime, dtype)) for i in range(workers)]
-    except Exception:  # noqa: BLE001 - a space holding a local function: convert in-process
+    options = _space_options(space)
+    if options is None:
         return {}
+    shares = [blocks[i::workers] for i in range(workers)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    procs = [
-        subprocess.Popen(
+    procs = []
+    for share in shares:
+        proc = subprocess.Popen(
             [sys.executable, "-m", "latency_models._convert_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env=env,
+            text=True,
         )
-        for _ in jobs
-    ]
+        job = {
+            "space": space.name,
+            "options": options,
+            "blocks": [dataclasses.asdict(b) for b in share],
+            "runtime": runtime,
+            "dtype": dtype,
+        }
+        proc.stdin.write(json.dumps(job))  # type: ignore[union-attr]
+        proc.stdin.close()  # type: ignore[union-attr]
+        procs.append(proc)
     out: dict[Block, Any] = {}
-    try:
-        # communicate() one after the other: each worker got its whole job at once and runs
-        # in parallel meanwhile; its pipe is read when its turn comes.
-        for proc, job in zip(procs, jobs, strict=True):
-            proc.stdin.write(job)  # type: ignore[union-attr]
-            proc.stdin.close()  # type: ignore[union-attr]
-        for proc in procs:
-            data = proc.stdout.read()  # type: ignore[union-attr]
-            if proc.wait() == 0 and data:
-                try:
-                    out.update(dict(pickle.loads(data)))
-                except Exception:  # noqa: BLE001 - a garbled result: those blocks convert here
-                    continue
+    lock = threading.Lock()
+
+    def collect(proc: Any, share: list[Block]) -> None:
+        # One reader per worker: a worker blocked on a full pipe would stop converting.
+        for line in proc.stdout:
+            try:
+                doc = json.loads(line)
+                artifact = Artifact(runtime, dtype, base64.b64decode(doc["data"]))
+                block = share[int(doc["i"])]
+            except (ValueError, KeyError, IndexError, TypeError):
+                break  # a garbled line: the rest of this share converts in-process
+            with lock:
+                out[block] = artifact
                 if progress is not None:
                     progress(len(out), len(blocks))
+        proc.wait()
+
+    readers = [
+        threading.Thread(target=collect, args=pair, daemon=True) for pair in zip(procs, shares, strict=True)
+    ]
+    try:
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join()
     finally:
         for proc in procs:
             if proc.poll() is None:
