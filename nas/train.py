@@ -46,11 +46,19 @@ def train_model(model: Any, data: TaskData, config: TrainConfig, epochs: int, se
         x, y = x[idx], y[idx]
     steps = max(1, math.ceil(len(x) / config.batch_size)) * epochs
     schedule = k.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.05)
-    model.compile(
-        optimizer=k.optimizers.Adam(schedule)
+    optimizer = (
+        k.optimizers.Adam(schedule)
         if config.optimizer == "adam"
-        else k.optimizers.SGD(schedule, momentum=0.9),
-        loss="sparse_categorical_crossentropy",
+        else k.optimizers.SGD(schedule, momentum=0.9)
+    )
+    from_logits = False
+    user = getattr(model, "edge_nas_compile", None)  # a keras-tuner build(hp) compiled its model
+    if user is not None:
+        optimizer = _user_optimizer(k, user) or optimizer
+        from_logits = user.from_logits
+    model.compile(
+        optimizer=optimizer,
+        loss=k.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
         metrics=["accuracy"],
     )
     start = time.perf_counter()
@@ -78,6 +86,18 @@ def train_model(model: Any, data: TaskData, config: TrainConfig, epochs: int, se
         seconds=time.perf_counter() - start,
         params=int(model.count_params()),
     )
+
+
+def _user_optimizer(k: Any, user: Any) -> Any:
+    """The optimizer a user's build(hp) compiled with, rebuilt in tf_keras (same class and
+    settings); None when tf_keras has no optimizer of that name."""
+    cls = getattr(k.optimizers, user.optimizer, None)
+    if cls is None:
+        return None
+    try:
+        return cls(**dict(user.config))
+    except (TypeError, ValueError):
+        return None
 
 
 # Training samples whose statistics replace each BatchNorm layer's moving averages after training
