@@ -497,8 +497,13 @@ def export_winner(
     data_bytes = (out / "model.tflite").read_bytes()
     rt = get_runtime("litert")
     session = rt.load(Artifact("litert", exported.dtype, data_bytes), threads=config.latency.threads)
-    accuracy = float(np.mean(np.argmax(session.run(data.x_test), axis=1) == data.y_test))
-    timing = session.time(data.x_test[0], runs=200, warmup=20, min_total_s=2.0)
+    x_test = data.inputs(data.x_test)
+    accuracy = float(np.mean(np.argmax(session.run(x_test), axis=1) == data.y_test))
+    timing = session.time(x_test[0], runs=200, warmup=20, min_total_s=2.0)
+    if data.class_names:  # labels.txt beside model.tflite: line i is class i
+        from latency_models.table import write_atomic
+
+        write_atomic(out / "labels.txt", "".join(f"{name}\n" for name in data.class_names).encode())
     return {
         "file": "model.tflite",
         "format": f"tflite-{exported.dtype}",
@@ -511,4 +516,6 @@ def export_winner(
         "runtime": f"litert {rt.version()}",
         "threads": config.latency.threads,
         "compression": report.to_dict(),
+        "class_names": list(data.class_names),
+        "skipped_images": data.skipped,
     }

@@ -62,20 +62,31 @@ def train_model(model: Any, data: TaskData, config: TrainConfig, epochs: int, se
         metrics=["accuracy"],
     )
     start = time.perf_counter()
-    history = model.fit(
-        x,
-        y,
-        batch_size=config.batch_size,
-        epochs=epochs,
-        verbose=0,
-        shuffle=True,
-        callbacks=[k.callbacks.TerminateOnNaN()],
-    )
+    if data.scale == 1.0 and not data.augment:
+        history = model.fit(
+            x,
+            y,
+            batch_size=config.batch_size,
+            epochs=epochs,
+            verbose=0,
+            shuffle=True,
+            callbacks=[k.callbacks.TerminateOnNaN()],
+        )
+    else:  # uint8 images (converted one batch at a time) or augmented batches
+        history = model.fit(
+            batches(data, x, y, config.batch_size, seed, train=True),
+            epochs=epochs,
+            verbose=0,
+            callbacks=[k.callbacks.TerminateOnNaN()],
+        )
     losses = history.history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
         raise TrialFailedError(f"training diverged (loss {losses[-1] if losses else 'missing'})")
-    recalibrate_batchnorm(model, x)
-    loss, accuracy = model.evaluate(data.x_val, data.y_val, batch_size=256, verbose=0)
+    recalibrate_batchnorm(model, data.inputs(x[:RECALIBRATION_SAMPLES]))
+    if data.scale == 1.0:
+        loss, accuracy = model.evaluate(data.x_val, data.y_val, batch_size=256, verbose=0)
+    else:
+        loss, accuracy = model.evaluate(batches(data, data.x_val, data.y_val, 256, seed), verbose=0)
     if not math.isfinite(loss):
         raise TrialFailedError("validation loss is NaN")
     return TrainResult(
@@ -86,6 +97,54 @@ def train_model(model: Any, data: TaskData, config: TrainConfig, epochs: int, se
         seconds=time.perf_counter() - start,
         params=int(model.count_params()),
     )
+
+
+def batches(
+    data: TaskData, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, train: bool = False
+) -> Any:
+    """A ``keras.utils.Sequence`` of float32 batches of ``x`` (stored uint8 pixels are scaled one
+    batch at a time, so the float copy of a whole split never exists). ``train``: reshuffled
+    every epoch, and augmented (random horizontal flip, random crop after a 1/8 zero padding) when
+    the task asks for it."""
+    from search_spaces.backend import keras
+
+    augment = train and data.augment and x.ndim == 4
+
+    class _Batches(keras().utils.Sequence):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(x)) if train else np.arange(len(x))
+
+        def __len__(self) -> int:
+            return max(1, math.ceil(len(x) / batch_size))
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+            idx = np.sort(self.order[i * batch_size : (i + 1) * batch_size])
+            xb = data.inputs(x[idx])
+            if augment:
+                xb = _augment(xb, self.rng)
+            return xb, y[idx]
+
+        def on_epoch_end(self) -> None:
+            if train:
+                self.order = self.rng.permutation(len(x))
+
+    return _Batches()
+
+
+def _augment(xb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n, h, w, _ = xb.shape
+    flip = rng.random(n) < 0.5
+    xb = xb.copy()
+    xb[flip] = xb[flip, :, ::-1]
+    ph, pw = max(1, h // 8), max(1, w // 8)
+    padded = np.pad(xb, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    dy = rng.integers(0, 2 * ph + 1, n)
+    dx = rng.integers(0, 2 * pw + 1, n)
+    for j in range(n):
+        xb[j] = padded[j, dy[j] : dy[j] + h, dx[j] : dx[j] + w]
+    return xb
 
 
 def _user_optimizer(k: Any, user: Any) -> Any:

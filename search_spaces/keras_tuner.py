@@ -112,15 +112,42 @@ def user_frame(e: BaseException, func: Callable[..., Any] | None = None) -> str:
     return f"{code.co_filename}:{code.co_firstlineno}" if code else "build(hp)"
 
 
+def _import_file(path: str) -> Any:
+    """A ``.py`` file as a module (its folder importable, so it may import its siblings)."""
+    import importlib.util
+
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise InputError(f"space keras-tuner: `build` file {path!r} not found.")
+    name = f"edge_nas_user_{os.path.splitext(os.path.basename(full))[0]}"
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == full:
+        return sys.modules[name]
+    folder = os.path.dirname(full)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, full)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
 def load_build(spec: str) -> Callable[[Any], Any]:
-    """The function named by ``module:function`` (the working folder is importable)."""
+    """The function named by ``module:function`` (the working folder is importable) or by
+    ``path/to/file.py:function``."""
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise InputError(f"space keras-tuner: `build` expected 'module:function', got {spec!r}.")
     module_name, func_name = spec.split(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        module = (
+            _import_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
+        )
     except ModuleNotFoundError as e:
         if e.name and module_name.startswith(e.name):
             raise InputError(f"space keras-tuner: `build` module {module_name!r} not found ({e}).") from None
