@@ -193,3 +193,33 @@ def test_cli_reports_a_broken_user_module_in_one_line(run_nas, tmp_path: Path) -
     proc = run_nas("run", str(cfg), "--out", str(tmp_path / "out"))
     assert_one_line_error(proc, f"{tmp_path / 'bad_models.py'}:3: importing", "ZeroDivisionError")
     assert not (tmp_path / "out").exists()
+
+
+def test_nas_compress_takes_a_saved_keras3_model(run_nas, tmp_path: Path) -> None:
+    """A trained Keras 3 ``.keras`` file: loaded in safe mode, translated (outputs checked on the
+    task's test inputs), compressed and exported; the int8 file keeps the Keras 3 accuracy."""
+    import json
+
+    import keras_tuner as kt
+
+    from nas.data import load_task
+
+    sys.path.insert(0, str(KT_MNIST.parent))
+    import kt_mnist
+
+    data = load_task("mnist5k")
+    k3 = kt_mnist.build(kt.HyperParameters())  # the unbuilt Sequential: fit builds it
+    k3.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    k3.fit(data.x_train, data.y_train, epochs=3, batch_size=64, verbose=0)
+    accuracy = float(np.mean(np.argmax(k3.predict(data.x_test, verbose=0), axis=1) == data.y_test))
+    assert accuracy > 0.5
+    k3.save(tmp_path / "k3.keras")
+    out = tmp_path / "out"
+    proc = run_nas(
+        "compress", str(tmp_path / "k3.keras"), "--task", "mnist5k", "--pipeline", "int8",
+        "--formats", "tflite", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "compress_report.json").read_text())
+    exported = report["exports"][0]
+    assert abs(exported["accuracy"] - accuracy) < 0.03

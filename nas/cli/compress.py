@@ -52,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
         get_exporter(name)
     build_pipeline(args.pipeline, Trainer(teacher=object() if args.teacher else None))  # argument checks only
     task = load_task(args.task)
-    model = load_keras_model(args.model, "MODEL")
+    model = load_keras_model(args.model, "MODEL", check=task.inputs(task.x_test[:64]))
     teacher = load_keras_model(args.teacher, "--teacher") if args.teacher else None
 
     def say(message: str) -> None:
