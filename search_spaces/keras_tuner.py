@@ -536,8 +536,11 @@ class KerasTunerSpace(SearchSpace):
 
         out: list[Block] = []
         choices = self.choices()
-        for combo in itertools.product(*(c.values for c in choices)):
-            arch = KtArch(tuple((c.name, v) for c, v in zip(choices, combo, strict=True)))
+        archs = {
+            self.from_params({c.name: v for c, v in zip(choices, combo, strict=True)})
+            for combo in itertools.product(*(c.values for c in choices))
+        }  # settings that differ only in inactive hyperparameters are one network
+        for arch in sorted(archs, key=str):
             try:
                 out += self.blocks(arch, task)
             except TrialFailedError:
