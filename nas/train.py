@@ -210,5 +210,10 @@ def train_candidate(
     except TrialFailedError:
         raise
     except Exception as e:
-        raise TrialFailedError(f"training failed: {e.__class__.__name__}: {e}") from e
+        from search_spaces.keras_tuner import first_line, user_frame
+
+        # A user's layer (keras-tuner space) that fails inside fit(): name the user's line.
+        where = user_frame(e)
+        prefix = f"{where}: " if ":" in where else ""
+        raise TrialFailedError(f"{prefix}training failed: {e.__class__.__name__}: {first_line(e)}") from e
     return result, model

@@ -28,7 +28,7 @@ from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape
 from .errors import InputError, TrialFailedError
 from .keras3 import is_keras3
 
-__all__ = ["KtArch", "KerasTunerSpace", "UserCompile", "load_build", "user_frame"]
+__all__ = ["KtArch", "KerasTunerSpace", "UserCompile", "first_line", "load_build", "user_frame"]
 
 # A space this small lists every block up front (so ``latency.device: host`` can profile it).
 ENUMERATE_BLOCKS_LIMIT = 64
@@ -76,9 +76,15 @@ def _fmt(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+def first_line(e: BaseException) -> str:
+    """The message's first line; TensorFlow's "in user code:" dumps end with the real one."""
+    text = [t.strip() for t in str(e).strip().splitlines() if t.strip()]
     line = text[0] if text else ""
+    if line.startswith("in user code") and len(text) > 1:
+        import re
+
+        raised = [t for t in text if re.match(r"^[\w.]+(Error|Exception): ", t)]
+        line = raised[-1].split(": ", 1)[1] if raised else text[-1]
     return (line[:200] + "...") if len(line) > 200 else line
 
 
@@ -99,15 +105,25 @@ def user_frame(e: BaseException, func: Callable[..., Any] | None = None) -> str:
     import traceback
 
     skip = _library_dirs()
-    frames = [
-        f
-        for f in traceback.extract_tb(e.__traceback__)
-        if not os.path.abspath(f.filename).startswith(skip) and not f.filename.startswith("<")
-    ]
+
+    def user(filename: str) -> bool:
+        return (
+            not os.path.abspath(filename).startswith(skip)
+            and not filename.startswith("<")
+            and "__autograph_generated" not in filename
+        )
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if user(f.filename)]
     if isinstance(e, SyntaxError) and e.filename:
         return f"{e.filename}:{e.lineno}"
     if frames:
         return f"{frames[-1].filename}:{frames[-1].lineno}"
+    # Inside a tf.function TensorFlow re-raises with the original frames written in the message.
+    import re
+
+    quoted = [m for m in re.findall(r'File "([^"]+)", line (\d+)', str(e)) if user(m[0])]
+    if quoted:
+        return f"{quoted[-1][0]}:{quoted[-1][1]}"
     code = getattr(func, "__code__", None)
     return f"{code.co_filename}:{code.co_firstlineno}" if code else "build(hp)"
 
@@ -170,7 +186,7 @@ def load_build(spec: str) -> Callable[[Any], Any]:
         ) from None
     if error is not None:  # the user's module: report its own line, not our traceback
         raise InputError(
-            f"{user_frame(error)}: importing {shown} raised {type(error).__name__}: {_first_line(error)}"
+            f"{user_frame(error)}: importing {shown} raised {type(error).__name__}: {first_line(error)}"
         ) from None
     func = getattr(module, func_name, None)
     if not callable(func):
@@ -441,7 +457,7 @@ class KerasTunerSpace(SearchSpace):
             model = func(hp)
         except Exception as e:  # the user's code: one line with the user's own frame
             raise TrialFailedError(
-                f"{user_frame(e, func)}: build(hp) raised {type(e).__name__}: {_first_line(e)}"
+                f"{user_frame(e, func)}: build(hp) raised {type(e).__name__}: {first_line(e)}"
             ) from None
         if not _is_model(model):
             raise TrialFailedError(
@@ -475,7 +491,7 @@ class KerasTunerSpace(SearchSpace):
             except Exception as e:
                 raise TrialFailedError(
                     f"{user_frame(Exception(), func)}: build(hp)'s model does not build on the task's input "
-                    f"shape {shape}: {type(e).__name__}: {_first_line(e)}"
+                    f"shape {shape}: {type(e).__name__}: {first_line(e)}"
                 ) from None
         got = tuple(int(d) for d in model.input_shape[1:] if d is not None)
         if got != shape:

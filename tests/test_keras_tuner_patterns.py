@@ -223,3 +223,36 @@ def test_nas_compress_takes_a_saved_keras3_model(run_nas, tmp_path: Path) -> Non
     report = json.loads((out / "compress_report.json").read_text())
     exported = report["exports"][0]
     assert abs(exported["accuracy"] - accuracy) < 0.03
+
+
+def test_a_user_layer_failing_inside_training_names_the_users_line(tmp_path: Path) -> None:
+    (tmp_path / "layer_models.py").write_text(
+        textwrap.dedent(
+            """
+            import tf_keras as keras
+
+
+            class Picky(keras.layers.Layer):
+                def call(self, x, training=None):
+                    if training:
+                        raise RuntimeError("no training please")
+                    return x
+
+
+            def build(hp):
+                return keras.Sequential([keras.layers.Flatten(), Picky(), keras.layers.Dense(hp.Choice("u", [10]))])
+            """
+        )
+    )
+    from nas.config import TrainConfig
+    from nas.data import load_task
+    from nas.train import train_candidate
+
+    space = get_space("keras-tuner", {"build": f"{tmp_path / 'layer_models.py'}:build"})
+    with pytest.raises(TrialFailedError) as e:
+        train_candidate(space, space.parse("u=10"), load_task("digits"), TrainConfig(epochs=1), seed=0)
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(
+        f"{tmp_path / 'layer_models.py'}:8: training failed: RuntimeError: no training please"
+    )
+    sys.modules.pop("edge_nas_user_layer_models", None)
