@@ -228,3 +228,17 @@ def test_nas_run_on_a_bad_folder_exits_2_and_writes_nothing(run_nas, digits: Pat
     proc = run_nas("run", str(cfg), "--out", str(tmp_path / "out"))
     assert_one_line_error(proc, "readme.md", "expected a PNG or JPEG image")
     assert not (tmp_path / "out").exists()
+
+
+def test_data_export_of_the_quickstart_config_is_its_test_split(run_nas, tmp_path: Path) -> None:
+    """Issue 15, item 7: `nas data export examples/quickstart.yaml --split test` writes exactly
+    the arrays that run's model is evaluated on."""
+    out = tmp_path / "test.npz"
+    proc = run_nas("data", "export", str(EXAMPLES / "quickstart.yaml"), "--split", "test", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    from nas.config import load_config
+
+    data = load_task(load_config(EXAMPLES / "quickstart.yaml").task)
+    with np.load(out) as f:
+        np.testing.assert_array_equal(f["x"], data.x_test)
+        np.testing.assert_array_equal(f["y"], data.y_test)
