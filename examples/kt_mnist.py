@@ -55,7 +55,8 @@ def build_functional(hp):
     x = layers.ReLU()(x)
     y = layers.Conv2D(hp.Choice("filters", [8, 16]), 3, padding="same", activation="relu")(x)
     x = layers.Add()([x, y])
-    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
     outputs = layers.Dense(10, activation="softmax")(x)
     return keras.Model(inputs, outputs)
 
