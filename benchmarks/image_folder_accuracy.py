@@ -62,11 +62,21 @@ def write_folders(root: Path) -> tuple[Path, Path]:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--only", default="npz,folder-split,folder")
+    p.add_argument(
+        "--max-latency-ms",
+        type=float,
+        default=0.03,
+        help="the latency budget of all three runs (the quickstart's 0.012 cannot be met when this "
+        "shared machine is loaded: the profile then measures 0.016 ms for the fastest network)",
+    )
+    p.add_argument("--cache", default=None, help="profile cache folder to reuse (EDGE_NAS_CACHE)")
     args = p.parse_args()
     base = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    base["constraints"]["max_latency_ms"] = args.max_latency_ms
     work = Path(tempfile.mkdtemp(prefix="edge-nas-folder-bench-"))
     classes, splits = write_folders(work / "digits")
-    env = {**os.environ, "EDGE_NAS_CACHE": str(work / "cache"), "PYTHONPATH": str(ROOT)}
+    cache = args.cache or str(work / "cache")
+    env = {**os.environ, "EDGE_NAS_CACHE": cache, "PYTHONPATH": str(ROOT)}
     runs = {}
     for name in args.only.split(","):
         doc = json.loads(json.dumps(base))
@@ -105,7 +115,11 @@ def main() -> int:
             "wall_s": wall,
         }
         print(name, json.dumps(runs[name]), file=sys.stderr, flush=True)
-    out = {"config": "examples/quickstart.yaml (task.data changed only)", "runs": runs}
+    out = {
+        "config": "examples/quickstart.yaml, task.data changed, max_latency_ms for all three runs",
+        "max_latency_ms": args.max_latency_ms,
+        "runs": runs,
+    }
     ok = [r for r in runs.values() if "test_accuracy" in r]
     if "npz" in runs and "test_accuracy" in runs["npz"]:
         for name, r in runs.items():
@@ -117,7 +131,9 @@ def main() -> int:
     lines = [
         "# mnist5k as PNG folders vs the bundled arrays (benchmarks/image_folder_accuracy.py)",
         "",
-        "`nas run` of examples/quickstart.yaml (same space, budgets, seeds, training), only `task.data` changed.",
+        f"`nas run` of examples/quickstart.yaml (same space, seeds, training, size budget), `task.data` changed; "
+        f"latency budget {args.max_latency_ms} ms for all three (the quickstart's 0.012 ms cannot be met when "
+        "this shared machine is loaded). Test accuracy is measured on each run's own test split: 1,000 digits.",
         "",
         "| task.data | test accuracy (model.tflite) | vs npz (points) | winner | size B | latency pred / measured ms | trials c/i/d/f | wall s |",
         "|---|---|---|---|---|---|---|---|",
