@@ -197,7 +197,7 @@ def _calibrate(
         except (OSError, json.JSONDecodeError):
             pass
     archs = _calibration_archs(space, n, config.search.seed)
-    rep = list(data.x_train[:64])
+    rep = list(data.inputs(data.x_train[:64]))
     out = []
     for i, arch in enumerate(archs):
         status(f"calibrating the latency and size models: model {i + 1}/{len(archs)}")
@@ -283,7 +283,7 @@ def exact_size_fn(space: SearchSpace, data: TaskData, dtype: str) -> Callable[[H
     from search_spaces.weights import randomize_like_trained
 
     rt = get_runtime("litert")
-    rep = list(data.x_train[:32])
+    rep = list(data.inputs(data.x_train[:32]))
     cache: dict[str, int] = {}
 
     def exact(arch: Hashable) -> int:
