@@ -175,7 +175,11 @@ def load_image_folder(
             "train": order[n_test + n_val :],
         }
         good = {k: [files[i] for i in idx] for k, idx in parts.items()}
-    elif "val" not in good:
+    else:
+        # Folders list files class by class; training code that takes the first samples (batch
+        # norm recalibration, max_train_samples) must not see only the first classes.
+        good = {k: [files[i] for i in rng.permutation(len(files))] for k, files in good.items()}
+    if "val" not in good:
         files = good["train"]
         order = rng.permutation(len(files))
         n_val = int(round(len(files) * val_fraction))
