@@ -1,7 +1,9 @@
 """Loading the user's saved tf_keras models with one-line errors, and without running code from
 the file: ``.keras`` archives load in Keras's safe mode (a ``Lambda`` layer's pickled bytecode is
 refused); legacy ``.h5`` files and SavedModel folders can carry code that runs on load, so they
-are refused unless the caller says it trusts the file (``--trust-model-code``)."""
+are refused unless the caller says it trusts the file (``--trust-model-code``). A Keras 3
+``.keras`` file is loaded with Keras 3 (safe mode) and translated to tf_keras
+(``search_spaces.keras3``), outputs checked."""
 
 from __future__ import annotations
 
@@ -119,12 +121,17 @@ def _foreign_code(path: Path, what: str) -> str | None:
     return None
 
 
-def load_keras_model(path: str | os.PathLike[str], what: str = "MODEL", trust_code: bool = False) -> Any:
+def load_keras_model(
+    path: str | os.PathLike[str], what: str = "MODEL", trust_code: bool = False, check: Any = None
+) -> Any:
     """A tf_keras model from ``path`` (not compiled); ``what`` names the argument in errors.
 
-    ``trust_code`` allows the legacy formats, whose loading can run code stored in the file."""
+    ``trust_code`` allows the legacy formats, whose loading can run code stored in the file.
+    ``check``: inputs a translated Keras 3 model must give the same outputs on."""
     path = Path(path)
     kind = check_model_file(path, what, trust_code)
+    if kind == "keras" and _keras3_version(path):
+        return _load_keras3(path, what, check)
     from search_spaces.backend import keras
 
     k = keras()
@@ -146,3 +153,41 @@ def load_keras_model(path: str | os.PathLike[str], what: str = "MODEL", trust_co
     if not isinstance(model, k.Model):
         raise InputError(f"{what} {path}: expected a tf_keras Model, got {type(model).__name__}.")
     return model
+
+
+def _keras3_version(path: Path) -> str | None:
+    """The Keras version a ``.keras`` zip was saved by, when it is 3 or later."""
+    import json
+    import zipfile
+
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            version = str(json.loads(z.read("metadata.json")).get("keras_version", ""))
+    except (KeyError, ValueError, OSError):
+        return None
+    return version if version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 3 else None
+
+
+def _load_keras3(path: Path, what: str, check: Any) -> Any:
+    from search_spaces import TrialFailedError
+    from search_spaces.backend import native_stderr_muted
+    from search_spaces.keras3 import to_tf_keras
+
+    with native_stderr_muted():
+        import keras
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"{what} {path}: expected a Keras 3 model Keras can load in safe mode, got ({first})."
+        ) from None
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    if not shape:
+        raise InputError(f"{what} {path}: expected a Keras 3 model with a known input shape, got none.")
+    try:
+        return to_tf_keras(model, shape, where=f"{what} {path}", check=check)
+    except TrialFailedError as e:
+        raise InputError(str(e)) from None

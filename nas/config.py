@@ -19,7 +19,7 @@ from typing import Any
 from search_spaces import InputError
 from search_spaces.safeio import brief
 
-from .data import TaskSpec
+from .data import BUNDLED, TaskSpec
 
 __all__ = [
     "BUDGETS",
@@ -118,7 +118,11 @@ class Constraints:
 
     def requested(self) -> dict[str, float]:
         """Every budget as the user wrote it (``{key: value}``, absolute and relative)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
 
 
 def relative_key(name: str, form: str) -> str:
@@ -155,7 +159,9 @@ class LatencyConfig:
 
     def __post_init__(self) -> None:
         if self.on_drift not in ("refit", "reprofile"):
-            raise InputError(f"latency.on_drift: expected one of ['refit', 'reprofile'], got {self.on_drift!r}.")
+            raise InputError(
+                f"latency.on_drift: expected one of ['refit', 'reprofile'], got {self.on_drift!r}."
+            )
         if not isinstance(self.device, str) or not self.device:
             raise InputError(
                 f"latency.device: expected a device name ('host' for this machine), got {self.device!r}."
@@ -430,7 +436,7 @@ def parse_config(doc: Any, where: str = "config", base_dir: Path | None = None) 
     sections = {name: _section(cls, doc.get(name), name) for name, cls in SECTIONS.items()}
     if base_dir is not None:
         task = sections["task"]
-        if task.data.endswith(".npz") and not os.path.isabs(task.data):
+        if task.data not in BUNDLED and not os.path.isabs(task.data):  # an .npz or an image folder
             sections["task"] = dataclasses.replace(task, data=str((base_dir / task.data).resolve()))
         lat = sections["latency"]
         for key in ("table", "predictor"):
@@ -438,12 +444,18 @@ def parse_config(doc: Any, where: str = "config", base_dir: Path | None = None) 
             if value and not os.path.isabs(value):
                 lat = dataclasses.replace(lat, **{key: str((base_dir / value).resolve())})
         sections["latency"] = lat
+        space = sections["space"]
+        build = space.options.get("build") if space.name == "keras-tuner" else None
+        if isinstance(build, str) and build.count(":") == 1 and build.split(":")[0].endswith(".py"):
+            file, func = build.split(":")
+            if not os.path.isabs(file):
+                options = {**space.options, "build": f"{(base_dir / file).resolve()}:{func}"}
+                sections["space"] = dataclasses.replace(space, options=options)
     task = sections["task"]
-    from .data import BUNDLED
-
-    if task.data not in BUNDLED and not Path(task.data).is_file():
+    if task.data not in BUNDLED and not Path(task.data).exists():
         raise InputError(
-            f"task.data: file {task.data!r} not found (expected a bundled task {sorted(BUNDLED)} or an .npz path)."
+            f"task.data: file {task.data!r} not found (expected a bundled task {sorted(BUNDLED)}, an .npz path "
+            "or an image folder)."
         )
     for key in ("table", "predictor"):
         value = getattr(sections["latency"], key)

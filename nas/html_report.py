@@ -178,7 +178,8 @@ def _summary(report: Mapping[str, Any], best: Mapping[str, Any], budgets: Mappin
         (
             "task",
             task.get("name", "?"),
-            f"input {task.get('input_shape')} · {task.get('num_classes')} classes",
+            f"input {task.get('input_shape')} · {task.get('num_classes')} classes"
+            + (f": {', '.join(task['class_names'])} (labels.txt)" if task.get("class_names") else ""),
         ),
         ("device", report.get("device", "?"), "the latency model prices candidates for this device"),
     ]

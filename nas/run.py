@@ -284,7 +284,7 @@ def _calibrate(
         return [], None
     rt = get_runtime(lat.runtime)
     path, key = _calibration_path(config, space, data.shape, predictor)
-    sample = data.x_train[0]
+    sample = data.inputs(data.x_train[:1])[0]
     cached = _load_calibration(path, key)
     if cached is not None:
         records, files = cached
@@ -300,7 +300,7 @@ def _calibrate(
         ]
         return now, drift
     archs = _calibration_archs(space, n, config.search.seed)
-    rep = list(data.x_train[:64])
+    rep = list(data.inputs(data.x_train[:64]))
     artifacts = []
     for i, arch in enumerate(archs):
         status(f"calibrating the latency and size models: model {i + 1}/{len(archs)}")
@@ -362,13 +362,13 @@ def _near_budget_calibration(
         return model
     status(f"measuring {len(picked)} models near the latency budget ({budget_ms:.4g} ms)")
     rt = get_runtime(lat.runtime)
-    rep = list(data.x_train[:64])
+    rep = list(data.inputs(data.x_train[:64]))
     artifacts = []
     for i, arch in enumerate(picked):
         keras().backend.clear_session()
         built = randomize_like_trained(space.build(arch, data.shape), seed=100 + i)
         artifacts.append(rt.convert(built, lat.dtype, rep if lat.dtype == "int8" else None))
-    sessions = [(rt.load(a, threads=lat.threads), data.x_train[0]) for a in artifacts]
+    sessions = [(rt.load(a, threads=lat.threads), rep[0]) for a in artifacts]
     timings = time_interleaved(sessions, CALIBRATION_REPEATS, threads=lat.threads)
     records = [
         {
@@ -519,7 +519,7 @@ def exact_size_fn(space: SearchSpace, data: TaskData, dtype: str) -> Callable[[H
     from search_spaces.weights import randomize_like_trained
 
     rt = get_runtime("litert")
-    rep = list(data.x_train[:32])
+    rep = list(data.inputs(data.x_train[:32]))
     cache: dict[str, int] = {}
 
     def exact(arch: Hashable) -> int:
@@ -939,7 +939,12 @@ def export_winner(
     data_bytes = (out / "model.tflite").read_bytes()
     rt = get_runtime("litert")
     session = rt.load(Artifact("litert", exported.dtype, data_bytes), threads=config.latency.threads)
-    accuracy = float(np.mean(np.argmax(session.run(data.x_test), axis=1) == data.y_test))
+    x_test = data.inputs(data.x_test)
+    accuracy = float(np.mean(np.argmax(session.run(x_test), axis=1) == data.y_test))
+    if data.class_names:  # labels.txt beside model.tflite: line i is class i
+        from latency_models.table import write_atomic
+
+        write_atomic(out / "labels.txt", "".join(f"{name}\n" for name in data.class_names).encode())
     fmt, _ = latency_runtime_format(config)
     timing = None
     if fmt is not None:
@@ -951,7 +956,7 @@ def export_winner(
         if fmt == "tflite":
             file = out / "model.tflite"
         timed = runtime.load(Artifact(runtime.name, exported.dtype, file.read_bytes()), threads=lat.threads)
-        timing = time_interleaved([(timed, data.x_test[0])], threads=lat.threads)[0]
+        timing = time_interleaved([(timed, x_test[0])], threads=lat.threads)[0]
     return {
         "file": "model.tflite",
         "format": f"tflite-{exported.dtype}",
@@ -966,4 +971,6 @@ def export_winner(
         "threads": config.latency.threads,
         "compression": report.to_dict(),
         "_timing": timing,
+        "class_names": list(data.class_names),
+        "skipped_images": data.skipped,
     }

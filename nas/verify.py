@@ -210,7 +210,9 @@ def verify_candidates(
         sessions = []
         for _, e, path, _ in made:
             artifact = Artifact(rt.name, e.dtype, path.read_bytes())
-            sessions.append((rt.load(artifact, threads=config.latency.threads), data.x_val[0]))
+            sessions.append(
+                (rt.load(artifact, threads=config.latency.threads), data.inputs(data.x_val[:1])[0])
+            )
         timings = time_interleaved(sessions, threads=config.latency.threads)
     out = []
     for (t, e, path, epochs), timing in zip(made, timings, strict=True):
@@ -272,7 +274,8 @@ def _validation_as_test(data: Any) -> Any:
     reports accuracy on "test", and a candidate must be judged without touching the real test."""
     from compress import CompressData
 
-    return CompressData(data.x_train, data.y_train, data.x_val, data.y_val, data.x_val, data.y_val)
+    full = data.compress_data()  # float inputs, as the model sees them
+    return CompressData(full.x_train, full.y_train, full.x_val, full.y_val, full.x_val, full.y_val)
 
 
 def _export(config: Any, model: Any, cdata: Any, target: Path, formats: list[str]) -> Any:

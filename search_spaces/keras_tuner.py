@@ -1,12 +1,17 @@
 """``keras-tuner``: any user ``build(hp)`` function as a search space, made hardware-aware.
 
-The option ``build: "mypkg.models:build"`` names the function. Its hyperparameters are found by
-calling it once with a recording ``HyperParameters``; each becomes a categorical choice (an
-``Int``/``Float`` with a step lists its grid, a ``Float`` without one is cut into
-``float_points`` values). An architecture is the sorted ``name=value`` pairs. Latency is priced
-per layer (one block per Conv2D / DepthwiseConv2D / SeparableConv2D / Dense with its input
-shape), so a host table can be profiled for small spaces; larger ones need a predictor fitted
-on measured models (``nas latency fit``).
+The option ``build: "mypkg.models:build"`` names the function, written as keras-tuner's
+documentation writes it: an unbuilt ``Sequential`` (built here on the task's input shape), a
+functional model, a compiled model, conditional hyperparameters, ``import keras`` (Keras 3,
+translated to tf_keras). Hyperparameters are discovered by re-running ``build(hp)`` on the values
+found until no new one appears; one that appears only under some values of another (a
+``for i in range(hp.Int("layers", 1, 3))`` loop, an ``if``, a ``conditional_scope``) is
+conditional, and an architecture holds only its active hyperparameters, as sorted
+``name=value`` pairs. Each hyperparameter is a categorical choice (an ``Int``/``Float`` with a
+step lists its grid, a ``Float`` without one is cut into ``float_points`` values). Latency is
+priced per layer (one block per Conv2D / DepthwiseConv2D / SeparableConv2D / Dense with its
+input shape), so a host table can be profiled for small spaces; larger ones need a predictor
+fitted on measured models (``nas latency fit``).
 """
 
 from __future__ import annotations
@@ -21,17 +26,22 @@ from typing import Any
 
 from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape
 from .errors import InputError, TrialFailedError
+from .keras3 import is_keras3
 
-__all__ = ["KtArch", "KerasTunerSpace", "load_build"]
+__all__ = ["KtArch", "KerasTunerSpace", "UserCompile", "first_line", "load_build", "user_frame"]
 
 # A space this small lists every block up front (so ``latency.device: host`` can profile it).
 ENUMERATE_BLOCKS_LIMIT = 64
 PRICED_LAYERS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+# Discovery re-runs build(hp) once per tried value; a hyperparameter with more values than this
+# is tried at this many values spread over its range (conditions hang on small choices).
+DISCOVERY_VALUES = 16
+DISCOVERY_MAX_CALLS = 400
 
 
 @dataclass(frozen=True)
 class KtArch:
-    """One value per hyperparameter, sorted by name."""
+    """One value per active hyperparameter, sorted by name."""
 
     values: tuple[tuple[str, Any], ...]
 
@@ -42,21 +52,142 @@ class KtArch:
         return dict(self.values)
 
 
+@dataclass(frozen=True)
+class UserCompile:
+    """What the search keeps of a ``build(hp)`` that compiled its model: the optimizer (class
+    and settings, so a searched learning rate still acts) and whether its loss takes logits.
+    Loss (sparse categorical cross-entropy on integer labels), metrics, epochs and batch size
+    are the search's own."""
+
+    optimizer: str
+    config: tuple[tuple[str, Any], ...]
+    from_logits: bool
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``name`` is active only when ``parent`` is active and holds one of ``values``."""
+
+    parent: str
+    values: tuple[Any, ...]
+
+
 def _fmt(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def first_line(e: BaseException) -> str:
+    """The message's first line; TensorFlow's "in user code:" dumps end with the real one."""
+    text = [t.strip() for t in str(e).strip().splitlines() if t.strip()]
+    line = text[0] if text else ""
+    if line.startswith("in user code") and len(text) > 1:
+        import re
+
+        raised = [t for t in text if re.match(r"^[\w.]+(Error|Exception): ", t)]
+        line = raised[-1].split(": ", 1)[1] if raised else text[-1]
+    return (line[:200] + "...") if len(line) > 200 else line
+
+
+def _library_dirs() -> tuple[str, ...]:
+    import sysconfig
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = tuple(
+        os.path.join(here, p) + os.sep for p in ("search_spaces", "nas", "latency_models", "compress")
+    )
+    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")}
+    return ours + tuple(os.path.abspath(p) + os.sep for p in paths) + ("<frozen",)
+
+
+def user_frame(e: BaseException, func: Callable[..., Any] | None = None) -> str:
+    """``file:line`` of the user's deepest frame in ``e``'s traceback (not ours, not a library's);
+    the function's ``def`` line when the traceback holds none."""
+    import traceback
+
+    skip = _library_dirs()
+
+    def user(filename: str) -> bool:
+        return (
+            not os.path.abspath(filename).startswith(skip)
+            and not filename.startswith("<")
+            and "__autograph_generated" not in filename
+        )
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if user(f.filename)]
+    if isinstance(e, SyntaxError) and e.filename:
+        return f"{e.filename}:{e.lineno}"
+    if frames:
+        return f"{frames[-1].filename}:{frames[-1].lineno}"
+    # Inside a tf.function TensorFlow re-raises with the original frames written in the message.
+    import re
+
+    quoted = [m for m in re.findall(r'File "([^"]+)", line (\d+)', str(e)) if user(m[0])]
+    if quoted:
+        return f"{quoted[-1][0]}:{quoted[-1][1]}"
+    code = getattr(func, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else "build(hp)"
+
+
+def _import_file(path: str) -> Any:
+    """A ``.py`` file as a module (its folder importable, so it may import its siblings)."""
+    import importlib.util
+
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise InputError(f"space keras-tuner: `build` file {path!r} not found.")
+    name = f"edge_nas_user_{os.path.splitext(os.path.basename(full))[0]}"
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == full:
+        return sys.modules[name]
+    folder = os.path.dirname(full)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, full)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
 def load_build(spec: str) -> Callable[[Any], Any]:
-    """The function named by ``module:function`` (the working folder is importable)."""
+    """The function named by ``module:function`` (the working folder is importable) or by
+    ``path/to/file.py:function``."""
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise InputError(f"space keras-tuner: `build` expected 'module:function', got {spec!r}.")
     module_name, func_name = spec.split(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise InputError(f"space keras-tuner: `build` module {module_name!r} not found ({e}).") from None
+    from .backend import native_stderr_muted, tf
+
+    tf()  # TensorFlow configured (Keras 2, quiet) before the user's module imports it
+    error: BaseException | None = None
+    with native_stderr_muted():  # the user's `import keras` must not print TensorFlow's start-up
+        try:
+            module = (
+                _import_file(module_name)
+                if module_name.endswith(".py")
+                else importlib.import_module(module_name)
+            )
+        except Exception as e:
+            error = e
+    shown = os.path.basename(module_name) if module_name.endswith(".py") else module_name
+    if isinstance(error, InputError):
+        raise error
+    if isinstance(error, ModuleNotFoundError):
+        if error.name and module_name.startswith(error.name):
+            raise InputError(
+                f"space keras-tuner: `build` module {module_name!r} not found ({error})."
+            ) from None
+        raise InputError(
+            f"{user_frame(error)}: importing {shown} raised ModuleNotFoundError: {error}."
+        ) from None
+    if error is not None:  # the user's module: report its own line, not our traceback
+        raise InputError(
+            f"{user_frame(error)}: importing {shown} raised {type(error).__name__}: {first_line(error)}"
+        ) from None
     func = getattr(module, func_name, None)
     if not callable(func):
         raise InputError(
@@ -65,8 +196,24 @@ def load_build(spec: str) -> Callable[[Any], Any]:
     return func
 
 
-_DISCOVERED: dict[tuple[str, int], tuple[Choice, ...]] = {}
+@dataclass(frozen=True)
+class _Discovered:
+    choices: tuple[Choice, ...]
+    defaults: tuple[tuple[str, Any], ...]
+    # per hyperparameter, in discovery order (parents before children)
+    conditions: tuple[tuple[str, tuple[Condition, ...]], ...]
+    calls: int
+
+
+_DISCOVERED: dict[tuple[str, int], _Discovered] = {}
 _BLOCKS: dict[tuple[Any, str, TaskShape], tuple[list[Block], SizeTerms]] = {}
+
+
+def _spread(values: list[Any], n: int) -> list[Any]:
+    if len(values) <= n:
+        return values
+    idx = sorted({round(i * (len(values) - 1) / (n - 1)) for i in range(n)})
+    return [values[i] for i in idx]
 
 
 @dataclass(frozen=True)
@@ -101,35 +248,122 @@ class KerasTunerSpace(SearchSpace):
         return cls(build_fn=options["build"], float_points=options.get("float_points", 5))
 
     # -- decisions -----------------------------------------------------------------------------
-    def choices(self) -> tuple[Choice, ...]:
+    def _discovered(self) -> _Discovered:
         key = (self.build_fn, self.float_points)
         if key not in _DISCOVERED:
             _DISCOVERED[key] = self._discover()
         return _DISCOVERED[key]
 
-    def _discover(self) -> tuple[Choice, ...]:
+    def choices(self) -> tuple[Choice, ...]:
+        return self._discovered().choices
+
+    def conditions(self) -> dict[str, tuple[Condition, ...]]:
+        """Each hyperparameter's conditions (empty: always active)."""
+        return dict(self._discovered().conditions)
+
+    def _run(self, values: Mapping[str, Any]) -> tuple[list[Any], set[str]]:
+        """Call build(hp) with ``values`` preset: the hyperparameters it registered (keras-tuner
+        objects, in order) and the names of those active."""
+        from .backend import tf
+
+        tf()  # TensorFlow configured (Keras 2, quiet) before keras-tuner imports it
         import keras_tuner as kt
 
         hp = kt.HyperParameters()
+        hp.values.update(values)
+        self._call(hp, discovering=True)
+        return list(hp.space), {p.name for p in hp.space if hp.is_active(p)}
+
+    def _discover(self) -> tuple[Choice, ...]:
+        """Re-run build(hp) on every value of every hyperparameter found (from the run that found
+        it), until no new one appears. A hyperparameter registered under some values of a parent
+        and not under others gets the condition ``parent in values`` (keras-tuner's
+        ``conditional_scope`` conditions are kept as they are)."""
         try:
-            self._call(hp)
+            space, active = self._run({})
         except TrialFailedError as e:
             # With its default values the function must build: otherwise the space is unusable.
             raise InputError(f"space keras-tuner: discovering hyperparameters: {e}") from None
-        out = []
-        for p in hp.space:
-            values = self._values_of(p)
-            for v in values:
+        params: dict[str, Any] = {}  # name -> keras-tuner hyperparameter (first seen)
+        values: dict[str, list[Any]] = {}
+        base_of: dict[str, dict[str, Any]] = {}  # name -> a full assignment in which it is active
+        explicit: dict[str, list[Condition]] = {}
+        inferred: dict[str, Condition] = {}
+        order: list[str] = []
+        calls = 1
+
+        def learn(found: list[Any], assignment: dict[str, Any], active_names: set[str]) -> list[str]:
+            new = []
+            for p in found:
+                if p.name in params:
+                    continue
+                params[p.name] = p
+                values[p.name] = self._values_of(p)
+                explicit[p.name] = [
+                    Condition(c.name, tuple(c.values)) for c in p.conditions if type(c).__name__ == "Parent"
+                ]
+                order.append(p.name)
+                new.append(p.name)
+            for name in active_names:
+                base_of.setdefault(name, assignment)
+            return new
+
+        first = {p.name: self._default(p) for p in space}
+        learn(space, first, active)
+        queue = list(order)
+        while queue:
+            name = queue.pop(0)
+            if name not in base_of:
+                continue  # never active: keras-tuner's own conditions decide it
+            base = base_of[name]
+            seen: dict[Any, set[str]] = {}
+            for v in _spread(values[name], DISCOVERY_VALUES):
+                if calls >= DISCOVERY_MAX_CALLS:
+                    raise InputError(
+                        f"space keras-tuner: discovering hyperparameters: {self.build_fn} needed more than "
+                        f"{DISCOVERY_MAX_CALLS} calls of build(hp); expected a smaller space, got "
+                        f"{len(params)} hyperparameters so far."
+                    )
+                assignment = {**base, name: v}
+                try:
+                    found, act = self._run(assignment)
+                except TrialFailedError:
+                    seen[v] = set()  # that value fails to build: the search records it
+                    calls += 1
+                    continue
+                calls += 1
+                full = {**assignment, **{p.name: assignment.get(p.name, self._default(p)) for p in found}}
+                queue += learn(found, full, act)
+                seen[v] = {p.name for p in found}
+            # A hyperparameter registered under some of this one's values and not others hangs on it.
+            tried = [v for v in seen if seen[v]]
+            for other in params:
+                if other == name or other in inferred or explicit[other]:
+                    continue
+                present = tuple(v for v in values[name] if v in seen and other in seen[v])
+                if tried and present and len(present) < len(tried):
+                    inferred[other] = Condition(name, present)
+        choices = []
+        for name in order:
+            vals = values[name]
+            for v in vals:
                 if isinstance(v, str) and ("," in v or "=" in v):
                     raise InputError(
-                        f"space keras-tuner: hyperparameter {p.name!r}: values may not hold ',' or '=', got {v!r}."
+                        f"space keras-tuner: hyperparameter {name!r}: values may not hold ',' or '=', got {v!r}."
                     )
-            out.append(Choice(p.name, tuple(values)))
-        if not out:
+            choices.append(Choice(name, tuple(vals)))
+        if not choices:
             raise InputError(
                 f"space keras-tuner: {self.build_fn} defines no hyperparameters (nothing to search)."
             )
-        return tuple(sorted(out, key=lambda c: c.name))
+        conditions = tuple((n, tuple(explicit[n]) + ((inferred[n],) if n in inferred else ())) for n in order)
+        defaults = tuple((n, self._default(params[n])) for n in order)
+        return _Discovered(tuple(sorted(choices, key=lambda c: c.name)), defaults, conditions, calls)
+
+    def _default(self, p: Any) -> Any:
+        values = self._values_of(p)
+        default = getattr(p, "default", None)
+        return default if default in values else values[0]
 
     def _values_of(self, p: Any) -> list[Any]:
         kind = type(p).__name__
@@ -158,21 +392,34 @@ class KerasTunerSpace(SearchSpace):
             return _grid(lo, hi, self.float_points, cfg.get("sampling") in ("log", "reverse_log"))
         raise InputError(f"space keras-tuner: hyperparameter {p.name!r}: unsupported kind {kind!r}.")
 
+    def active(self, params: Mapping[str, Any]) -> list[str]:
+        """The hyperparameters active under ``params`` (conditions checked parents first)."""
+        found = self._discovered()
+        on: set[str] = set()
+        for name, conds in found.conditions:
+            if all(c.parent in on and params.get(c.parent) in c.values for c in conds):
+                on.add(name)
+        return [n for n, _ in found.conditions if n in on]
+
     def from_params(self, params: Mapping[str, Any]) -> KtArch:
+        by_name = {c.name: c for c in self.choices()}
+        filled = {**dict(self._discovered().defaults), **params}
         values = []
-        for c in self.choices():
-            if c.name not in params:
-                raise InputError(f"space keras-tuner: missing parameter {c.name!r}.")
-            value = params[c.name]
+        for name in sorted(self.active(filled)):
+            c = by_name[name]
+            if name not in params:
+                raise InputError(f"space keras-tuner: missing parameter {name!r}.")
+            value = params[name]
             # keras-tuner hands booleans back as 0/1: keep the choice's own value.
             same = [v for v in c.values if v == value and (type(v) is type(value) or isinstance(v, bool))]
             if not same:
-                raise InputError(f"arch: {c.name}: expected one of {list(c.values)}, got {value!r}.")
-            values.append((c.name, same[0]))
+                raise InputError(f"arch: {name}: expected one of {list(c.values)}, got {value!r}.")
+            values.append((name, same[0]))
         return KtArch(tuple(values))
 
     def to_params(self, arch: Any) -> dict[str, Any]:
-        return arch.as_dict()
+        """Every choice (inactive ones at their defaults), as a sampler proposes them."""
+        return {**dict(self._discovered().defaults), **arch.as_dict()}
 
     def parse(self, text: str) -> KtArch:
         by_name = {c.name: c for c in self.choices()}
@@ -189,23 +436,33 @@ class KerasTunerSpace(SearchSpace):
                     f"arch {text!r}: {name}: expected one of {[_fmt(v) for v in by_name[name].values]}, got {raw!r}."
                 )
             params[name] = matches[0]
-        return self.from_params(params)
+        arch = self.from_params({**dict(self._discovered().defaults), **params})
+        extra = sorted(set(params) - set(arch.as_dict()))
+        if extra:
+            raise InputError(f"arch {text!r}: expected only active hyperparameters, got inactive {extra}.")
+        missing = sorted(set(arch.as_dict()) - set(params))
+        if missing:
+            raise InputError(
+                f"arch {text!r}: expected a value for every active hyperparameter, missing {missing}."
+            )
+        return arch
 
     def sample_hp(self, hp: Any) -> KtArch:
         return self.from_params({c.name: hp.Choice(c.name, list(c.values)) for c in self.choices()})
 
     # -- networks ------------------------------------------------------------------------------
-    def _call(self, hp: Any) -> Any:
-        from .backend import keras
-
+    def _call(self, hp: Any, discovering: bool = False) -> Any:
         func = load_build(self.build_fn)
         try:
             model = func(hp)
-        except Exception as e:  # the user's code: any failure marks the trial failed
-            raise TrialFailedError(f"{self.build_fn}: build(hp) raised {type(e).__name__}: {e}") from e
-        if not isinstance(model, keras().Model):
+        except Exception as e:  # the user's code: one line with the user's own frame
             raise TrialFailedError(
-                f"{self.build_fn}: build(hp) expected to return a tf_keras Model, got {type(model).__module__}.{type(model).__name__}."
+                f"{user_frame(e, func)}: build(hp) raised {type(e).__name__}: {first_line(e)}"
+            ) from None
+        if not _is_model(model):
+            raise TrialFailedError(
+                f"{user_frame(Exception(), func)}: build(hp) expected to return a tf_keras or Keras 3 Model, "
+                f"got {type(model).__module__}.{type(model).__name__}."
             )
         return model
 
@@ -213,19 +470,40 @@ class KerasTunerSpace(SearchSpace):
         import keras_tuner as kt
 
         hp = kt.HyperParameters()
-        for c in self.choices():
-            hp.Choice(c.name, list(c.values))
-            hp.values[c.name] = arch.as_dict()[c.name]
+        hp.values.update(self.to_params(arch))
+        func = load_build(self.build_fn)
         model = self._call(hp)
-        shape = tuple(int(d) for d in model.input_shape[1:] if d is not None)
-        if shape != tuple(task.input_shape):
+        unknown = sorted({p.name for p in hp.space} - {c.name for c in self.choices()})
+        if unknown:
             raise TrialFailedError(
-                f"{self.build_fn}: model input shape expected {tuple(task.input_shape)} (the task's), got {shape}."
+                f"{user_frame(Exception(), func)}: build(hp) registered hyperparameter(s) {unknown} that "
+                f"discovery did not find under {arch}; expected the same hyperparameters for the same values."
+            )
+        compiled = _user_compile(model)
+        shape = tuple(int(d) for d in task.input_shape)
+        if is_keras3(model):
+            from .keras3 import to_tf_keras
+
+            model = to_tf_keras(model, shape, where=f"{user_frame(Exception(), func)}: build(hp)")
+        elif not model.built or getattr(model, "inputs", None) is None:
+            try:
+                model.build((None, *shape))
+            except Exception as e:
+                raise TrialFailedError(
+                    f"{user_frame(Exception(), func)}: build(hp)'s model does not build on the task's input "
+                    f"shape {shape}: {type(e).__name__}: {first_line(e)}"
+                ) from None
+        got = tuple(int(d) for d in model.input_shape[1:] if d is not None)
+        if got != shape:
+            raise TrialFailedError(
+                f"{self.build_fn}: model input shape expected {shape} (the task's), got {got}."
             )
         if int(model.output_shape[-1]) != task.num_classes:
             raise TrialFailedError(
                 f"{self.build_fn}: model outputs expected {task.num_classes} classes, got {model.output_shape[-1]}."
             )
+        if compiled is not None:
+            model.edge_nas_compile = compiled
         return model
 
     def _priced(self, arch: KtArch, task: TaskShape) -> tuple[list[Block], SizeTerms]:
@@ -274,8 +552,11 @@ class KerasTunerSpace(SearchSpace):
 
         out: list[Block] = []
         choices = self.choices()
-        for combo in itertools.product(*(c.values for c in choices)):
-            arch = KtArch(tuple((c.name, v) for c, v in zip(choices, combo, strict=True)))
+        archs = {
+            self.from_params({c.name: v for c, v in zip(choices, combo, strict=True)})
+            for combo in itertools.product(*(c.values for c in choices))
+        }  # settings that differ only in inactive hyperparameters are one network
+        for arch in sorted(archs, key=str):
             try:
                 out += self.blocks(arch, task)
             except TrialFailedError:
@@ -310,6 +591,44 @@ class KerasTunerSpace(SearchSpace):
                 f"space keras-tuner: unknown block kind {block.kind!r}; valid kinds: {[n.lower() for n in PRICED_LAYERS]}."
             )
         return k.Model(inputs, x, name=block.key.replace(".", "_"))
+
+
+def _is_model(model: Any) -> bool:
+    if is_keras3(model):
+        import keras
+
+        return isinstance(model, keras.Model)
+    from .backend import keras as tf_keras
+
+    return isinstance(model, tf_keras().Model)
+
+
+def _user_compile(model: Any) -> UserCompile | None:
+    """The optimizer and loss a build(hp) compiled its model with (None when not compiled)."""
+    import numpy as np
+
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or isinstance(optimizer, str):
+        return None
+    try:
+        cfg = optimizer.get_config()
+    except Exception:
+        return None
+    keep = []
+    for key in ("learning_rate", "momentum", "nesterov", "beta_1", "beta_2", "epsilon", "rho", "amsgrad"):
+        value = cfg.get(key)
+        if isinstance(value, (bool, np.bool_)):
+            keep.append((key, bool(value)))
+        elif isinstance(value, (int, float, np.number)):
+            keep.append((key, float(value)))
+    loss = getattr(model, "loss", None)
+    from_logits = False
+    if loss is not None and not isinstance(loss, str):
+        try:
+            from_logits = bool(loss.get_config().get("from_logits", False))
+        except Exception:
+            from_logits = bool(getattr(loss, "from_logits", False))
+    return UserCompile(type(optimizer).__name__, tuple(keep), from_logits)
 
 
 def _grid(lo: float, hi: float, n: int, log: bool) -> list[float]:

@@ -160,7 +160,10 @@ def test_keras_tuner_space_failures_name_the_reason(user_module: str) -> None:
     with pytest.raises(TrialFailedError, match="raised ValueError: a=2 is not supported"):
         broken.build(broken.from_params({**defaults, "a": 2}), TASK)
     # a function that cannot build even with its defaults is bad input, named before any search
-    with pytest.raises(InputError, match="expected to return a tf_keras Model, got builtins.str"):
+    with pytest.raises(
+        InputError,
+        match=r"user_models_\d+.py:\d+: build\(hp\) expected to return a tf_keras or Keras 3 Model, got builtins.str",
+    ):
         get_space("keras-tuner", {"build": f"{user_module}:not_a_model"})
     with pytest.raises(InputError, match="`build` module 'no_such_module_xyz' not found"):
         get_space("keras-tuner", {"build": "no_such_module_xyz:build"})

@@ -82,9 +82,10 @@ def _run(args: argparse.Namespace) -> int:
     check_model_file(args.model, "MODEL", args.trust_model_code)  # both files, before TensorFlow loads
     if args.teacher:
         check_model_file(args.teacher, "--teacher", args.trust_model_code)
-    model = load_keras_model(args.model, "MODEL", trust_code=args.trust_model_code)
+    check = task.inputs(task.x_test[:64])
+    model = load_keras_model(args.model, "MODEL", trust_code=args.trust_model_code, check=check)
     teacher = (
-        load_keras_model(args.teacher, "--teacher", trust_code=args.trust_model_code)
+        load_keras_model(args.teacher, "--teacher", trust_code=args.trust_model_code, check=check)
         if args.teacher
         else None
     )
