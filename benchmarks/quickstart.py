@@ -100,7 +100,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="examples/quickstart.yaml")
     ap.add_argument("--seeds", type=int, default=5, help="extra runs with seeds 1..N (cached profile)")
-    ap.add_argument("--skip-first", action="store_true", help="only the seed runs (profile cache kept)")
+    ap.add_argument("--name", default="quickstart", help="results file stem (benchmarks/results/NAME.{json,md})")
     args = ap.parse_args()
     import yaml
 
@@ -127,7 +127,7 @@ def main() -> int:
             cfg.write_text(yaml.safe_dump(doc))
             seeds.append({"seed": seed, **run_once(cfg, Path(td) / f"seed{seed}", env)})
             result["seeds"] = seeds
-            (out_dir / "quickstart.json").write_text(json.dumps(result, indent=1) + "\n")
+            (out_dir / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     first, second = result["first"], result["second"]
     ok_runs = [r for r in (first, second, *seeds) if r["exit"] == 0]
     result["floors"] = {
@@ -143,7 +143,7 @@ def main() -> int:
         and len(ok_runs) == 2 + len(seeds),
         "seeds_list_verified": all(r.get("verified", 0) >= 1 for r in seeds),
     }
-    (out_dir / "quickstart.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
 
     def row(name: str, r: dict) -> str:
         if r["exit"] != 0:
@@ -173,7 +173,7 @@ def main() -> int:
         "Floors: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in result["floors"].items()),
         "",
     ]
-    (out_dir / "quickstart.md").write_text("\n".join(md))
+    (out_dir / f"{args.name}.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0 if all(result["floors"].values()) else 1
 

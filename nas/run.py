@@ -806,7 +806,9 @@ def _verify_and_ship(
     while len(verified) < VERIFY_LIMIT:
         done = {v.trial for v in verified}
         pool = [t for t in trials if t.number not in done and _predicted_to_fit(t, space, screen, model)]
-        chosen = pick(pool, budgets, k=config.export.verify_candidates, limit=VERIFY_LIMIT - len(verified))
+        k = config.export.verify_candidates
+        # Up to two more than asked for candidates near a budget, within the run's overall limit.
+        chosen = pick(pool, budgets, k=k, limit=min(k + 2, VERIFY_LIMIT - len(verified)))
         if not chosen:
             break
         verified += verify_candidates(config, space, data, chosen, budgets, out / "verify", say)
