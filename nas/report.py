@@ -201,7 +201,7 @@ def write_report(
             "input_shape": list(screen.task.input_shape),
             "num_classes": screen.task.num_classes,
             "split_seed": config.task.seed,
-            "class_names": exported.get("class_names") or None,
+            "class_names": (exported or {}).get("class_names") or None,
             "labels_file": "labels.txt" if exported.get("class_names") else None,
             "skipped_images": exported.get("skipped_images", 0),
         },
