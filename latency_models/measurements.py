@@ -206,7 +206,7 @@ def read_measurements(path: str | os.PathLike[str], space: SearchSpace) -> Measu
             first_line, first = seen[arch]
             if not _agree(first, value):
                 raise InputError(
-                    f"{where}: line {line}: arch {text!r} was measured at {first} ms on line {first_line}, "
+                    f"{where}: line {line}: arch {brief(text)} was measured at {first} ms on line {first_line}, "
                     f"expected the same latency, got {value}."
                 )
             continue
@@ -249,7 +249,7 @@ def read_reference(path: str | os.PathLike[str], space: SearchSpace) -> Referenc
             first_line, first = seen[arch]
             if not all(_agree(a, b) for a, b in zip(first, values, strict=True)):
                 raise InputError(
-                    f"{where}: line {line}: arch {text!r} repeats line {first_line} with different latencies."
+                    f"{where}: line {line}: arch {brief(text)} repeats line {first_line} with different latencies."
                 )
             continue
         seen[arch] = (line, values)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from search_spaces import InputError, SearchSpace, TaskShape, get_space
-from search_spaces.safeio import brief, finite_number, load_json
+from search_spaces.safeio import brief, finite_number, load_json, unknown_key
 
 from .table import LatencyTable, write_atomic
 
@@ -187,9 +187,7 @@ class TablePredictor(LatencyPredictor):
             corr = _mapping(doc.get("correction", {}), "correction")
             for key in corr:
                 if key not in ("scale", "offset_ms", "n_measurements"):
-                    raise InputError(
-                        f"correction.{key}: unknown key; valid keys: ['n_measurements', 'offset_ms', 'scale']."
-                    )
+                    raise unknown_key("correction", key, ("n_measurements", "offset_ms", "scale"))
             table = LatencyTable._from_doc(doc.get("table"), "table")
             return cls(
                 space=_text(doc.get("space"), "space"),

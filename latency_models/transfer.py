@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces import InputError, SearchSpace, get_space
+from search_spaces.safeio import brief
 
 from .measurements import Measurements, Reference
 from .predictor import PREDICTORS, LatencyPredictor
@@ -203,7 +204,7 @@ class ArchEncoder:
                 out[r] = [index[p][params[name]] for p, name in enumerate(self.names)]
             except KeyError as e:
                 raise InputError(
-                    f"arch {arch}: value {e.args[0]!r} is not one the predictor was fitted on "
+                    f"arch {brief(str(arch))}: value {e.args[0]!r} is not one the predictor was fitted on "
                     f"(space {self.space} with options {dict(self.space_options)})."
                 ) from None
         return out

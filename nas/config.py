@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import InputError
-from search_spaces.safeio import brief
+from search_spaces.safeio import brief, unknown_key
 
 from .data import BUNDLED, TaskSpec
 
@@ -406,7 +406,7 @@ def _section(cls: type, raw: Any, where: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in fields:
-            raise InputError(f"{where}.{key}: unknown key; valid keys: {sorted(fields)}.")
+            raise unknown_key(where, key, fields)
         kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
 
@@ -430,9 +430,9 @@ def parse_config(doc: Any, where: str = "config", base_dir: Path | None = None) 
         raise InputError(
             f"{where}: expected a mapping with sections {sorted(SECTIONS)}, got {type(doc).__name__}."
         )
-    unknown = sorted(set(doc) - set(SECTIONS))
+    unknown = sorted(set(doc) - set(SECTIONS), key=str)  # YAML keys need not be strings
     if unknown:
-        raise InputError(f"{where}: unknown key {unknown[0]!r}; valid keys: {sorted(SECTIONS)}.")
+        raise InputError(f"{where}: {unknown_key('', unknown[0], SECTIONS)}")
     sections = {name: _section(cls, doc.get(name), name) for name, cls in SECTIONS.items()}
     if base_dir is not None:
         task = sections["task"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import InputError
+from .safeio import brief
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -198,10 +199,10 @@ def parse_int(text: str, where: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise InputError(f"{where}: expected an integer, got {text!r}.") from None
+        raise InputError(f"{where}: expected an integer, got {brief(text)}.") from None
 
 
 def one_of(value: Any, allowed: Sequence[Any], where: str) -> Any:
     if value not in allowed:
-        raise InputError(f"{where}: expected one of {list(allowed)}, got {value!r}.")
+        raise InputError(f"{where}: expected one of {list(allowed)}, got {brief(value)}.")
     return value

@@ -14,6 +14,7 @@ from typing import Any
 
 from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape, one_of, parse_int
 from .errors import InputError
+from .safeio import brief
 
 __all__ = ["DsBlock", "DsconvArch", "DsconvSpace"]
 
@@ -122,9 +123,11 @@ class DsconvSpace(SearchSpace):
 
     def validate(self, arch: DsconvArch) -> None:
         if len(arch.blocks) != self.n_blocks:
-            raise InputError(f"arch {arch}: expected {self.n_blocks} blocks, got {len(arch.blocks)}.")
+            raise InputError(
+                f"arch {brief(str(arch))}: expected {self.n_blocks} blocks, got {len(arch.blocks)}."
+            )
         for i, b in enumerate(arch.blocks):
-            where = f"arch {arch}: block {i}"
+            where = f"arch {brief(str(arch))}: block {i}"
             one_of(b.filters, self.filters, f"{where} filters")
             one_of(b.kernel, self.kernels, f"{where} kernel")
             one_of(b.stride, self.strides, f"{where} stride")
@@ -134,12 +137,12 @@ class DsconvSpace(SearchSpace):
         for i, part in enumerate(str(text).strip().split("+")):
             fields = part.split("-")
             if len(fields) != 3 or not all(f[:1] == p for f, p in zip(fields, "fks", strict=False)):
-                raise InputError(f"arch {text!r}: block {i} must look like 'f16-k3-s1', got {part!r}.")
+                raise InputError(f"arch {brief(text)}: block {i} must look like 'f16-k3-s1', got {part!r}.")
             blocks.append(
                 DsBlock(
-                    parse_int(fields[0][1:], f"arch {text!r} block {i} filters"),
-                    parse_int(fields[1][1:], f"arch {text!r} block {i} kernel"),
-                    parse_int(fields[2][1:], f"arch {text!r} block {i} stride"),
+                    parse_int(fields[0][1:], f"arch {brief(text)} block {i} filters"),
+                    parse_int(fields[1][1:], f"arch {brief(text)} block {i} kernel"),
+                    parse_int(fields[2][1:], f"arch {brief(text)} block {i} stride"),
                 )
             )
         arch = DsconvArch(tuple(blocks))

@@ -12,6 +12,7 @@ from typing import Any
 
 from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape
 from .errors import InputError
+from .safeio import brief
 
 __all__ = ["FBNET_OPS", "FbnetArch", "FbnetSpace", "LAYER_SCHEDULE", "op_spec"]
 
@@ -108,23 +109,25 @@ class FbnetSpace(SearchSpace):
 
     def validate(self, arch: FbnetArch) -> None:
         if len(arch.ops) != NUM_LAYERS:
-            raise InputError(f"arch {arch}: expected {NUM_LAYERS} block names, got {len(arch.ops)}.")
+            raise InputError(
+                f"arch {brief(str(arch))}: expected {NUM_LAYERS} block names, got {len(arch.ops)}."
+            )
         for i, op in enumerate(arch.ops):
             if op not in self.ops:
                 raise InputError(
-                    f"arch {arch}: layer {i}: unknown block {op!r}; valid blocks: {list(self.ops)}."
+                    f"arch {brief(str(arch))}: layer {i}: unknown block {op!r}; valid blocks: {list(self.ops)}."
                 )
 
     def parse(self, text: str) -> FbnetArch:
         ops = str(text).split()
         if len(ops) != NUM_LAYERS:
             raise InputError(
-                f"arch {text!r}: expected {NUM_LAYERS} space-separated block names, got {len(ops)}."
+                f"arch {brief(text)}: expected {NUM_LAYERS} space-separated block names, got {len(ops)}."
             )
         for i, op in enumerate(ops):
             if op not in self.ops:
                 raise InputError(
-                    f"arch {text!r}: layer {i}: unknown block {op!r}; valid blocks: {list(self.ops)}."
+                    f"arch {brief(text)}: layer {i}: unknown block {op!r}; valid blocks: {list(self.ops)}."
                 )
         return FbnetArch(tuple(ops))
 

@@ -27,6 +27,7 @@ from typing import Any
 from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape
 from .errors import InputError, TrialFailedError
 from .keras3 import is_keras3
+from .safeio import brief
 
 __all__ = ["KtArch", "KerasTunerSpace", "UserCompile", "first_line", "load_build", "user_frame"]
 
@@ -428,22 +429,24 @@ class KerasTunerSpace(SearchSpace):
             name, sep, raw = part.partition("=")
             if not sep or name not in by_name:
                 raise InputError(
-                    f"arch {text!r}: expected 'name=value' pairs for {sorted(by_name)}, got {part!r}."
+                    f"arch {brief(text)}: expected 'name=value' pairs for {sorted(by_name)}, got {part!r}."
                 )
             matches = [v for v in by_name[name].values if _fmt(v) == raw]
             if not matches:
                 raise InputError(
-                    f"arch {text!r}: {name}: expected one of {[_fmt(v) for v in by_name[name].values]}, got {raw!r}."
+                    f"arch {brief(text)}: {name}: expected one of {[_fmt(v) for v in by_name[name].values]}, got {raw!r}."
                 )
             params[name] = matches[0]
         arch = self.from_params({**dict(self._discovered().defaults), **params})
         extra = sorted(set(params) - set(arch.as_dict()))
         if extra:
-            raise InputError(f"arch {text!r}: expected only active hyperparameters, got inactive {extra}.")
+            raise InputError(
+                f"arch {brief(text)}: expected only active hyperparameters, got inactive {extra}."
+            )
         missing = sorted(set(arch.as_dict()) - set(params))
         if missing:
             raise InputError(
-                f"arch {text!r}: expected a value for every active hyperparameter, missing {missing}."
+                f"arch {brief(text)}: expected a value for every active hyperparameter, missing {missing}."
             )
         return arch
 

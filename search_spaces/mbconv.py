@@ -13,6 +13,7 @@ from typing import Any
 
 from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape, one_of, parse_int
 from .errors import InputError
+from .safeio import brief
 
 __all__ = ["MbconvArch", "MbconvSpace", "MbconvStage"]
 
@@ -172,9 +173,11 @@ class MbconvSpace(SearchSpace):
 
     def validate(self, arch: MbconvArch) -> None:
         if len(arch.stages) != len(self.strides):
-            raise InputError(f"arch {arch}: expected {len(self.strides)} stages, got {len(arch.stages)}.")
+            raise InputError(
+                f"arch {brief(str(arch))}: expected {len(self.strides)} stages, got {len(arch.stages)}."
+            )
         for i, s in enumerate(arch.stages):
-            where = f"arch {arch}: stage {i}"
+            where = f"arch {brief(str(arch))}: stage {i}"
             one_of(s.depth, self.depths, f"{where} depth")
             one_of(s.kernel, self.kernels, f"{where} kernel")
             one_of(s.expand, self.expands, f"{where} expand")
@@ -188,23 +191,23 @@ class MbconvSpace(SearchSpace):
             fields = part.split("-")
             if len(fields) != 6:
                 raise InputError(
-                    f"arch {text!r}: stage {i} must look like 'd2-k3-e4-w16-se0-relu6', got {part!r}."
+                    f"arch {brief(text)}: stage {i} must look like 'd2-k3-e4-w16-se0-relu6', got {part!r}."
                 )
             d, k, e, w, se, act = fields
             for field_text, prefix in ((d, "d"), (k, "k"), (e, "e"), (w, "w"), (se, "se")):
                 if not field_text.startswith(prefix):
                     raise InputError(
-                        f"arch {text!r}: stage {i} field {field_text!r} must start with {prefix!r}."
+                        f"arch {brief(text)}: stage {i} field {field_text!r} must start with {prefix!r}."
                     )
-            se_value = parse_int(se[2:], f"arch {text!r} stage {i} se")
+            se_value = parse_int(se[2:], f"arch {brief(text)} stage {i} se")
             if se_value not in (0, 1):
-                raise InputError(f"arch {text!r}: stage {i} se must be se0 or se1, got {se!r}.")
+                raise InputError(f"arch {brief(text)}: stage {i} se must be se0 or se1, got {se!r}.")
             stages.append(
                 MbconvStage(
-                    depth=parse_int(d[1:], f"arch {text!r} stage {i} depth"),
-                    kernel=parse_int(k[1:], f"arch {text!r} stage {i} kernel"),
-                    expand=parse_int(e[1:], f"arch {text!r} stage {i} expand"),
-                    width=parse_int(w[1:], f"arch {text!r} stage {i} width"),
+                    depth=parse_int(d[1:], f"arch {brief(text)} stage {i} depth"),
+                    kernel=parse_int(k[1:], f"arch {brief(text)} stage {i} kernel"),
+                    expand=parse_int(e[1:], f"arch {brief(text)} stage {i} expand"),
+                    width=parse_int(w[1:], f"arch {brief(text)} stage {i} width"),
                     se=bool(se_value),
                     act=act,
                 )

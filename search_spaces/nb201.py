@@ -15,6 +15,7 @@ from typing import Any
 
 from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape
 from .errors import InputError
+from .safeio import brief
 
 __all__ = ["EDGES", "OPS", "Nb201Arch", "Nb201Space", "functional_string", "unique_string"]
 
@@ -171,7 +172,7 @@ class Nb201Space(SearchSpace):
         for (dst, src), op in zip(EDGES, arch.ops, strict=True):
             if op not in self.ops:
                 raise InputError(
-                    f"arch {arch}: edge {src}->{dst}: expected one of {list(self.ops)}, got {op!r}."
+                    f"arch {brief(str(arch))}: edge {src}->{dst}: expected one of {list(self.ops)}, got {op!r}."
                 )
 
     def parse(self, text: str) -> Nb201Arch:
@@ -183,22 +184,24 @@ class Nb201Space(SearchSpace):
         nodes = s.split("+")
         if len(nodes) != 3:
             raise InputError(
-                f"arch {text!r}: expected 3 nodes joined by '+' like {example}, got {len(nodes)}."
+                f"arch {brief(text)}: expected 3 nodes joined by '+' like {example}, got {len(nodes)}."
             )
         ops: list[str] = []
         for j, node in enumerate(nodes, start=1):
             if len(node) < 2 or not (node.startswith("|") and node.endswith("|")):
-                raise InputError(f"arch {text!r}: node {j} must be wrapped in '|', got {node!r}.")
+                raise InputError(f"arch {brief(text)}: node {j} must be wrapped in '|', got {node!r}.")
             edges = node[1:-1].split("|")
             if len(edges) != j:
-                raise InputError(f"arch {text!r}: node {j} expected {j} edges, got {len(edges)}.")
+                raise InputError(f"arch {brief(text)}: node {j} expected {j} edges, got {len(edges)}.")
             for i, edge in enumerate(edges):
                 op, sep, src = edge.partition("~")
                 if not sep or src != str(i):
-                    raise InputError(f"arch {text!r}: node {j} edge {i} expected 'op~{i}', got {edge!r}.")
+                    raise InputError(
+                        f"arch {brief(text)}: node {j} edge {i} expected 'op~{i}', got {edge!r}."
+                    )
                 if op not in OPS:
                     raise InputError(
-                        f"arch {text!r}: unknown operation {op!r}; valid operations: {list(OPS)}."
+                        f"arch {brief(text)}: unknown operation {op!r}; valid operations: {list(OPS)}."
                     )
                 ops.append(op)
         arch = Nb201Arch(tuple(ops))

@@ -17,6 +17,7 @@ from typing import Any
 
 from ._base import Block, Choice, SearchSpace, TaskShape, one_of
 from .errors import InputError
+from .safeio import brief
 
 __all__ = ["OfaLayer", "OfaMbv3Arch", "OfaMbv3Space", "make_divisible"]
 
@@ -141,12 +142,12 @@ class OfaMbv3Space(SearchSpace):
 
     def validate(self, arch: OfaMbv3Arch) -> None:
         if len(arch.stages) != 5:
-            raise InputError(f"arch {arch}: expected 5 stages, got {len(arch.stages)}.")
+            raise InputError(f"arch {brief(str(arch))}: expected 5 stages, got {len(arch.stages)}.")
         for i, stage in enumerate(arch.stages):
-            one_of(len(stage), self.depths, f"arch {arch}: stage {i} depth")
+            one_of(len(stage), self.depths, f"arch {brief(str(arch))}: stage {i} depth")
             for j, layer in enumerate(stage):
-                one_of(layer.kernel, self.kernels, f"arch {arch}: stage {i} layer {j} kernel")
-                one_of(layer.expand, self.expands, f"arch {arch}: stage {i} layer {j} expand")
+                one_of(layer.kernel, self.kernels, f"arch {brief(str(arch))}: stage {i} layer {j} kernel")
+                one_of(layer.expand, self.expands, f"arch {brief(str(arch))}: stage {i} layer {j} expand")
 
     def parse(self, text: str) -> OfaMbv3Arch:
         stages = []
@@ -156,7 +157,7 @@ class OfaMbv3Space(SearchSpace):
                 m = _LAYER.fullmatch(item)
                 if not m:
                     raise InputError(
-                        f"arch {text!r}: stage {i} layer {j} must look like 'k3e4', got {item!r}."
+                        f"arch {brief(text)}: stage {i} layer {j} must look like 'k3e4', got {item!r}."
                     )
                 layers.append(OfaLayer(int(m.group(1)), int(m.group(2))))
             stages.append(tuple(layers))

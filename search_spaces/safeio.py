@@ -10,6 +10,7 @@ import json
 import os
 import re
 import reprlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "loads_json",
     "loads_yaml",
     "read_bounded",
+    "unknown_key",
 ]
 
 # Our files nest 5-6 levels; 64 leaves room for anything a tool writes and none for a bomb.
@@ -54,6 +56,21 @@ def brief(value: Any) -> str:
     except (RecursionError, ValueError):
         return f"<{type(value).__name__}>"
     return text if len(text) <= 100 else f"{text[:60]}...{text[-30:]}"
+
+
+def unknown_key(where: str, key: Any, valid: Iterable[str]) -> InputError:
+    """The error for ``key`` not among ``valid`` in the mapping at ``where`` (a dotted field name,
+    empty at the top level): one short line that suggests the closest valid key (a typo) or,
+    failing that, lists them all."""
+    import difflib
+
+    names = sorted(valid)
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6) if isinstance(key, str) else []
+    hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(names)}."
+    shown = key if isinstance(key, str) and len(key) <= 40 and key.isprintable() else None
+    label = where if shown is None else f"{where}.{shown}" if where else shown
+    other = "" if shown is not None else f" {brief(key)[:40]}"
+    return InputError(f"{label}: unknown key{other}; {hint}")
 
 
 def finite_number(value: Any, where: str, low: float | None = None, positive: bool = False) -> float:

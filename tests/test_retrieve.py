@@ -268,7 +268,7 @@ def test_python_run_validates_overrides_before_any_work(tmp_path: Path) -> None:
     out = tmp_path / "never"
     with pytest.raises(InputError, match="constraints.max_latency_ms"):
         nas.run(quickstart, out=out, constraints={"max_latency_ms": -1})
-    with pytest.raises(InputError, match="unknown key 'searh'"):
+    with pytest.raises(InputError, match="searh: unknown key; did you mean 'search'"):
         nas.run(quickstart, out=out, searh={"trainings": 2})
     with pytest.raises(InputError, match="search: expected a mapping"):
         nas.run(quickstart, out=out, search=4)

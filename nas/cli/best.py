@@ -96,9 +96,13 @@ def _best(args: argparse.Namespace) -> int:
     print(_table(answer))
     if answer.exported:
         b = answer.exported["best"]
+        if b.get("measured_latency_ms") is not None:
+            latency = f"latency {b['measured_latency_ms']:.4f} ms measured"
+        else:  # a file for another device is not timed here; its latency is the device model's
+            latency = f"latency {b['predicted_latency_ms']:.4f} ms predicted for {answer.device}"
         print(
             f"exported {b['arch']} to {answer.exported['out']}: test accuracy {b['accuracy']:.4f} ({b['file']}), "
-            f"{b['size_bytes']} bytes, latency {b['measured_latency_ms']:.4f} ms measured"
+            f"{b['size_bytes']} bytes, {latency}"
         )
     return 0
 
