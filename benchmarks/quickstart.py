@@ -100,7 +100,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="examples/quickstart.yaml")
     ap.add_argument("--seeds", type=int, default=5, help="extra runs with seeds 1..N (cached profile)")
-    ap.add_argument("--name", default="quickstart", help="results file stem (benchmarks/results/NAME.{json,md})")
+    ap.add_argument(
+        "--name", default="quickstart", help="results file stem (benchmarks/results/NAME.{json,md})"
+    )
     args = ap.parse_args()
     import yaml
 

@@ -76,9 +76,18 @@ def test_times_smallest_and_round_trip() -> None:
 @pytest.mark.parametrize(
     ("constraints", "message"),
     [
-        ({"max_latency_quantile": 0.0}, "constraints.max_latency_quantile: expected a number in (0, 1), got 0.0."),
-        ({"max_latency_quantile": 1.0}, "constraints.max_latency_quantile: expected a number in (0, 1), got 1.0."),
-        ({"max_latency_times_smallest": 0.5}, "constraints.max_latency_times_smallest: expected a number >= 1"),
+        (
+            {"max_latency_quantile": 0.0},
+            "constraints.max_latency_quantile: expected a number in (0, 1), got 0.0.",
+        ),
+        (
+            {"max_latency_quantile": 1.0},
+            "constraints.max_latency_quantile: expected a number in (0, 1), got 1.0.",
+        ),
+        (
+            {"max_latency_times_smallest": 0.5},
+            "constraints.max_latency_times_smallest: expected a number >= 1",
+        ),
         (
             {"max_latency_ms": 0.1, "max_latency_quantile": 0.3},
             "constraints.max_latency_quantile: one budget per quantity, but max_latency_ms is set too",

@@ -87,7 +87,10 @@ def test_every_run_writes_a_self_contained_report(run_dir: Path) -> None:
     assert "size budget 60 KB" in body  # the budget line on the size chart
     assert "board-a" in body and "digits" in body
     # board-a is another device: its latency cannot be measured here and is not made up
-    assert report["best"]["measured_latency_ms"] is None and "latency_measured" not in report["best"]["meets_budgets"]
+    assert (
+        report["best"]["measured_latency_ms"] is None
+        and "latency_measured" not in report["best"]["meets_budgets"]
+    )
     assert report["best"]["file"] in body and f"{report['best']['predicted_latency_ms']:.4g}" in body
     kv_rows = [r for _, r in page.rows if len(r) == 1]
     for version in report["versions"].values():
