@@ -2,7 +2,7 @@
 
 From README.md's fenced code blocks, links and `code` spans:
 
-* every ``nas ...`` line parses with the real CLI parser (the subcommand exists, every flag
+* every CLI subcommand has an example, and every ``nas ...`` line parses with the real CLI parser (the subcommand exists, every flag
   exists, required arguments are given), and its subcommand answers ``--help`` in a fresh
   process; the ``--arch`` of ``nas space build`` parses in its space;
 * the cheap commands (``CHEAP``: well under 5 s each here) are run as written, in README order,
@@ -225,6 +225,24 @@ def test_quickstart_is_make_run_and_make_test() -> None:
 
 def test_every_nas_command_parses() -> None:
     assert check_commands_parse(README.read_text()) == []
+
+
+def leaf_subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Every runnable subcommand of the CLI: ("run",), ("latency", "fit"), ..."""
+    subs = _subparsers(parser)
+    if not subs:
+        return {prefix}
+    return {leaf for name, sub in subs.items() for leaf in leaf_subcommands(sub, (*prefix, name))}
+
+
+def test_every_subcommand_has_an_example() -> None:
+    """The README's tour shows every command the CLI has, one example at least."""
+    from nas.cli import build_parser
+
+    parser = build_parser()
+    shown = {subcommand(parser, argv) for argv in nas_commands(README.read_text())}
+    missing = sorted(" ".join(s) for s in leaf_subcommands(parser) - shown)
+    assert missing == [], f"README.md has no example of: nas {', nas '.join(missing)}"
 
 
 def test_every_subcommand_answers_help() -> None:
