@@ -2,9 +2,9 @@
 
 From README.md's fenced code blocks, links and `code` spans:
 
-* every CLI subcommand has an example, and every ``nas ...`` line parses with the real CLI parser (the subcommand exists, every flag
-  exists, required arguments are given), and its subcommand answers ``--help`` in a fresh
-  process; the ``--arch`` of ``nas space build`` parses in its space;
+* every CLI subcommand has an example; every ``nas ...`` line parses with the real CLI parser
+  (the subcommand exists, every flag exists, required arguments are given), and its subcommand
+  answers ``--help`` in a fresh process; the ``--arch`` of ``nas space build`` parses in its space;
 * the cheap commands (``CHEAP``: well under 5 s each here) are run as written, in README order,
   in a scratch folder that sees the repository's files, and must exit 0;
 * every repository path mentioned exists, and every relative link (and #anchor) in README.md,
