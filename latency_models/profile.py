@@ -225,7 +225,7 @@ def _convert_block(space: SearchSpace, block: Block, rt: Runtime, dtype: str) ->
         del model
         return replace(_TFLITE_CACHE[key], runtime=rt.name), samples
     try:
-        artifact = rt.convert(model, dtype, samples if dtype == "int8" else None)
+        artifact = rt.convert_for_profiling(model, dtype, samples if dtype == "int8" else None)
     finally:
         del model
         _clear_keras()
@@ -343,7 +343,7 @@ def tflm_model_overhead_bytes() -> int:
     rt = get_runtime("tflm")
     tails = []
     for model in _conv_pair_and_chain(8, 4, 8, 3):
-        artifact = rt.convert(model, "int8", random_representative(_model_input_shape(model)))
+        artifact = rt.convert_for_profiling(model, "int8", random_representative(_model_input_shape(model)))
         tails.append(arena_use(artifact).tail)
     _clear_keras()
     return max(0, tails[0] + tails[1] - tails[2])
@@ -360,7 +360,7 @@ def invoke_overhead_ms(
     sessions = []
     for model in _conv_pair_and_chain(2, 2, 4, 1):
         samples = random_representative(_model_input_shape(model))
-        artifact = rt.convert(model, dtype, samples if dtype == "int8" else None)
+        artifact = rt.convert_for_profiling(model, dtype, samples if dtype == "int8" else None)
         sessions.append((rt.load(artifact, threads=threads), samples[0]))
     _clear_keras()
     diffs = []
