@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
@@ -686,7 +687,11 @@ def _run_in_folder(
             config.search.strategy, replace(context, seed=context.seed + len(study.trials))
         )
     setup = WorkerSetup(
-        config.space.name, dict(config.space.options), _task_dict(config), _train_dict(config)
+        config.space.name,
+        dict(config.space.options),
+        _task_dict(config),
+        _train_dict(config),
+        weights_dir=str(out / WEIGHTS_DIR),
     )
     if executor_factory is None:  # as the CLI: local worker processes, one per core by default
         from .distributed import ExecutorChoice
@@ -723,6 +728,7 @@ def _run_in_folder(
     shipped, verified, model = _verify_and_ship(
         config, space, data, study, screen, budgets.constraints, model, out, say
     )
+    shutil.rmtree(out / WEIGHTS_DIR, ignore_errors=True)
     winner_trial = (
         next(t for t in study.get_trials(deepcopy=False) if shipped and t.number == shipped[0].trial)
         if shipped
@@ -770,6 +776,9 @@ def _budget_text(c: Constraints) -> str:
 
 # At most this many candidates are verified (trained, compressed, exported and timed) per run.
 VERIFY_LIMIT = 8
+# Inside --out: the weights each training left, so verification compresses the very networks the
+# search trained instead of training them again. Removed once the run has shipped (or not).
+WEIGHTS_DIR = ".weights"
 
 
 def _predicted_to_fit(trial: Any, space: SearchSpace, screen: Any, model: LatencyModel) -> bool:
@@ -811,7 +820,9 @@ def _verify_and_ship(
         chosen = pick(pool, budgets, k=k, limit=min(k + 2, VERIFY_LIMIT - len(verified)))
         if not chosen:
             break
-        verified += verify_candidates(config, space, data, chosen, budgets, out / "verify", say)
+        verified += verify_candidates(
+            config, space, data, chosen, budgets, out / "verify", say, weights=out / WEIGHTS_DIR
+        )
         timed = [(v.arch, v.measured_latency_ms) for v in verified if v.measured_latency_ms is not None]
         model = model.refined(timed, space)
         study.set_user_attr("verified", [v.as_dict() for v in verified])

@@ -67,6 +67,10 @@ def test_tiny_search_end_to_end(run_nas, tmp_path: Path) -> None:
     assert shipped[0]["measured_latency_ms"] == best["measured_latency_ms"]
     assert all(v["size_bytes"] <= 24 * 1024 for v in verification if v["fits"])
     assert all((out / v["file"]).is_file() for v in verification if v["stage"] == "verify")
+    # verification compressed the networks the search trained (their weights, not a retraining),
+    # and those weights are gone once the run has shipped
+    assert "the search's 2-epoch weights" in proc.stderr, proc.stderr[-3000:]
+    assert not (out / ".weights").exists()
     assert best["measured_latency_ms"] > 0 and best["predicted_latency_ms"] > 0
 
     # the trial records: the size budget binds, screened candidates were never trained
