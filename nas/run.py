@@ -273,7 +273,7 @@ def _calibrate(
     them (interleaved repeats) instead of trusting the old timings: shared machines change speed
     under you, and a table that was right an hour ago can be 10-40% off now. The fresh timings
     are what the correction is fitted on; the drift against the cached ones is reported."""
-    from latency_models.profile import time_interleaved
+    from latency_models.profile import retime_blocks, time_interleaved
     from latency_models.runtimes import Artifact, get_runtime
     from latency_models.table import write_atomic
     from search_spaces.backend import keras
@@ -292,7 +292,10 @@ def _calibrate(
         status(f"re-timing {len(records)} cached calibration models against the cached profile")
         sessions = [(rt.load(Artifact(rt.name, lat.dtype, b), threads=lat.threads), sample) for b in files]
         fresh = time_interleaved(sessions, CALIBRATION_REPEATS, threads=lat.threads)
-        drift = _drift(records, fresh)
+        blocks = retime_blocks(
+            space, predictor.table, lat.runtime, lat.dtype, lat.threads, REFERENCE_BLOCKS, CALIBRATION_REPEATS
+        )
+        drift = _drift(records, fresh, blocks)
         if drift["drifted"]:
             status(f"latency profile drifted: {drift['message']}")
         now = [
@@ -423,28 +426,58 @@ def _load_calibration(path: Path, key: str) -> tuple[list[dict[str, Any]], list[
         return None
 
 
-def _drift(records: Sequence[dict[str, Any]], fresh: Sequence[Any]) -> dict[str, Any]:
-    """How far re-timed calibration models moved from their cached timings."""
+# Blocks of the cached table re-timed on every run beside the calibration models (whole models
+# alone cannot tell a stale table from a changed per-invoke cost).
+REFERENCE_BLOCKS = 4
+
+
+def _drift(
+    records: Sequence[dict[str, Any]], fresh: Sequence[Any], blocks: Sequence[tuple[float, Any]] | None = None
+) -> dict[str, Any]:
+    """How far re-timed calibration models (and reference blocks) moved from their cached
+    timings. Either beyond its threshold (the floor, or 3x the repeats' spread) is drift."""
     ratios = [t.median_ms / r["latency_ms"] - 1.0 for r, t in zip(records, fresh, strict=True)]
     spreads = [t.relative_spread for t in fresh] + [
         r["spread_ms"] / r["latency_ms"] for r in records if r.get("spread_ms") is not None
     ]
     median = float(np.median(ratios))
     threshold = max(DRIFT_FLOOR, 3.0 * float(np.median(spreads)))
-    drifted = abs(median) > threshold
-    message = (
-        f"the {len(ratios)} calibration models now run {abs(median):.1%} "
-        f"{'slower' if median > 0 else 'faster'} than when profiled (median; per model "
-        f"{min(ratios):+.1%} to {max(ratios):+.1%}), beyond the profile's spread (+-{threshold:.1%}); "
-        "the correction is re-fitted on the fresh timings"
-        if drifted
-        else f"calibration models within {abs(median):.1%} of the cached profile (threshold {threshold:.1%})"
-    )
+    parts = [("calibration models", len(ratios), median, ratios, threshold)]
+    block_doc = None
+    if blocks:
+        b_ratios = [timing.median_ms / cached - 1.0 for cached, timing in blocks]
+        b_median = float(np.median(b_ratios))
+        b_threshold = max(
+            DRIFT_FLOOR, 3.0 * float(np.median([timing.relative_spread for _, timing in blocks]))
+        )
+        parts.append(("reference blocks", len(b_ratios), b_median, b_ratios, b_threshold))
+        block_doc = {
+            "count": len(b_ratios),
+            "median": b_median,
+            "per_block": b_ratios,
+            "threshold": b_threshold,
+            "drifted": abs(b_median) > b_threshold,
+        }
+    moved = [p for p in parts if abs(p[2]) > p[4]]
+    drifted = bool(moved)
+    if drifted:
+        message = "; ".join(
+            f"the {n} {what} now run {abs(m):.1%} {'slower' if m > 0 else 'faster'} than when profiled "
+            f"(median; each {min(r):+.1%} to {max(r):+.1%}), beyond the profile's spread (+-{th:.1%})"
+            for what, n, m, r, th in moved
+        )
+        message += "; the correction is re-fitted on the fresh timings"
+    else:
+        message = ", ".join(
+            f"{what} within {abs(m):.1%} of the cached profile (threshold {th:.1%})"
+            for what, _, m, _, th in parts
+        )
     return {
         "models": len(ratios),
         "median": median,
         "per_model": ratios,
         "threshold": threshold,
+        "blocks": block_doc,
         "drifted": drifted,
         "action": "correction re-fitted on fresh timings",
         "message": message,

@@ -116,6 +116,11 @@ def test_tiny_search_end_to_end(run_nas, tmp_path: Path) -> None:
     assert "re-timing 4 cached calibration models" in again.stderr
     drift = json.loads((tmp_path / "run2" / "report.json").read_text())["latency_model"]["drift"]
     assert drift["models"] == 4 and len(drift["per_model"]) == 4 and drift["threshold"] >= 0.05
+    # ... and a few of the table's own blocks, re-timed as the profile timed them
+    blocks = drift["blocks"]
+    assert blocks["count"] == 4 and blocks["threshold"] >= 0.05
+    assert all(-0.9 < r < 9 for r in blocks["per_block"])  # a real timing, not a copy of the table
+    assert blocks["per_block"] != [0.0] * 4
 
     # the same folder without --resume is refused in one line, and nothing is overwritten
     before = (out / "report.json").read_bytes()
