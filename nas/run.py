@@ -545,24 +545,60 @@ def _open_study(config: RunConfig, out_dir: Path, storage: str | None, resume: b
     return study
 
 
-def exact_size_fn(space: SearchSpace, data: TaskData, dtype: str) -> Callable[[Hashable], int]:
+def exact_size_fn(
+    space: SearchSpace, data: TaskData, dtype: str, options: dict[str, Any] | None = None
+) -> Callable[[Hashable], int]:
     """Size of the exported file of ``arch``, by converting it with trained-looking weights (the
-    size of a TFLite file does not depend on the weights' values, only on their layout)."""
+    size of a TFLite file does not depend on the weights' values, only on their layout). With the
+    space's ``options``, sizes are kept on disk beside the host profile, so a later run of the
+    same space and task converts none twice (a conversion takes a second or two)."""
+    import hashlib
+    from importlib.metadata import version
+
+    from latency_models.profile import cache_dir
     from latency_models.runtimes import get_runtime
+    from latency_models.table import write_atomic
     from search_spaces.backend import keras
     from search_spaces.weights import randomize_like_trained
 
     rt = get_runtime("litert")
     rep = list(data.inputs(data.x_train[:32]))
+    path = None
     cache: dict[str, int] = {}
+    if options is not None:
+        key = json.dumps(
+            [
+                space.name,
+                options,
+                list(data.shape.input_shape),
+                data.shape.num_classes,
+                dtype,
+                version("tensorflow"),
+            ],
+            sort_keys=True,
+            default=str,
+        )
+        path = cache_dir() / "sizes" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("key") == key:
+                cache = {str(a): int(b) for a, b in doc["sizes"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            cache = {}  # missing or damaged: ours to rebuild
 
     def exact(arch: Hashable) -> int:
-        key = str(arch)
-        if key not in cache:
+        name = str(arch)
+        if name not in cache:
             keras().backend.clear_session()
             model = randomize_like_trained(space.build(arch, data.shape))
-            cache[key] = rt.convert(model, dtype, rep if dtype == "int8" else None).size_bytes
-        return cache[key]
+            cache[name] = rt.convert(model, dtype, rep if dtype == "int8" else None).size_bytes
+            if path is not None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_atomic(path, json.dumps({"key": key, "sizes": cache}))
+                except OSError:
+                    pass  # a read-only cache only costs time
+        return cache[name]
 
     return exact
 
@@ -617,7 +653,12 @@ def prepare_budgets(
         model.size,
         Constraints(),
         model.memory_table,
-        exact_size=exact_size_fn(space, data, config.latency.dtype),
+        exact_size=exact_size_fn(
+            space,
+            data,
+            config.latency.dtype,
+            dict(config.space.options) if space.defined_by_options else None,
+        ),
     )
     if stored:
         budgets = ResolvedBudgets.from_dict(stored)
