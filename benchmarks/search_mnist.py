@@ -185,7 +185,7 @@ def write_prior_check(doc: dict[str, Any]) -> None:
 
 
 # default's shipped test accuracy (mean, stdev over 6 seeds) before shipped files were verified:
-# benchmarks/results/search_mnist.md (absolute budget 0.012 ms, AMD EPYC).
+# benchmarks/results/search_mnist.md (the quickstart budgets of that time, absolute).
 BEFORE_VERIFICATION = (0.9635, 0.0029)
 
 
