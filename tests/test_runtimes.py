@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from latency_models.profile import random_representative
-from latency_models.runtimes import get_runtime
+from latency_models.runtimes import RUNTIMES, get_runtime
 from search_spaces import Block, InputError, get_space
 
 BLOCK = Block("mbconv", 12, 12, 8, 16, kernel=3, stride=2, expand=3, se=True, act="hswish")
@@ -33,20 +33,32 @@ def reference(model, batch):
 SAMPLES = random_representative((12, 12, 8), n=16)
 
 
-@pytest.mark.parametrize("name", ["litert", "onnxruntime", "openvino", "tflm"])
-def test_fp32_runs_exactly_what_keras_computes(name, model, batch, reference):
+def _runtime(name: str, dtype: str):
+    """The registered runtime ``name`` (every one is tested: adding it to RUNTIMES is enough)."""
     rt = get_runtime(name)
+    assert rt.name == name and isinstance(rt.version(), str) and rt.version()
+    if dtype not in rt.dtypes:
+        pytest.skip(f"runtime {name} has no {dtype}")
+    return rt
+
+
+@pytest.mark.parametrize("name", sorted(RUNTIMES))
+def test_fp32_runs_exactly_what_keras_computes(name, model, batch, reference):
+    rt = _runtime(name, "fp32")
     session = rt.load(rt.convert(model, "fp32"), threads=1)
     out = session.run(batch)
     assert out.shape == reference.shape and out.dtype == np.float32
     np.testing.assert_allclose(out, reference, atol=1e-4)
     t = session.time(batch[0], runs=5, warmup=1, min_total_s=0.0)
     assert 0 < t.p10_ms <= t.median_ms <= t.p90_ms and t.runs >= 5
+    # what profiling converts computes the same
+    profiled = rt.load(rt.convert_for_profiling(model, "fp32"), threads=1)
+    np.testing.assert_allclose(profiled.run(batch), reference, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["litert", "onnxruntime", "openvino", "tflm"])
+@pytest.mark.parametrize("name", sorted(RUNTIMES))
 def test_int8_stays_close_to_fp32(name, model, batch, reference):
-    rt = get_runtime(name)
+    rt = _runtime(name, "int8")
     session = rt.load(rt.convert(model, "int8", SAMPLES), threads=1)
     out = session.run(batch)
     assert out.shape == reference.shape
