@@ -124,3 +124,17 @@ def test_fidelity_rungs_and_the_default_single_fidelity() -> None:
     assert config.search.fidelity.rungs(config.training.epochs) == (1, 3, 9, 12)
     assert parse_config({"search": {"fidelity": {}}}).search.fidelity.rungs(3) == (1, 3)
     assert config.as_dict()["search"]["fidelity"] == {"min_epochs": 1, "eta": 3}
+
+
+def test_an_input_error_is_always_one_short_line() -> None:
+    """The floor under every message: whatever it quotes, one line, long words cut, paths and
+    ordinary architecture strings kept whole."""
+    from search_spaces import InputError
+
+    path = "/tmp/" + "deep/" * 30 + "input.yaml"
+    arch = "d1-k3-e1-w16-se0-relu6+d2-k5-e3-w16-se1-relu6+d1-k5-e1-w40-se1-relu6"
+    huge = InputError(f"{path}: space: unknown space 'mbco{'9' * 500}'\nvalid: [a, b].")
+    assert "\n" not in str(huge) and path in str(huge)
+    assert len(str(huge).replace(path, "FILE")) < 120
+    plain = f"arch {arch}: stage 0 kernel: expected one of [3, 5, 7], got 9."
+    assert str(InputError(plain)) == plain
