@@ -87,11 +87,11 @@ def _nnls(a: np.ndarray, b: np.ndarray, iters: int = 200) -> np.ndarray:
     return x
 
 
-def _log_settings(block: Block) -> np.ndarray:
+def log_settings(block: Block) -> np.ndarray:
     return np.array([math.log(max(float(getattr(block, f)), 1e-9)) for f in _DISTANCE_FIELDS])
 
 
-def _group(block: Block) -> tuple[object, ...]:
+def group_of(block: Block) -> tuple[object, ...]:
     """Blocks whose ratio to the cost model may correct each other: same kind and structure."""
     return (block.kind, block.stride, block.se, block.act, block.extra)
 
@@ -122,11 +122,11 @@ class BlockModel:
         if base is None:
             return None
         family = block_features(block)[0]
-        candidates = [b for b in self.entries if _group(b) == _group(block)] or [
+        candidates = [b for b in self.entries if group_of(b) == group_of(block)] or [
             b for b in self.entries if block_features(b)[0] == family
         ]
-        here = _log_settings(block)
-        ranked = sorted(candidates, key=lambda b: (float(np.abs(_log_settings(b) - here).sum()), b.key))
+        here = log_settings(block)
+        ranked = sorted(candidates, key=lambda b: (float(np.abs(log_settings(b) - here).sum()), b.key))
         ratios = []
         for b in ranked[:NEIGHBOURS]:
             m = self.modelled(b)
