@@ -222,8 +222,10 @@ def parse_benchmark_model(text):
 
 
 def _tail(text):
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else "(empty)")[:160]
+    """The line that says what went wrong: the first error line, else the last line."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR" in line or "error" in line]
+    return (errors[0] if errors else lines[-1] if lines else "(empty)")[:160]
 
 
 class AdbTimer:
