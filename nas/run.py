@@ -808,6 +808,14 @@ def _run_in_folder(
         config, space, data, study, screen, budgets.constraints, model, out, say
     )
     shutil.rmtree(out / WEIGHTS_DIR, ignore_errors=True)
+    if shipped and hasattr(model.predictor, "extrapolated"):
+        arch = space.parse(shipped[0].arch)
+        n = model.predictor.extrapolated([arch])[0]
+        if n:
+            total = len(space.blocks(arch, data.shape))
+            say(
+                f"shipped {shipped[0].arch}: {n} of its {total} blocks priced by the per-kind model (not in the table)"
+            )
     winner_trial = (
         next(t for t in study.get_trials(deepcopy=False) if shipped and t.number == shipped[0].trial)
         if shipped

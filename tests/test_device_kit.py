@@ -493,3 +493,38 @@ def test_minimal_venv_runner_survives_kill_9_and_measures_only_what_was_missing(
         main(["latency", "import", str(results), "--kit", str(tiny_kit), "--out", str(tmp_path / "t.json")])
         == 0
     )
+
+
+def test_run_latency_model_from_a_kit_table_extrapolates_and_strict_refuses(
+    tiny_kit: Path, tiny_results: Path, tmp_path: Path
+) -> None:
+    """``nas run``'s latency model on an imported table that lacks a block: the correction is
+    fitted on the kit's calibration networks, the missing block is counted, strict refuses."""
+    from nas.config import parse_config
+    from nas.data import load_task
+    from nas.run import build_latency_model
+
+    table_path = tmp_path / "dev.json"
+    assert (
+        main(["latency", "import", str(tiny_results), "--kit", str(tiny_kit), "--out", str(table_path)]) == 0
+    )
+    table = LatencyTable.load(table_path)
+    dropped = sorted(table.entries, key=lambda b: b.key)[2]
+    LatencyTable(table.meta, {b: e for b, e in table.entries.items() if b != dropped}).save(table_path)
+    npz = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(npz, x=rng.random((60, 12, 12, 1)).astype("float32"), y=np.arange(60) % 10)
+    doc = {
+        "task": {"data": str(npz)},
+        "space": {"name": "mbconv", "options": TINY},
+        "latency": {"device": "kit", "table": str(table_path)},
+    }
+    config = parse_config(doc)
+    said: list[str] = []
+    model = build_latency_model(config, get_space("mbconv", TINY), load_task(config.task), said.append)
+    assert "(1 of 6 blocks of the space extrapolated)" in model.description
+    assert model.predictor.correction.n_measurements == 2 and len(model.calibration) == 2
+    assert any("fitted on its 2 calibration models" in s for s in said)
+    strict = parse_config({**doc, "latency": {**doc["latency"], "strict": True}})
+    with pytest.raises(MissingEntryError, match=f"no entry for block {dropped.key}"):
+        build_latency_model(strict, get_space("mbconv", TINY), load_task(strict.task))
