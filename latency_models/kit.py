@@ -6,6 +6,7 @@ runner ``measure.py``), and the import of its results into a ``LatencyTable``.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
 from collections.abc import Callable, Hashable, Sequence
@@ -174,8 +175,6 @@ def build_kit(
         "runner": RUNNER,
         "files": files,
     }
-    import json
-
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -227,6 +226,22 @@ def _check_manifest(kit: Path) -> tuple[dict[str, Any], str]:
         raise InputError(
             f"{manifest_path}: kit format version {brief(manifest.get('version'))} is not supported (expected {KIT_VERSION})."
         )
+    timing = manifest.get("timing")
+    ok = isinstance(timing, dict) and all(
+        isinstance(timing.get(k), list)
+        and len(timing[k]) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in timing[k])
+        for k in ("block", "repeat")
+    )
+    ok = ok and all(
+        isinstance(timing.get(k), int) and not isinstance(timing.get(k), bool) and 1 <= timing[k] <= 100
+        for k in ("repeats", "invoke_rounds")
+    )
+    if not ok:
+        raise InputError(
+            f"{manifest_path}: timing: expected block and repeat [runs, warmup, min_s] and repeats, "
+            f"invoke_rounds in [1, 100], got {brief(timing)}."
+        )
     files = manifest.get("files")
     if not isinstance(files, list) or not files:
         raise InputError(f"{manifest_path}: files: expected a non-empty list, got {brief(files)}.")
@@ -237,6 +252,10 @@ def _check_manifest(kit: Path) -> tuple[dict[str, Any], str]:
             or not isinstance(f.get("sha256"), str)
         ):
             raise InputError(f"{manifest_path}: files[{i}]: expected an object with file and sha256.")
+        if f.get("role") not in ("block", "invoke", "calibration", "arch"):
+            raise InputError(
+                f"{manifest_path}: files[{i}].role: expected block, invoke, calibration or arch, got {brief(f.get('role'))}."
+            )
         path = kit / f["file"]
         if "/" in f["file"] or not path.is_file():
             raise InputError(f"{path}: listed in the manifest but missing from the kit.")

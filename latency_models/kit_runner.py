@@ -321,14 +321,24 @@ def load_manifest(kit_dir):
         raise KitError(
             f"{path}: kit format version {doc.get('version')!r} is not supported (expected {VERSION})."
         )
-    for i, f in enumerate(doc.get("files") or []):
-        if (
-            not isinstance(f, dict)
-            or not isinstance(f.get("file"), str)
-            or "/" in f["file"]
-            or f["file"].startswith(".")
-        ):
-            raise KitError(f"{path}: files[{i}]: expected an object with a plain file name.")
+    timing = doc.get("timing")
+    if not isinstance(timing, dict) or not all(
+        k in timing for k in ("block", "repeat", "repeats", "invoke_rounds")
+    ):
+        raise KitError(f"{path}: timing: expected block, repeat, repeats and invoke_rounds.")
+    if not doc.get("files"):
+        raise KitError(f"{path}: files: expected a non-empty list.")
+    for i, f in enumerate(doc["files"]):
+        plain = isinstance(f, dict) and isinstance(f.get("file"), str) and "/" not in f["file"]
+        if not plain or f["file"].startswith(".") or not isinstance(f.get("sha256"), str):
+            raise KitError(f"{path}: files[{i}]: expected an object with a plain file name and its sha256.")
+        if f.get("role") not in ("block", "invoke", "calibration", "arch"):
+            raise KitError(
+                f"{path}: files[{i}].role: expected block, invoke, calibration or arch, got {f.get('role')!r}."
+            )
+    parts = {f.get("part") for f in doc["files"] if f["role"] == "invoke"}
+    if not {"a", "b", "ab"} <= parts:
+        raise KitError(f"{path}: files: expected the per-invoke pair (invoke parts a, b and ab).")
     return doc, hashlib.sha256(raw).hexdigest()
 
 
@@ -404,9 +414,12 @@ class Progress:
         sys.stderr.flush()
 
 
-def measure(kit_dir, out, timer, threads, mode):
-    manifest, kit_id = load_manifest(kit_dir)
-    check_files(kit_dir, manifest)
+def measure(kit_dir, out, timer, threads, mode, checked=None):
+    """Time every file of the kit not yet in ``out``; ``checked``: the (manifest, kit id) of a
+    kit whose files were already checked against their hashes."""
+    manifest, kit_id = checked or load_manifest(kit_dir)
+    if checked is None:
+        check_files(kit_dir, manifest)
     results = load_results(out, kit_id, threads, mode)
     timing = manifest["timing"]
     block_timing = tuple(timing["block"])
@@ -479,6 +492,9 @@ def main(argv=None):
             raise KitError(f"--threads: expected an int >= 1, got {args.threads}.")
         kit_dir = Path(args.kit) if args.kit else Path(__file__).resolve().parent
         out = Path(args.out)
+        # The kit first (a damaged copy is found before any device is touched), then the device.
+        checked = load_manifest(kit_dir)
+        check_files(kit_dir, checked[0])
         if args.adb:
             if not args.benchmark_model:
                 raise KitError(
@@ -492,7 +508,7 @@ def main(argv=None):
             timer = LocalTimer(kit_dir, args.threads)
             mode = "local"
         start = time.time()
-        results, measured = measure(kit_dir, out, timer, args.threads, mode)
+        results, measured = measure(kit_dir, out, timer, args.threads, mode, checked)
     except KitError as e:
         sys.stderr.write(f"measure.py: error: {e}\n")
         return 2

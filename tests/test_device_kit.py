@@ -528,3 +528,30 @@ def test_run_latency_model_from_a_kit_table_extrapolates_and_strict_refuses(
     strict = parse_config({**doc, "latency": {**doc["latency"], "strict": True}})
     with pytest.raises(MissingEntryError, match=f"no entry for block {dropped.key}"):
         build_latency_model(strict, get_space("mbconv", TINY), load_task(strict.task))
+
+
+def test_runner_refuses_a_damaged_kit_and_results_of_another_kit(tmp_path: Path) -> None:
+    kit = _fake_kit(tmp_path / "kit")
+    run = [sys.executable, str(kit / "measure.py"), "--adb", "--benchmark-model", "/x/bm"]
+    (kit / "b0001.tflite").write_bytes(b"changed")
+    done = subprocess.run(
+        [*run, "--out", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "b0001.tflite: sha256 differs" in done.stderr
+    manifest = json.loads((kit / "manifest.json").read_text())
+    del manifest["timing"]
+    (kit / "manifest.json").write_text(json.dumps(manifest))
+    done = subprocess.run(
+        [*run, "--out", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "timing: expected" in done.stderr and "Traceback" not in done.stderr
+    other = _fake_kit(tmp_path / "other")
+    (tmp_path / "r.json").write_text(json.dumps({"format": kit_runner.RESULTS_FORMAT, "kit": "0" * 64}))
+    done = subprocess.run(
+        [sys.executable, str(other / "measure.py"), "--out", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "measured with another kit" in done.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["kit"] == "0" * 64  # left as it was
