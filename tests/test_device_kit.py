@@ -314,7 +314,10 @@ def test_predict_cli_reports_extrapolated_blocks_and_strict(
 @pytest.fixture(scope="module")
 def tiny_kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     kit = tmp_path_factory.mktemp("kit") / "kit"
-    args = ["latency", "kit", "--space", "mbconv", "--space-options", json.dumps(TINY)]
+    archs = kit.parent / "archs.csv"
+    space = get_space("mbconv", TINY)
+    archs.write_text(f"arch\n{space.random(random.Random(5))}\n{space.random(random.Random(6))}\n")
+    args = ["latency", "kit", "--space", "mbconv", "--space-options", json.dumps(TINY), "--archs", str(archs)]
     assert main([*args, "--input-shape", "12,12,1", "--calibration-models", "2", "--out", str(kit)]) == 0
     return kit
 
@@ -352,6 +355,20 @@ def test_kit_holds_every_block_with_hashes_and_imports_to_a_pricing_table(
     table = LatencyTable.load(table_path)
     assert len(table) == manifest["blocks_total"]
     assert len(table.meta.extra["calibration"]) == 2 and table.meta.extra["invoke_overhead_ms"] >= 0
+    measured = (tmp_path / "dev.archs.csv").read_text().splitlines()
+    assert measured[0] == "arch,latency_ms" and len(measured) == 3
+    assert sum(f["role"] == "arch" for f in manifest["files"]) == 2
+    fit = [
+        "latency",
+        "fit",
+        "--space",
+        "mbconv",
+        "--table",
+        str(table_path),
+        "--measurements",
+        str(tmp_path / "dev.archs.csv"),
+    ]
+    assert main([*fit, "--out", str(tmp_path / "p.json")]) == 0
     p = TablePredictor(space="mbconv", device="d", table=table, task=task, space_options=TINY)
     archs = [space.parse(c["arch"]) for c in table.meta.extra["calibration"]]
     fitted = p.with_correction(archs, [c["latency_ms"] for c in table.meta.extra["calibration"]])
