@@ -572,3 +572,21 @@ def test_runner_refuses_a_damaged_kit_and_results_of_another_kit(tmp_path: Path)
     )
     assert done.returncode == 2 and "measured with another kit" in done.stderr
     assert json.loads((tmp_path / "r.json").read_text())["kit"] == "0" * 64  # left as it was
+
+
+def test_runner_is_standalone_python_3_9() -> None:
+    """``measure.py`` parses as Python 3.9 and imports nothing of this project (nor TensorFlow at
+    module level): a device needs only numpy and a TFLite interpreter."""
+    import ast
+
+    source = (ROOT / "latency_models" / "kit_runner.py").read_text()
+    tree = ast.parse(source, feature_version=(3, 9))
+    imported = {
+        (n.module or "").split(".")[0] if isinstance(n, ast.ImportFrom) else a.name.split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    }
+    assert not imported & {"latency_models", "nas", "search_spaces", "compress", "tensorflow"}
+    top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    assert "numpy" not in top  # imported where used: --help and bad arguments need no numpy
