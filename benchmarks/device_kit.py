@@ -464,7 +464,55 @@ def stage_recheck(args: argparse.Namespace) -> dict:
     }
 
 
+def stage_ceiling(args: argparse.Namespace) -> dict:
+    """The same question for the host's own table (the ``host`` stage's profile of the same
+    blocks): the kit's calibration files and the shipped file timed here in the same interleaved
+    rounds, the correction fitted on the calibration timings, the shipped file predicted. What
+    the host pipeline gets without its near-budget models and verified files is the ceiling for
+    a device table, which has neither."""
+    from latency_models.predictor import TablePredictor
+    from latency_models.profile import time_interleaved
+    from latency_models.runtimes.litert import load_file
+    from search_spaces import TaskShape, get_space
+
+    work = Path(args.work)
+    report = json.loads((work / "run" / "report.json").read_text())
+    arch_text = report["best"]["arch"]
+    device = LatencyTable.load(work / "device.json")
+    host = LatencyTable.load(work / "host.json")
+    extra = device.meta.extra
+    space = get_space(extra["space"], extra["space_options"])
+    task = TaskShape(tuple(extra["input_shape"]), extra["num_classes"])
+    manifest = json.loads((work / "kit" / "manifest.json").read_text())
+    cal = [f for f in manifest["files"] if f["role"] == "calibration"]
+    files = [work / "run" / "model.tflite", *(work / "kit" / f["file"] for f in cal)]
+    sessions = [load_file(f) for f in files]
+    pairs = [(s, np.zeros(tuple(int(d) for d in s.input["shape"][1:]), np.float32)) for s in sessions]
+    timings = time_interleaved(pairs, repeats=args.repeats)
+    archs = [space.parse(f["arch"]) for f in cal]
+    arch = space.parse(arch_text)
+    out = {"shipped_arch": arch_text, "measured_ms": timings[0].median_ms, "load_average": _load_avg()}
+    for name, table in (("host", host), ("kit", device)):
+        p = TablePredictor(
+            space=space.name, device=name, table=table, task=task, space_options=extra["space_options"]
+        )
+        raw = float(p.raw([arch])[0])
+        fitted = p.with_correction(archs, [t.median_ms for t in timings[1:]])
+        predicted = float(fitted.predict([arch])[0])
+        out[name] = {
+            "raw_sum_ms": raw,
+            "raw_error": timings[0].median_ms / raw - 1,
+            "predicted_ms": predicted,
+            "error": timings[0].median_ms / predicted - 1,
+            "calibration_fit_errors": [
+                float(v) / t.median_ms - 1 for v, t in zip(fitted.predict(archs), timings[1:], strict=True)
+            ],
+        }
+    return out
+
+
 STAGES = {
+    "ceiling": stage_ceiling,
     "recheck": stage_recheck,
     "loo": stage_loo,
     "device": stage_device,
@@ -603,12 +651,30 @@ def write_md(result: dict) -> None:
             f"{r['predicted_by_search_table_ms'] * 1000:.1f}), measured {r['measured_ms'] * 1000:.1f} us "
             f"(+-{r['spread_ms'] * 1000:.1f}), error {r['error']:+.1%}. Within 10%: {'yes' if r['floor_ok'] else 'NO'}.",
         ]
+    c = result.get("ceiling")
+    if c:
+        md += [
+            "",
+            "## Ceiling: the host's own table on the same shipped file",
+            "",
+            f"The shipped file and the kit's calibration files timed here in {args_repeats(c)}; the correction "
+            f"fitted on those calibration timings for each table. Shipped file measured {c['measured_ms'] * 1000:.1f} us.",
+            "",
+            "| table | raw sum (us) | measured vs raw | corrected prediction (us) | measured vs prediction | calibration fit errors |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name in ("host", "kit"):
+            t = c[name]
+            md.append(
+                f"| {name} | {t['raw_sum_ms'] * 1000:.1f} | {t['raw_error']:+.1%} | {t['predicted_ms'] * 1000:.1f} "
+                f"| {t['error']:+.1%} | {', '.join(f'{e:+.0%}' for e in t['calibration_fit_errors'])} |"
+            )
     md.append("")
     write_atomic(RESULTS / "device_kit.md", "\n".join(md))
 
 
 def args_repeats(r: dict) -> str:
-    return f"load average {r['load_average']:.2f}"
+    return f"interleaved rounds, load average {r['load_average']:.2f}"
 
 
 def main() -> int:
