@@ -527,8 +527,10 @@ def write_md(result: dict) -> None:
     m = result.get("machine", {})
     md.append(
         f"Machine: {m.get('cpu')} ({m.get('cpu_count')} cores), shared with other jobs while measuring "
-        f"(load averages are in `device_kit.json`). Command: `{result.get('command')}`."
+        f"(load averages are in `device_kit.json`)."
     )
+    commands = dict.fromkeys(result[s].get("command") for s in STAGES if s in result)
+    md.append("Commands: " + "; ".join(f"`{c}`" for c in commands if c) + ".")
     loo = result.get("loo")
     if loo:
         md += [
@@ -695,10 +697,12 @@ def main() -> int:
     result["machine"] = {**machine_fingerprint(), "python": platform.python_version()}
     result["command"] = "python benchmarks/device_kit.py " + " ".join(sys.argv[1:])
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    for stage in args.stages.split(","):
+    write_md(result)
+    for stage in [s for s in args.stages.split(",") if s]:
         t0 = time.time()
         result[stage] = STAGES[stage](args)
         result[stage]["stage_s"] = time.time() - t0
+        result[stage]["command"] = result["command"]
         write_atomic(path, json.dumps(result, indent=1) + "\n")
         write_md(result)
         print(f"{stage}: done in {time.time() - t0:.0f} s", flush=True)
