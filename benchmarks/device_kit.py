@@ -648,7 +648,8 @@ def write_md(result: dict) -> None:
             "## The shipped file against a freshly measured table",
             "",
             f"The kit's runner run again in the minimal venv ({r['runner_s']:.0f} s), imported, the correction "
-            f"fitted on its calibration networks, then the shipped file timed right away ({args_repeats(r)}): "
+            f"fitted on its calibration networks, then the shipped file timed right away in repeats "
+            f"(load average {r['load_average']:.2f}): "
             f"predicted {r['predicted_by_fresh_table_ms'] * 1000:.1f} us (the search's table said "
             f"{r['predicted_by_search_table_ms'] * 1000:.1f}), measured {r['measured_ms'] * 1000:.1f} us "
             f"(+-{r['spread_ms'] * 1000:.1f}), error {r['error']:+.1%}. Within 10%: {'yes' if r['floor_ok'] else 'NO'}.",
