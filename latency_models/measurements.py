@@ -11,9 +11,10 @@ import hashlib
 import io
 import math
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -261,8 +262,14 @@ def read_reference(path: str | os.PathLike[str], space: SearchSpace) -> Referenc
     return Reference(where, tuple(devices), tuple(texts), tuple(archs), np.asarray(matrix, dtype=float))
 
 
-def write_latencies(path: str | os.PathLike[str], texts: Sequence[str], latency_ms: Sequence[float]) -> None:
-    """``arch,latency_ms`` in the given order, written atomically (``repr`` keeps every digit)."""
+def write_latencies(
+    path: str | os.PathLike[str],
+    texts: Sequence[str],
+    latency_ms: Sequence[float],
+    columns: Mapping[str, Sequence[Any]] | None = None,
+) -> None:
+    """``arch,latency_ms`` (then any further ``columns``) in the given order, written atomically
+    (``repr`` keeps every digit)."""
     from .table import write_atomic
 
     if len(texts) != len(latency_ms):
@@ -271,7 +278,8 @@ def write_latencies(path: str | os.PathLike[str], texts: Sequence[str], latency_
         )
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["arch", "latency_ms"])
-    for text, value in zip(texts, latency_ms, strict=True):
-        w.writerow([text, repr(float(value))])
+    more = dict(columns or {})
+    w.writerow(["arch", "latency_ms", *more])
+    for i, (text, value) in enumerate(zip(texts, latency_ms, strict=True)):
+        w.writerow([text, repr(float(value)), *(col[i] for col in more.values())])
     write_atomic(path, buf.getvalue())

@@ -1,7 +1,9 @@
 """Latency predictors: price architectures of a space, saved as plain JSON that loads anywhere.
 
 ``TablePredictor`` sums a device table over an architecture's blocks and corrects the sum for the
-whole-model overhead with ``a * sum + b`` fitted on a few end-to-end measurements. Other kinds
+whole-model overhead with ``a * sum + b`` fitted on a few end-to-end measurements. Blocks the
+table lacks are priced by a per-kind cost model fitted on its entries (``extrapolate``) unless
+the predictor is ``strict``. Other kinds
 (learned, few-shot transfer) register in ``PREDICTORS`` and share the file envelope.
 """
 
@@ -12,6 +14,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -121,26 +124,53 @@ class LatencyPredictor(ABC):
 
 @dataclass(frozen=True)
 class TablePredictor(LatencyPredictor):
-    """Sum of a per-block table, corrected for whole-model overhead."""
+    """Sum of a per-block table, corrected for whole-model overhead. A block the table lacks is
+    priced by ``latency_models.extrapolate`` (fitted on the table's entries, which stay exact);
+    ``strict`` refuses it with ``MissingEntryError`` instead."""
 
     kind = "table"
     table: LatencyTable | None = None
     task: TaskShape | None = None
     space_options: Mapping[str, Any] = field(default_factory=dict)
     correction: LinearCorrection = field(default_factory=LinearCorrection)
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.table is None or self.task is None:
             raise InputError("table predictor: expected a latency table and a task shape, got none.")
+        if not isinstance(self.strict, bool):
+            raise InputError(f"strict: expected true or false, got {brief(self.strict)}.")
 
     def _space(self) -> SearchSpace:
         return _cached_space(self.space, json.dumps(dict(self.space_options), sort_keys=True))
+
+    @cached_property
+    def block_model(self) -> Any:
+        """The per-kind cost model fitted on the table (built on first use)."""
+        from .extrapolate import fit_block_model
+
+        assert self.table is not None
+        return fit_block_model(self.table.entries)
+
+    def _fill(self, block: Any) -> float:
+        value = self.block_model.price(block)
+        if value is None:  # no entry of its kind to fit on: the table's own message
+            assert self.table is not None
+            self.table.lookup(block)
+        return float(value)
+
+    def extrapolated(self, archs: Sequence[Hashable]) -> list[int]:
+        """How many of each architecture's blocks the table lacks (priced by the cost model)."""
+        space = self._space()
+        assert self.table is not None and self.task is not None
+        return [sum(b not in self.table for b in space.blocks(a, self.task)) for a in archs]
 
     def raw(self, archs: Sequence[Hashable]) -> np.ndarray:
         """Table sums before the overhead correction."""
         space = self._space()
         assert self.table is not None and self.task is not None
-        return np.array([self.table.price(space.blocks(a, self.task)) for a in archs], dtype=float)
+        fill = None if self.strict else self._fill
+        return np.array([self.table.price(space.blocks(a, self.task), fill) for a in archs], dtype=float)
 
     def predict(self, archs: Sequence[Hashable]) -> np.ndarray:
         out = np.asarray(self.correction(self.raw(archs)), dtype=float)
@@ -169,6 +199,7 @@ class TablePredictor(LatencyPredictor):
                 "n_measurements": self.correction.n_measurements,
             },
             "table": json.loads(self.table.to_json()),
+            **({"strict": True} if self.strict else {}),
         }
 
     @classmethod
@@ -199,6 +230,7 @@ class TablePredictor(LatencyPredictor):
                 correction=LinearCorrection(
                     corr.get("scale", 1.0), corr.get("offset_ms", 0.0), corr.get("n_measurements", 0)
                 ),
+                strict=doc.get("strict", False),
             )
         except InputError as e:
             raise InputError(f"{where}: {e}") from None

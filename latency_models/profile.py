@@ -27,7 +27,9 @@ __all__ = [
     "cache_dir",
     "convert_blocks",
     "host_table",
+    "invoke_overhead_from",
     "invoke_overhead_ms",
+    "invoke_pair",
     "machine_fingerprint",
     "measure_archs",
     "measure_arenas",
@@ -356,18 +358,29 @@ def invoke_overhead_ms(
     convolutions, median over interleaved rounds. Every block of a table was timed as its own
     model and paid it once; a whole network pays it once in all (``LatencyTable.price``)."""
     rt = get_runtime(runtime)
-    rt.check_dtype(dtype)
-    sessions = []
-    for model in _conv_pair_and_chain(2, 2, 4, 1):
-        samples = random_representative(_model_input_shape(model))
-        artifact = rt.convert_for_profiling(model, dtype, samples if dtype == "int8" else None)
-        sessions.append((rt.load(artifact, threads=threads), samples[0]))
-    _clear_keras()
+    sessions = [(rt.load(a, threads=threads), x) for a, x in invoke_pair(runtime, dtype)]
     diffs = []
     for _ in range(rounds):
-        ta, tb, tab = (time_session(s, x, timing, threads).median_ms for s, x in sessions)
-        diffs.append(ta + tb - tab)
-    return max(0.0, float(np.median(diffs)))
+        diffs.append(tuple(time_session(s, x, timing, threads).median_ms for s, x in sessions))
+    return invoke_overhead_from(diffs)
+
+
+def invoke_pair(runtime: str, dtype: str) -> list[tuple[Any, np.ndarray]]:
+    """The converted files (and a sample each) of two tiny convolutions A and B and of A then
+    B, whose timings give the per-invoke cost (``invoke_overhead_from``)."""
+    rt = get_runtime(runtime)
+    rt.check_dtype(dtype)
+    out = []
+    for model in _conv_pair_and_chain(2, 2, 4, 1):
+        samples = random_representative(_model_input_shape(model))
+        out.append((rt.convert_for_profiling(model, dtype, samples if dtype == "int8" else None), samples[0]))
+    _clear_keras()
+    return out
+
+
+def invoke_overhead_from(rounds: Sequence[Sequence[float]]) -> float:
+    """The per-invoke cost (ms) from rounds of ``(t(A), t(B), t(A then B))`` medians."""
+    return max(0.0, float(np.median([ta + tb - tab for ta, tb, tab in rounds])))
 
 
 def retime_blocks(

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from search_spaces import Block, InputError
 from search_spaces.safeio import MAX_JSON_BYTES, brief, loads_json, read_bounded
 
 __all__ = [
+    "CALIBRATION_KEY",
     "FORMAT",
     "INVOKE_KEY",
     "VERSION",
@@ -43,6 +44,9 @@ OVERHEAD_KEY = "tflm_model_overhead_bytes"
 # meta.extra key of a profiled table: the fixed cost of one invoke (ms), which every separately
 # timed block paid once and a whole network pays once in all (see ``LatencyTable.price``)
 INVOKE_KEY = "invoke_overhead_ms"
+# meta.extra key of a device table imported from a kit: whole calibration networks measured on
+# the device ({arch, latency_ms, spread_ms, size_bytes}), which fit the whole-model correction
+CALIBRATION_KEY = "calibration"
 
 
 class MissingEntryError(InputError):
@@ -149,6 +153,22 @@ def _check_extra(extra: Mapping[str, Any]) -> None:
         count(extra["num_classes"], "extra.num_classes", low=2)
     if "space_options" in extra and not isinstance(extra["space_options"], Mapping):
         raise InputError(f"extra.space_options: expected a mapping, got {brief(extra['space_options'])}.")
+    calibration = extra.get(CALIBRATION_KEY)
+    if calibration is not None:
+        if not isinstance(calibration, list):
+            raise InputError(
+                f"extra.{CALIBRATION_KEY}: expected a list of measured models, got {brief(calibration)}."
+            )
+        for i, r in enumerate(calibration):
+            where = f"extra.{CALIBRATION_KEY}[{i}]"
+            if not isinstance(r, Mapping) or not isinstance(r.get("arch"), str):
+                raise InputError(f"{where}: expected an object with an arch string, got {brief(r)}.")
+            for key in ("latency_ms", "spread_ms"):
+                v = r.get(key, 0.0)
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                if not ok or v < 0 or (key == "latency_ms" and v <= 0):
+                    raise InputError(f"{where}.{key}: expected a finite number of ms, got {brief(v)}.")
+            count(r.get("size_bytes"), f"{where}.size_bytes", low=1)
     if "space" in extra and not isinstance(extra["space"], str):
         raise InputError(f"extra.space: expected a space name, got {brief(extra['space'])}.")
 
@@ -178,11 +198,19 @@ class LatencyTable:
         except KeyError:
             raise MissingEntryError(self._missing_message(block)) from None
 
-    def price(self, blocks: Iterable[Block]) -> float:
+    def price(self, blocks: Iterable[Block], fill: Callable[[Block], float] | None = None) -> float:
         """Sum of mean latencies (ms), less the per-invoke cost that each separately timed
-        block paid once too often when the table records it (``meta.extra[INVOKE_KEY]``)."""
+        block paid once too often when the table records it (``meta.extra[INVOKE_KEY]``).
+        ``fill`` prices the blocks the table lacks (else they raise ``MissingEntryError``)."""
         blocks = list(blocks)
-        total = sum(self.lookup(b).mean_ms for b in blocks)
+        total = sum(
+            self.entries[b].mean_ms
+            if fill is not None and b in self.entries
+            else fill(b)
+            if fill is not None
+            else self.lookup(b).mean_ms
+            for b in blocks
+        )
         invoke = float(self.meta.extra.get(INVOKE_KEY, 0.0))
         if invoke > 0 and len(blocks) > 1:
             total = max(total - invoke * (len(blocks) - 1), total / len(blocks))

@@ -156,8 +156,13 @@ class LatencyConfig:
     # drifted beyond the profile's spread: "refit" fits the correction on the fresh timings,
     # "reprofile" measures every block again.
     on_drift: str = "refit"
+    # A table that lacks blocks of the space prices them with a per-kind model fitted on its
+    # entries (``latency_models.extrapolate``); strict refuses such a table instead.
+    strict: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.strict, bool):
+            raise InputError(f"latency.strict: expected true or false, got {self.strict!r}.")
         if self.on_drift not in ("refit", "reprofile"):
             raise InputError(
                 f"latency.on_drift: expected one of ['refit', 'reprofile'], got {self.on_drift!r}."

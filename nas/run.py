@@ -135,10 +135,26 @@ def build_latency_model(
             table=table,
             task=task,
             space_options=dict(config.space.options),
+            strict=lat.strict,
         )
-        _check_covered(space, table, task)
+        description = f"table {lat.table}"
+        if lat.strict:
+            _check_covered(space, table, task)
+        else:
+            blocks = space.all_blocks(task)
+            missing = table.missing(blocks) if blocks is not None else []
+            if missing:
+                description += (
+                    f" ({len(missing)} of {len(set(blocks or []))} blocks of the space extrapolated)"
+                )
+                status(
+                    f"latency table {lat.table}: {len(missing)} of {len(set(blocks or []))} blocks of the space "
+                    "are not in it; priced by the per-kind model fitted on its entries (latency.strict refuses)"
+                )
         memory = table if all(e.memory_bytes is not None for e in table.entries.values()) else None
-        return LatencyModel(predictor, SizeModel(lat.dtype), memory, f"table {lat.table}", [])
+        model = LatencyModel(predictor, SizeModel(lat.dtype), memory, description, [])
+        records = _table_calibration(table, space, task, lat.table, status)
+        return model.with_calibration(records, space, task) if records else model
 
     blocks = space.all_blocks(task)
     if blocks is None:
@@ -219,6 +235,36 @@ def _forget_host_profile(config: RunConfig, space: SearchSpace, predictor: Any) 
     path = _calibration_path(config, space, predictor.task, predictor)[0]
     for p in [path, *path.parent.glob(path.stem + "-*.bin")]:
         p.unlink(missing_ok=True)
+
+
+def _table_calibration(
+    table: Any, space: SearchSpace, task: Any, where: str, status: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """The whole-model measurements a device table carries (``nas latency import --kit``), on
+    which the overhead correction and the size model are fitted as for the host; none when the
+    table has none or was measured for another input than the run's task."""
+    from latency_models.table import CALIBRATION_KEY
+
+    records = table.meta.extra.get(CALIBRATION_KEY)
+    if not records:
+        return []
+    shape, classes = table.meta.extra.get("input_shape"), table.meta.extra.get("num_classes")
+    if (shape is not None and tuple(shape) != tuple(task.input_shape)) or (
+        classes is not None and classes != task.num_classes
+    ):
+        status(
+            f"latency table {where}: its calibration models were measured for input {shape} and "
+            f"{classes} classes, the run's task is {list(task.input_shape)} and {task.num_classes}: "
+            "not used (no whole-model correction)"
+        )
+        return []
+    for i, r in enumerate(records):
+        try:
+            space.parse(r["arch"])
+        except InputError as e:
+            raise InputError(f"{where}: extra.{CALIBRATION_KEY}[{i}]: {e}") from None
+    status(f"latency table {where}: whole-model correction fitted on its {len(records)} calibration models")
+    return [dict(r) for r in records]
 
 
 def _check_covered(space: SearchSpace, table: Any, task: Any) -> None:
@@ -803,6 +849,14 @@ def _run_in_folder(
         config, space, data, study, screen, budgets.constraints, model, out, say
     )
     shutil.rmtree(out / WEIGHTS_DIR, ignore_errors=True)
+    if shipped and hasattr(model.predictor, "extrapolated"):
+        arch = space.parse(shipped[0].arch)
+        n = model.predictor.extrapolated([arch])[0]
+        if n:
+            total = len(space.blocks(arch, data.shape))
+            say(
+                f"shipped {shipped[0].arch}: {n} of its {total} blocks priced by the per-kind model (not in the table)"
+            )
     winner_trial = (
         next(t for t in study.get_trials(deepcopy=False) if shipped and t.number == shipped[0].trial)
         if shipped

@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-# Commands whose --out is a folder; every other --out (and nb201's --json) is a file.
+# Commands whose --out is a folder (and ``nas latency kit``); every other --out (and nb201's
+# --json) is a file.
 _FOLDER_OUTPUTS = ("run", "compress")
 
 
@@ -102,7 +103,8 @@ def _check_common(args: argparse.Namespace) -> None:
     if isinstance(seed, int) and not 0 <= seed < 2**32:
         raise InputError(f"--seed: expected an int in [0, 2**32), got {seed}.")
     if isinstance(getattr(args, "out", None), str):
-        check_out_dir(args.out, "--out", folder=args.command in _FOLDER_OUTPUTS)
+        folder = args.command in _FOLDER_OUTPUTS or getattr(args, "latency_command", None) == "kit"
+        check_out_dir(args.out, "--out", folder=folder)
     if isinstance(getattr(args, "export", None), str) and args.command == "best":
         check_out_dir(args.export, "--export")
     if isinstance(getattr(args, "json_out", None), str):

@@ -10,7 +10,7 @@ import argparse
 import importlib
 from typing import Any
 
-VERB_MODULES = ("nas.cli.latency_profile", "nas.cli.latency_fit")
+VERB_MODULES = ("nas.cli.latency_profile", "nas.cli.latency_fit", "nas.cli.latency_kit")
 
 
 def register(sub: Any) -> None:

@@ -29,6 +29,7 @@ def register(verbs: Any) -> None:
         "--reference", default=None, help="CSV arch,<device>,... of the same archs on other devices"
     )
     f.add_argument("--device", default=None, help="target device name stored in the predictor")
+    _strict_arg(f)
     f.add_argument("--out", required=True, help="predictor file (.json)")
     f.set_defaults(func=_fit)
 
@@ -39,7 +40,12 @@ def register(verbs: Any) -> None:
     add_space_args(p, required=False)
     add_task_args(p)
     p.add_argument("--archs", required=True, help="CSV with an arch column")
-    p.add_argument("--out", required=True, help="output CSV arch,latency_ms in the same order")
+    _strict_arg(p)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output CSV arch,latency_ms in the same order (table-backed: and extrapolated_blocks)",
+    )
     p.set_defaults(func=_predict)
 
     e = verbs.add_parser("evaluate", help="score a predictor against measurements")
@@ -47,6 +53,14 @@ def register(verbs: Any) -> None:
     e.add_argument("--measurements", required=True, help="CSV arch,latency_ms")
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     e.set_defaults(func=_evaluate)
+
+
+def _strict_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse blocks the table lacks instead of pricing them with the per-kind model fitted on it",
+    )
 
 
 def _table_predictor(args: argparse.Namespace, table_path: str) -> Any:
@@ -95,6 +109,7 @@ def _table_predictor(args: argparse.Namespace, table_path: str) -> Any:
         table=table,
         task=task,
         space_options=options,
+        strict=bool(getattr(args, "strict", False)),
     )
     return predictor, space
 
@@ -118,7 +133,12 @@ def _fit(args: argparse.Namespace) -> int:
         # A table that misses blocks of the space would fail at the first network that needs one.
         blocks = space.all_blocks(predictor.task)
         missing = predictor.table.missing(blocks) if blocks is not None else []
-        if missing:
+        if missing and not predictor.strict:
+            print(
+                f"{len(missing)} of {len(set(blocks or []))} blocks of the space are not in {args.table}: "
+                "priced by the per-kind model fitted on its entries (--strict refuses them)"
+            )
+        elif missing:
             raise InputError(
                 f"{args.table}: expected a row for every block of space {space.name} at input "
                 f"{'x'.join(map(str, predictor.task.input_shape))}, got {len(missing)} of {len(set(blocks))} "
@@ -187,8 +207,21 @@ def _predict(args: argparse.Namespace) -> int:
         args.device = None
         predictor, space = _table_predictor(args, args.table)
     archs = read_arch_list(args.archs, space)
+    if args.strict and hasattr(predictor, "strict"):
+        from dataclasses import replace
+
+        predictor = replace(predictor, strict=True)
     pred = predictor.predict(list(archs.archs))
-    write_latencies(args.out, archs.texts, pred)
+    if not hasattr(predictor, "extrapolated"):
+        write_latencies(args.out, archs.texts, pred)
+        return 0
+    counts = predictor.extrapolated(list(archs.archs))
+    write_latencies(args.out, archs.texts, pred, {"extrapolated_blocks": counts})
+    n = sum(1 for c in counts if c)
+    print(
+        f"{len(counts)} architectures priced; {n} with blocks the table lacks "
+        f"({sum(counts)} blocks in all, priced by the per-kind model) -> {args.out}"
+    )
     return 0
 
 

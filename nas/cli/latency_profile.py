@@ -16,9 +16,12 @@ RUNTIME_NAMES = ("litert", "onnxruntime", "openvino", "tflm")
 
 
 def register(verbs: Any) -> None:
-    i = verbs.add_parser("import", help="convert a third-party lookup table into our table format")
-    i.add_argument("file", help="the table to import (OFA / ProxylessNAS YAML)")
-    i.add_argument("--format", required=True, choices=("ofa-yaml",))
+    i = verbs.add_parser(
+        "import", help="convert a third-party lookup table, or a device kit's results, into our table format"
+    )
+    i.add_argument("file", help="the table to import (OFA / ProxylessNAS YAML) or a kit's results.json")
+    i.add_argument("--format", default=None, choices=("ofa-yaml", "kit-results"))
+    i.add_argument("--kit", default=None, help="the kit folder results.json was measured with")
     i.add_argument("--device", default=None, help="device name (default: from the file name)")
     i.add_argument("--out", required=True, help="output table (.json or .csv)")
     i.set_defaults(func=_import)
@@ -69,6 +72,20 @@ def _progress(label: str) -> Any:
 
 def _import(args: argparse.Namespace) -> int:
     from latency_models.ofa import load_ofa_yaml
+    from search_spaces import InputError
+
+    if args.kit is not None and args.format not in (None, "kit-results"):
+        raise InputError(f"--kit: reads a kit's results.json, not --format {args.format}.")
+    if args.kit is not None or args.format == "kit-results":
+        if args.kit is None:
+            raise InputError(
+                "--format kit-results: expected --kit KIT (the kit folder it was measured with)."
+            )
+        from .latency_kit import import_kit_results
+
+        return import_kit_results(args)
+    if args.format is None:
+        raise InputError("nas latency import: expected --format ofa-yaml, or --kit KIT for a kit's results.")
 
     table = load_ofa_yaml(args.file, device=args.device)
     table.save(args.out)
