@@ -264,7 +264,7 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        budget = (r.get("budgets") or {}).get("max_latency_ms")
+        budget = ((r.get("budgets") or {}).get("resolved") or {}).get("max_latency_ms")
         if r.get("shipped", True):
             acc = f"{r['shipped_test_accuracy']:.4f} | {r['shipped_val_accuracy_search']:.4f}"
             lat = (
@@ -343,7 +343,14 @@ def main() -> int:
     ap.add_argument(
         "--name", default="search_mnist", help="results file stem (benchmarks/results/NAME.{json,md})"
     )
+    ap.add_argument("--rewrite", action="store_true", help="only rewrite NAME.md from NAME.json")
     args = ap.parse_args()
+    if args.rewrite:
+        doc = json.loads((RESULTS / f"{args.name}.json").read_text())
+        for key in ("trainings", "epochs", "final_epochs"):
+            setattr(args, key, doc["args"][key])
+        write(doc["runs"], args)
+        return 0
     if args.prior_check:
         write_prior_check(prior_check(args.prior_check, args))
         return 0
