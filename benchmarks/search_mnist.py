@@ -347,8 +347,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.rewrite:
         doc = json.loads((RESULTS / f"{args.name}.json").read_text())
-        for key in ("trainings", "epochs", "final_epochs"):
-            setattr(args, key, doc["args"][key])
+        for key, value in doc["args"].items():
+            if key not in ("name", "rewrite"):
+                setattr(args, key, value)
         write(doc["runs"], args)
         return 0
     if args.prior_check:
