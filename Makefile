@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/nas run examples/quickstart.yaml --out runs/quickstart
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15 tests
 
 # Headless Chromium renders report.html in the tests; without it that one check is skipped.
 browser:
