@@ -140,8 +140,11 @@ class RunGuard:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             if exc_type is not None and self._lock_fd is not None:
-                if not self._had_report and self._ours():
-                    self._remove_outputs()  # all of a run's outputs or none
+                # All of a run's outputs or none, until its report is written: a run that stops
+                # after it (nothing fit the budgets as measured) keeps what it measured.
+                wrote_report = (self.out / "report.json").is_file()
+                if not self._had_report and not wrote_report and self._ours():
+                    self._remove_outputs()
                 if self._created_lock and not (self.out / "study.db").exists():
                     (self.out / LOCK_NAME).unlink(missing_ok=True)  # leave the folder as we found it
         finally:

@@ -127,3 +127,33 @@ def test_tiny_search_end_to_end(run_nas, tmp_path: Path) -> None:
     refused = run_nas("run", str(cfg), "--out", str(out))
     assert refused.returncode == 2 and "--resume" in refused.stderr
     assert (out / "report.json").read_bytes() == before
+
+
+def test_a_run_whose_verified_files_all_miss_ships_nothing_and_reports_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """When no verified file meets the budgets as measured, nothing is shipped: the run stops
+    with one line naming the closest candidate, and report.json/report.html still say why."""
+    import pytest
+    import yaml
+
+    import nas.verify
+    from nas.config import parse_config
+    from nas.run import NothingFitsError, run
+
+    doc = yaml.safe_load(TINY)
+    doc["search"]["trainings"] = 2
+    doc["training"] = {"epochs": 1, "final_epochs": 1}
+    doc["latency"]["calibration_models"] = 3
+    monkeypatch.setattr(
+        nas.verify, "check", lambda *a, **k: (False, ("file over the budget (forced by the test)",))
+    )
+    out = tmp_path / "run"
+    with pytest.raises(NothingFitsError, match="no verified candidate's file meets the budgets") as stop:
+        run(parse_config(doc, base_dir=tmp_path), out)
+    assert "\n" not in str(stop.value) and "closest" in str(stop.value)
+    report = json.loads((out / "report.json").read_text())
+    assert report["best"] is None and report["task"]["labels_file"] is None
+    assert report["verification"] and not any(v["fits"] or v["shipped"] for v in report["verification"])
+    assert "forced by the test" in (out / "report.html").read_text()
+    assert not (out / "model.tflite").exists() and list((out / "verify").glob("trial-*/*.tflite"))
