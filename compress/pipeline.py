@@ -22,7 +22,14 @@ from .exporters import EXPORTERS, ExportContext, Exported, get_exporter
 from .registry import build_pipeline
 from .training import Trainer
 
-__all__ = ["REPORT_NAME", "CompressReport", "ReportRow", "TargetResult", "compress_and_export"]
+__all__ = [
+    "REPORT_NAME",
+    "CompressReport",
+    "ExportFailed",
+    "ReportRow",
+    "TargetResult",
+    "compress_and_export",
+]
 
 REPORT_NAME = "compress_report.json"
 REPORT_FORMAT = "edge-nas-compress-report"
@@ -66,6 +73,8 @@ class CompressReport:
     exports: tuple[Exported, ...]
     target: TargetResult | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: format -> why its export failed (the other formats were still written)
+    failed: dict[str, str] = field(default_factory=dict)
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -80,10 +89,20 @@ class CompressReport:
             "exports": [e.as_dict() for e in self.exports],
             "files": list(self.files),
             "target": asdict(self.target) if self.target else None,
+            "failed": dict(self.failed),
         }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+class ExportFailed(StageError):
+    """Some formats could not be exported (a conversion step failed on a layer); the others and
+    the report were written. ``report`` is what was written."""
+
+    def __init__(self, message: str, report: CompressReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 def _positive(value: float | None, where: str) -> None:
@@ -115,11 +134,15 @@ def compress_and_export(
     threads: int = 1,
     progress: Callable[[str], None] | None = None,
     trainer: Trainer | None = None,
+    tvm_target: str | None = None,
 ) -> CompressReport:
     """Compress ``model`` through ``pipeline`` and export the result in every format.
 
-    Every argument is checked before any work; nothing appears in ``out_dir`` unless the whole
-    run succeeds (it is built in a temp folder beside it and renamed into place).
+    Every argument is checked before any work; nothing appears in ``out_dir`` unless the stages
+    and at least one format succeed (it is built in a temp folder beside it and renamed into
+    place). A format whose conversion fails is left out, named in the report's ``failed``, and
+    ``ExportFailed`` is raised after the rest was written. ``tvm_target`` adds a cross-compiled
+    TVM library for that target to the ``tvm`` format.
     """
     out_dir = Path(out_dir)
     say = progress or (lambda message: None)
@@ -143,6 +166,12 @@ def compress_and_export(
             )
         trainer = trainer.with_teacher(teacher)
     stages = build_pipeline(pipeline, trainer)
+    if tvm_target is not None:
+        if "tvm" not in formats:
+            raise InputError(f"tvm_target: expected the 'tvm' format among the formats, got {formats}.")
+        from latency_models.runtimes.tvm import check_target
+
+        check_target(tvm_target)
     check_out_dir(out_dir)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +191,7 @@ def compress_and_export(
             target_size_kb,
             target_latency_ms,
             max_accuracy_drop,
+            tvm_target,
         )
         from latency_models.table import write_atomic
 
@@ -171,6 +201,8 @@ def compress_and_export(
         shutil.rmtree(work, ignore_errors=True)
         raise
     say(f"wrote {out_dir / REPORT_NAME}")
+    if report.failed:
+        raise ExportFailed("; ".join(report.failed.values()), report)
     return report
 
 
@@ -195,6 +227,7 @@ def _run(
     target_size_kb: float | None,
     target_latency_ms: float | None,
     max_drop: float | None,
+    tvm_target: str | None = None,
 ) -> CompressReport:
     scratch = Path(tempfile.mkdtemp(prefix="stages-", dir=work))
     try:
@@ -235,11 +268,23 @@ def _run(
             if targeted
             else None
         )
-        ctx = ExportContext(current, data, threads)
+        ctx = ExportContext(current, data, threads, tvm_target=tvm_target)
         exports = []
+        failed: dict[str, str] = {}
         for exporter in exporters:
             say(f"export {exporter.name} ...")
-            exports.append(exporter.export(current_quant, work, ctx))
+            before = {p.name for p in work.iterdir()}
+            try:
+                exports.append(exporter.export(current_quant, work, ctx))
+            except StageError as e:
+                for p in work.iterdir():  # what the failed format had already written
+                    if p.name not in before and p.is_file():
+                        p.unlink()
+                # One format's converter failing on a layer does not cost the user the others.
+                failed[exporter.name] = str(e)
+                say(f"export {exporter.name} failed: {e}")
+        if not exports:
+            raise StageError("; ".join(failed.values()))
         files = tuple(f for e in exports for f in e.files)
         rows[current_row] = _replace(rows[current_row], files=files)
     finally:
@@ -255,7 +300,7 @@ def _run(
             p: version(p) for p in ("tensorflow", "tensorflow-model-optimization", "ai-edge-litert")
         },
     }
-    return CompressReport(tuple(rows), tuple(exports), target, meta)
+    return CompressReport(tuple(rows), tuple(exports), target, meta, failed)
 
 
 def _apply(stage: Stage, model: Any, data: CompressData) -> Any:
