@@ -130,9 +130,22 @@ def _stripped(data: bytes, fmt: str) -> tuple[bytes, str]:
 
 
 class Exporter(ABC):
-    """Writes one format into ``out_dir`` and measures what it wrote."""
+    """Writes one format into ``out_dir`` and measures what it wrote.
+
+    ``check_installed`` is called when the format is named (a config, a command line), before
+    any work; ``export`` after the pipeline's stages, with the compressed model."""
 
     name: ClassVar[str]
+    #: (module, pip install hint) for formats that need an optional extra
+    requires: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def check_installed(self) -> None:
+        """One line naming the ``pip install`` to run when an optional extra is missing."""
+        import importlib.util
+
+        for module, hint in self.requires:
+            if importlib.util.find_spec(module) is None:
+                raise InputError(f"format {self.name}: {module} is not installed here; run: {hint}.")
 
     @abstractmethod
     def export(self, quant: Quantization, out_dir: Path, ctx: ExportContext) -> Exported: ...
@@ -406,6 +419,7 @@ class TVMExporter(Exporter):
     QNN path (see ``latency_models.runtimes.tvm``)."""
 
     name = "tvm"
+    requires = (("tvm", "pip install 'edge-nas[tvm]'"),)
 
     def export(self, quant: Quantization, out_dir: Path, ctx: ExportContext) -> Exported:
         from latency_models.runtimes.onnxruntime import keras_to_onnx
@@ -460,6 +474,10 @@ class ExecuTorchExporter(Exporter):
     with ExecuTorch's runtime and measured; fp32 must agree with the fp32 .tflite."""
 
     name = "executorch"
+    requires = (
+        ("torch", "pip install 'edge-nas[executorch]'"),
+        ("executorch", "pip install 'edge-nas[executorch]'"),
+    )
 
     def export(self, quant: Quantization, out_dir: Path, ctx: ExportContext) -> Exported:
         from latency_models.runtimes.executorch import _require, load_file, onnx_to_pte
@@ -506,4 +524,6 @@ EXPORTERS: dict[str, type[Exporter]] = {
 def get_exporter(name: str) -> Exporter:
     if name not in EXPORTERS:
         raise InputError(f"format: unknown format {name!r}; valid formats: {sorted(EXPORTERS)}.")
-    return EXPORTERS[name]()
+    exporter = EXPORTERS[name]()
+    exporter.check_installed()
+    return exporter

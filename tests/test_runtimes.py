@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from latency_models.profile import random_representative
-from latency_models.runtimes import get_runtime
+from latency_models.runtimes import RUNTIMES, get_runtime
 from search_spaces import Block, InputError, get_space
 
 BLOCK = Block("mbconv", 12, 12, 8, 16, kernel=3, stride=2, expand=3, se=True, act="hswish")
@@ -31,9 +31,25 @@ def reference(model, batch):
 
 
 SAMPLES = random_representative((12, 12, 8), n=16)
+# Runtimes that are optional extras run where their package is installed (`make test` installs them).
+_EXTRAS = {"tvm": "tvm", "executorch": "executorch"}
 
 
-@pytest.mark.parametrize("name", ["litert", "onnxruntime", "openvino", "tflm"])
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return name not in _EXTRAS or importlib.util.find_spec(_EXTRAS[name]) is not None
+
+
+ALL = [
+    pytest.param(n, marks=pytest.mark.skipif(not _installed(n), reason=f"{n} not installed"))
+    for n in sorted(RUNTIMES)
+]
+# Every runtime that offers int8 (TVM and ExecuTorch do not: see their modules).
+INT8 = [n for n in sorted(RUNTIMES) if "int8" in get_runtime(n).dtypes]
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_fp32_runs_exactly_what_keras_computes(name, model, batch, reference):
     rt = get_runtime(name)
     session = rt.load(rt.convert(model, "fp32"), threads=1)
@@ -44,7 +60,7 @@ def test_fp32_runs_exactly_what_keras_computes(name, model, batch, reference):
     assert 0 < t.p10_ms <= t.median_ms <= t.p90_ms and t.runs >= 5
 
 
-@pytest.mark.parametrize("name", ["litert", "onnxruntime", "openvino", "tflm"])
+@pytest.mark.parametrize("name", INT8)
 def test_int8_stays_close_to_fp32(name, model, batch, reference):
     rt = get_runtime(name)
     session = rt.load(rt.convert(model, "int8", SAMPLES), threads=1)

@@ -76,8 +76,9 @@ def test_bad_tvm_target_is_one_line() -> None:
 
 
 def test_runtimes_refuse_what_they_cannot_do(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"supports \['fp32'\]"):
-        get_runtime("tvm").convert(None, "int8")
+    for name in ("tvm", "executorch"):
+        with pytest.raises(InputError, match=r"supports \['fp32'\]"):
+            get_runtime(name).convert(None, "int8")
     bad = tmp_path / "bad.pte"
     bad.write_bytes(b"not a program")
     from latency_models.runtimes import executorch, tvm
@@ -154,3 +155,47 @@ def test_runtime_times_a_block(name: str) -> None:
     np.testing.assert_allclose(session.run(x), model(x).numpy(), atol=1e-4)
     t = session.time(x[0], runs=5, warmup=1, min_total_s=0.0)
     assert 0 < t.p10_ms <= t.median_ms <= t.p90_ms
+
+
+def test_missing_extra_names_the_pip_install(monkeypatch) -> None:
+    import importlib.util
+
+    from compress.exporters import get_exporter
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tvm" else real(n, *a))
+    with pytest.raises(
+        InputError, match=r"format tvm: tvm is not installed here; run: pip install 'edge-nas\[tvm\]'"
+    ):
+        get_exporter("tvm")
+
+
+def test_config_takes_the_new_formats_and_a_tvm_target() -> None:
+    from nas.config import ExportConfig
+
+    cfg = ExportConfig(formats=("tflite", "tvm", "executorch"), tvm_target="llvm -mtriple=aarch64-linux-gnu")
+    assert cfg.tvm_target and "executorch" in cfg.formats
+    with pytest.raises(InputError, match="export.tvm_target: expected export.formats to include 'tvm'"):
+        ExportConfig(formats=("tflite",), tvm_target="llvm")
+
+
+@pytest.mark.parametrize("runtime", ["tvm", "executorch"])
+def test_latency_profile_and_measure_cli(runtime: str, tmp_path: Path) -> None:
+    from latency_models.table import LatencyTable
+    from nas.cli import main
+
+    small = '{"strides": [1, 2], "widths": [[8], [16]], "stem_width": 8, "head_width": 16}'
+    base = ["--space", "mbconv", "--space-options", small, "--input-shape", "16,16,1", "--num-classes", "4"]
+    base += ["--runtime", runtime, "--dtype", "fp32"]
+    archs, table_path, measured = tmp_path / "a.csv", tmp_path / "t.json", tmp_path / "m.csv"
+    archs.write_text("arch\nd1-k3-e1-w8-se0-relu6+d1-k3-e3-w16-se0-relu6\n")
+    assert (
+        main(["latency", "profile", *base, "--archs", str(archs), "--no-cache", "--out", str(table_path)])
+        == 0
+    )
+    table = LatencyTable.load(table_path)
+    assert table.meta.runtime == runtime and len(table) >= 2
+    assert all(e.mean_ms > 0 for e in table.entries.values())
+    assert main(["latency", "measure", *base, "--archs", str(archs), "--out", str(measured)]) == 0
+    row = measured.read_text().splitlines()[1].split(",")
+    assert float(row[1]) > 0

@@ -1,9 +1,12 @@
 """ExecuTorch with the XNNPACK backend: tf_keras -> ONNX (tf2onnx) -> PyTorch (``onnx_torch``) ->
 ``torch.export`` -> ``.pte`` lowered with the XNNPACK partitioner, run with ExecuTorch's runtime.
 
-int8 goes through PT2E: the exported graph is annotated by ExecuTorch's XNNPACK quantizer
-(symmetric, per-channel weights, int8 activations), calibrated on the representative samples,
-converted, exported again and lowered; XNNPACK then runs it with int8 kernels.
+int8 goes through PT2E (``onnx_to_pte(..., "int8")``, the ``executorch`` export format): the
+exported graph is annotated by ExecuTorch's XNNPACK quantizer (symmetric, per-channel weights, int8
+activations), calibrated on the representative samples, converted, exported again and lowered.
+That works for whole classifiers; as a latency runtime ExecuTorch offers fp32 only, because an
+int8 single block (its last convolution is the program's output) lowers but does not load:
+``XNNCompiler: Failed to create convolution node ... xnn_status_invalid_parameter``.
 """
 
 from __future__ import annotations
@@ -116,8 +119,10 @@ class ExecuTorchSession(Session):
         from executorch.runtime import Runtime as EtRuntime
 
         self.threads = threads
-        # XNNPACK's pool defaults to one thread per core; pin it like the other runtimes.
-        portable_lib._unsafe_reset_threadpool(threads)
+        # XNNPACK's pool defaults to one thread per core; pin it like the other runtimes. The pool
+        # is process-wide: resetting it under a loaded program crashes, so only on a change.
+        if portable_lib._threadpool_get_thread_count() != threads:
+            portable_lib._unsafe_reset_threadpool(threads)
         try:
             program = EtRuntime.get().load_program(bytes(data))
             self.method = program.load_method("forward")
@@ -149,7 +154,7 @@ class ExecuTorchSession(Session):
 
 class ExecuTorch(Runtime):
     name = "executorch"
-    dtypes = ("int8", "fp32")
+    dtypes = ("fp32",)  # int8 blocks do not load in XNNPACK (module docstring)
 
     def version(self) -> str:
         _require()
@@ -162,7 +167,7 @@ class ExecuTorch(Runtime):
         _require()
         from .onnxruntime import keras_to_onnx
 
-        return Artifact(self.name, dtype, onnx_to_pte(keras_to_onnx(model), dtype, representative))
+        return Artifact(self.name, dtype, onnx_to_pte(keras_to_onnx(model), dtype))
 
     def load(self, artifact: Artifact, threads: int = 1) -> ExecuTorchSession:
         return ExecuTorchSession(artifact.data, threads)

@@ -141,7 +141,12 @@ class TVMSession(Session):
         from tvm import relax
 
         self.threads = threads
+        # TVM's pool pins the calling thread to a core when it is configured, which would cap
+        # every other runtime in this process at one core: the caller's affinity is restored.
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         tvm.get_global_func("runtime.config_threadpool")(1, threads)
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
         # load_module needs a file; the library is mapped in, so the temp file can go at once.
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp, "model.so")
