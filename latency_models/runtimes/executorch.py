@@ -124,8 +124,10 @@ class ExecuTorchSession(Session):
         if portable_lib._threadpool_get_thread_count() != threads:
             portable_lib._unsafe_reset_threadpool(threads)
         try:
-            program = EtRuntime.get().load_program(bytes(data))
-            self.method = program.load_method("forward")
+            # The method lives inside the program: keep both (and the bytes) for the session's life.
+            self._data = bytes(data)
+            self.program = EtRuntime.get().load_program(self._data)
+            self.method = self.program.load_method("forward")
         except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError
             raise InputError(
                 f"runtime executorch: not a program ExecuTorch can load ({_first(e)})."
