@@ -202,3 +202,26 @@ def test_latency_profile_and_measure_cli(runtime: str, tmp_path: Path) -> None:
     assert main(["latency", "measure", *base, "--archs", str(archs), "--out", str(measured)]) == 0
     row = measured.read_text().splitlines()[1].split(",")
     assert float(row[1]) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["tvm", "executorch"])
+def test_search_for_a_device_that_runs_this_runtime(runtime: str, run_nas, tmp_path: Path) -> None:
+    """``latency.runtime`` picks the runtime the search profiles and the shipped file is timed with."""
+    from tests.test_e2e_run import TINY
+
+    cfg = tmp_path / "tiny.yaml"
+    text = TINY.replace(
+        "  calibration_models: 4", f"  calibration_models: 2\n  runtime: {runtime}\n  dtype: fp32"
+    )
+    # fp32 files, as the fp32 latency table (strip: a stage that leaves the weights as they are)
+    extra = f"  calibration_samples: 100\n  pipeline: [strip]\n  formats: [tflite, {runtime}]"
+    text = text.replace("  calibration_samples: 100", extra)
+    cfg.write_text(text.replace("trainings: 3", "trainings: 2"))
+    out = tmp_path / "run"
+    proc = run_nas("run", str(cfg), "--out", str(out), timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["best"]["latency_runtime"] == runtime and report["best"]["measured_latency_ms"] > 0
+    assert runtime in {e["format"] for e in report["compression"]["exports"]}
+    assert (out / "export" / ("model_tvm.so" if runtime == "tvm" else "model_fp32.pte")).is_file()
