@@ -132,12 +132,7 @@ def profile_cost() -> dict[str, Any]:
         "blocks_timed": len(blocks),
         "distinct_blocks_in_200_random_archs": len(all_blocks),
     }
-    for runtime, dtype in (
-        ("litert", "int8"),
-        ("tvm", "fp32"),
-        ("executorch", "fp32"),
-        ("executorch", "int8"),
-    ):
+    for runtime, dtype in (("litert", "int8"), ("litert", "fp32"), ("tvm", "fp32"), ("executorch", "fp32")):
         rt = get_runtime(runtime)
         from latency_models.profile import random_representative
 
@@ -243,6 +238,7 @@ def main() -> int:
         "epochs": EPOCHS,
         "models": {},
     }
+    results["profile_cost"] = profile_cost()
     data = load_task("mnist5k").compress_data()
     tmp = Path(tempfile.mkdtemp(prefix="bench-runtimes-"))
     trainer = Trainer(learning_rate=5e-3, batch_size=64, seed=0)
@@ -269,7 +265,6 @@ def main() -> int:
                 }
             )
     results["floors"] = floors
-    results["profile_cost"] = profile_cost()
     results["load_average_after"] = list(os.getloadavg())
     results["seconds"] = round(time.perf_counter() - start, 1)
     results["notes"] = [
