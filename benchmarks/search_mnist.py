@@ -66,7 +66,8 @@ def one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     trained = [t for t in trials if t.user_attrs.get("fidelity_history")]
     trainings = [h for t in trained for h in t.user_attrs["fidelity_history"]]
     breaking = [t for t in trained if any(v > 0 for v in (t.user_attrs.get("violations") or {}).values())]
-    best = report["best"]
+    best = report["best"] or {}  # None: no verified file met the budgets, nothing was shipped
+    verified = report.get("verification") or []
     return {
         "variant": name,
         "strategy": strategy,
@@ -80,14 +81,21 @@ def one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "epochs_spent": sum(h["epochs"] for h in trainings),
         "trained_breaking_budget": len(breaking),
         "infeasible_proposals": sum(1 for t in trials if t.user_attrs.get("state") == "infeasible"),
-        "shipped_arch": best["arch"],
-        "shipped_val_accuracy_search": best["val_accuracy_search"],
-        "shipped_test_accuracy": best["accuracy"],
+        "budgets": report.get("budgets"),
+        "shipped": bool(best),
+        "shipped_arch": best.get("arch"),
+        "shipped_val_accuracy_search": best.get("val_accuracy_search"),
+        "shipped_test_accuracy": best.get("accuracy"),
         "shipped_meets_budgets_measured": bool(
-            best["meets_budgets"]["latency_measured"] and best["meets_budgets"]["size_measured"]
+            best
+            and best["meets_budgets"].get("latency_measured", True)
+            and best["meets_budgets"]["size_measured"]
         ),
-        "shipped_measured_latency_ms": best["measured_latency_ms"],
-        "shipped_size_bytes": best["size_bytes"],
+        "shipped_measured_latency_ms": best.get("measured_latency_ms"),
+        "shipped_predicted_latency_ms": best.get("predicted_latency_ms"),
+        "shipped_size_bytes": best.get("size_bytes"),
+        "verified": sum(v.get("stage") == "verify" for v in verified),
+        "verified_fit": sum(bool(v.get("fits")) for v in verified if v.get("stage") == "verify"),
         "seconds": round(seconds, 1),
         # strategies change while benchmarks run: which code this search used
         "code": code_version(),
@@ -176,21 +184,36 @@ def write_prior_check(doc: dict[str, Any]) -> None:
     tmp.replace(RESULTS / "search_mnist_prior.md")
 
 
+# default's shipped test accuracy (mean, stdev over 6 seeds) before shipped files were verified:
+# benchmarks/results/search_mnist.md (the quickstart budgets of that time, absolute).
+BEFORE_VERIFICATION = (0.9635, 0.0029)
+
+
+def _machine() -> str:
+    from latency_models.profile import machine_fingerprint
+
+    m = machine_fingerprint()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores), load average {load:.1f} at the end"
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {}
     for name in VARIANTS:
         rs = [r for r in rows if r["variant"] == name]
         if not rs:
             continue
-        test = [r["shipped_test_accuracy"] for r in rs]
-        val = [r["shipped_val_accuracy_search"] for r in rs]
+        shipped = [r for r in rs if r.get("shipped", True)]
+        test = [r["shipped_test_accuracy"] for r in shipped] or [float("nan")]
+        val = [r["shipped_val_accuracy_search"] for r in shipped] or [float("nan")]
         out[name] = {
             "searches": len(rs),
             "mean_test_accuracy": statistics.fmean(test),
             "stdev_test_accuracy": statistics.stdev(test) if len(test) > 1 else 0.0,
             "mean_val_accuracy_search": statistics.fmean(val),
             "trained_breaking_budget": sum(r["trained_breaking_budget"] for r in rs),
-            "shipped_breaking_budget_measured": sum(not r["shipped_meets_budgets_measured"] for r in rs),
+            "shipped_breaking_budget_measured": sum(not r["shipped_meets_budgets_measured"] for r in shipped),
+            "nothing_shipped": len(rs) - len(shipped),
             "mean_trainings": statistics.fmean(r["trainings"] for r in rs),
             "mean_epochs_spent": statistics.fmean(r["epochs_spent"] for r in rs),
             "mean_infeasible_proposals": statistics.fmean(r["infeasible_proposals"] for r in rs),
@@ -208,16 +231,18 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "summary": summary,
         "runs": rows,
     }
-    tmp = RESULTS / ".search_mnist.json.tmp"
+    tmp = RESULTS / f".{args.name}.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(RESULTS / "search_mnist.json")
+    tmp.replace(RESULTS / f"{args.name}.json")
     lines = [
         "# Search on mnist5k (mbconv, host latency, real trainings)",
         "",
         f"Budgets of examples/quickstart.yaml; {args.trainings} trainings of {args.epochs} epochs per search "
         f"(default-mf: the same {args.trainings * args.epochs} epochs, successive halving); the winner "
         f"retrained for {args.final_epochs} epochs, int8, accuracy measured with LiteRT on the 1,000-image "
-        f"test split. Seeds {seeds}. `benchmarks/search_mnist.py`, 2 shared CPU cores, one worker.",
+        f"test split. Seeds {seeds}. `benchmarks/search_mnist.py --name {args.name}`, 2 shared CPU cores, "
+        f"one worker; {_machine()}. Every shipped file was verified first (its own measured latency and "
+        "size, `nas run`'s verification); a search whose verified files all missed ships nothing.",
         "",
         "| strategy | searches | mean test accuracy (shipped) | stdev | mean val accuracy in search | "
         "trainings (mean) | epochs (mean) | trained breaking a budget | shipped over budget (measured) | "
@@ -234,14 +259,25 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     lines += [
         "",
         "| strategy | seed | test accuracy (shipped) | val accuracy in search | trainings by epochs | "
-        "trained breaking a budget | infeasible proposals | shipped arch | s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "trained breaking a budget | infeasible proposals | latency budget (ms) | shipped: predicted / "
+        "measured ms | verified fit / all | shipped arch | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        budget = (r.get("budgets") or {}).get("max_latency_ms")
+        if r.get("shipped", True):
+            acc = f"{r['shipped_test_accuracy']:.4f} | {r['shipped_val_accuracy_search']:.4f}"
+            lat = (
+                f"{r['shipped_predicted_latency_ms']:.4f} / {r['shipped_measured_latency_ms']:.4f}"
+                if r.get("shipped_predicted_latency_ms") is not None and r.get("shipped_measured_latency_ms")
+                else "-"
+            )
+        else:
+            acc, lat = "nothing shipped | -", "-"
         lines.append(
-            f"| {r['variant']} | {r['seed']} | {r['shipped_test_accuracy']:.4f} | "
-            f"{r['shipped_val_accuracy_search']:.4f} | {r['trainings_by_epochs']} | {r['trained_breaking_budget']} | "
-            f"{r['infeasible_proposals']} | `{r['shipped_arch']}` | {r['seconds']:.0f} |"
+            f"| {r['variant']} | {r['seed']} | {acc} | {r['trainings_by_epochs']} | {r['trained_breaking_budget']} | "
+            f"{r['infeasible_proposals']} | {'-' if budget is None else f'{budget:.4f}'} | {lat} | "
+            f"{r.get('verified_fit', '-')} / {r.get('verified', '-')} | `{r['shipped_arch']}` | {r['seconds']:.0f} |"
         )
     if all(n in summary for n in ("default", "kt-random", "tpe")):
         d = summary["default"]["mean_test_accuracy"]
@@ -255,14 +291,31 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             + ", ".join(f"{n} {v:.4f}" for n, v in others.items())
             + f"; {breakers} trained budget-breakers).",
         ]
-    tmp = RESULTS / ".search_mnist.md.tmp"
+    if summary:
+        over = {n: s["shipped_breaking_budget_measured"] for n, s in summary.items()}
+        none = {n: s["nothing_shipped"] for n, s in summary.items()}
+        lines += [
+            "",
+            "Verified shipping (issue 15): shipped files measured over a budget, per strategy: "
+            + ", ".join(f"{n} {v}" for n, v in over.items())
+            + "; searches that shipped nothing: "
+            + ", ".join(f"{n} {v}" for n, v in none.items())
+            + (
+                f". default's mean shipped test accuracy {summary['default']['mean_test_accuracy']:.4f} against "
+                f"{BEFORE_VERIFICATION[0]:.4f} - {BEFORE_VERIFICATION[1]:.4f} = "
+                f"{BEFORE_VERIFICATION[0] - BEFORE_VERIFICATION[1]:.4f} before verification (6 seeds)."
+                if "default" in summary
+                else "."
+            ),
+        ]
+    tmp = RESULTS / f".{args.name}.md.tmp"
     tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(RESULTS / "search_mnist.md")
+    tmp.replace(RESULTS / f"{args.name}.md")
 
 
 def previous_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Searches of an earlier run with the same trainings and epochs (others are not comparable)."""
-    path = RESULTS / "search_mnist.json"
+    path = RESULTS / f"{args.name}.json"
     if not path.is_file():
         return []
     old = json.loads(path.read_text())
@@ -287,6 +340,9 @@ def main() -> int:
         "--prior-check", type=int, default=0, metavar="N", help="only the prior check, N trainings"
     )
     ap.add_argument("--prior-seed", type=int, default=0)
+    ap.add_argument(
+        "--name", default="search_mnist", help="results file stem (benchmarks/results/NAME.{json,md})"
+    )
     args = ap.parse_args()
     if args.prior_check:
         write_prior_check(prior_check(args.prior_check, args))

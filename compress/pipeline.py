@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latency_models.table import write_atomic
 from search_spaces import InputError
 
 from ._base import CompressData, Quantization, Stage, StageError, check_model_task
@@ -193,8 +194,6 @@ def compress_and_export(
             max_accuracy_drop,
             tvm_target,
         )
-        from latency_models.table import write_atomic
-
         write_atomic(work / REPORT_NAME, report.to_json())
         _swap_into_place(work, out_dir)
     except BaseException:
@@ -233,18 +232,20 @@ def _run(
     try:
         quant = Quantization()
         t0 = time.perf_counter()
-        base = _measure(model, quant, data, scratch, threads, "original")
+        base, base_bytes = _measure(model, quant, data, scratch, threads, "original")
         rows = [_row("original", base, model, base.accuracy, time.perf_counter() - t0)]
         say(_line(rows[-1]))
         targeted = target_size_kb is not None or target_latency_ms is not None
         current, current_quant, current_row = model, quant, 0
+        # The .tflite the kept row measured: the tflite exporter writes exactly these bytes again.
+        current_file = (base, base_bytes)
         met_at: int | None = None
         for i, stage in enumerate(stages):
             t0 = time.perf_counter()
             say(f"stage {stage.spec} ...")
             new_model = _apply(stage, current, data)
             new_quant = stage.next_quantization(current_quant)
-            exported = _measure(new_model, new_quant, data, scratch, threads, f"{i + 1:02d}")
+            exported, exported_bytes = _measure(new_model, new_quant, data, scratch, threads, f"{i + 1:02d}")
             row = _row(stage.spec, exported, new_model, base.accuracy, time.perf_counter() - t0)
             within = max_drop is None or row.accuracy_drop <= max_drop + 1e-9
             if not within:
@@ -260,6 +261,7 @@ def _run(
             say(_line(row))
             if within:
                 current, current_quant, current_row = new_model, new_quant, len(rows) - 1
+                current_file = (exported, exported_bytes)
                 if targeted and _meets(row, target_size_kb, target_latency_ms):
                     met_at = len(rows) - 1
                     break
@@ -275,7 +277,12 @@ def _run(
             say(f"export {exporter.name} ...")
             before = {p.name for p in work.iterdir()}
             try:
-                exports.append(exporter.export(current_quant, work, ctx))
+                if exporter.name == "tflite":  # measured already, as the kept row: the same bytes
+                    measured, raw = current_file
+                    write_atomic(work / measured.files[0], raw)
+                    exports.append(measured)
+                else:
+                    exports.append(exporter.export(current_quant, work, ctx))
             except StageError as e:
                 for p in work.iterdir():  # what the failed format had already written
                     if p.name not in before and p.is_file():
@@ -318,14 +325,16 @@ def _apply(stage: Stage, model: Any, data: CompressData) -> Any:
 
 def _measure(
     model: Any, quant: Quantization, data: CompressData, scratch: Path, threads: int, tag: str
-) -> Exported:
+) -> tuple[Exported, bytes]:
+    """The model exported as .tflite at ``quant`` and measured, with the file's bytes."""
     from .exporters import TFLiteExporter
 
     folder = scratch / tag
     folder.mkdir()
     exported = TFLiteExporter().export(quant, folder, ExportContext(model, data, threads))
+    raw = (folder / exported.files[0]).read_bytes()
     shutil.rmtree(folder, ignore_errors=True)
-    return exported
+    return exported, raw
 
 
 def _row(stage: str, e: Exported, model: Any, base_accuracy: float, seconds: float) -> ReportRow:

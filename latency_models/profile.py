@@ -225,7 +225,7 @@ def _convert_block(space: SearchSpace, block: Block, rt: Runtime, dtype: str) ->
         del model
         return replace(_TFLITE_CACHE[key], runtime=rt.name), samples
     try:
-        artifact = rt.convert(model, dtype, samples if dtype == "int8" else None)
+        artifact = rt.convert_for_profiling(model, dtype, samples if dtype == "int8" else None)
     finally:
         del model
         _clear_keras()
@@ -343,7 +343,7 @@ def tflm_model_overhead_bytes() -> int:
     rt = get_runtime("tflm")
     tails = []
     for model in _conv_pair_and_chain(8, 4, 8, 3):
-        artifact = rt.convert(model, "int8", random_representative(_model_input_shape(model)))
+        artifact = rt.convert_for_profiling(model, "int8", random_representative(_model_input_shape(model)))
         tails.append(arena_use(artifact).tail)
     _clear_keras()
     return max(0, tails[0] + tails[1] - tails[2])
@@ -360,7 +360,7 @@ def invoke_overhead_ms(
     sessions = []
     for model in _conv_pair_and_chain(2, 2, 4, 1):
         samples = random_representative(_model_input_shape(model))
-        artifact = rt.convert(model, dtype, samples if dtype == "int8" else None)
+        artifact = rt.convert_for_profiling(model, dtype, samples if dtype == "int8" else None)
         sessions.append((rt.load(artifact, threads=threads), samples[0]))
     _clear_keras()
     diffs = []
@@ -368,6 +368,43 @@ def invoke_overhead_ms(
         ta, tb, tab = (time_session(s, x, timing, threads).median_ms for s, x in sessions)
         diffs.append(ta + tb - tab)
     return max(0.0, float(np.median(diffs)))
+
+
+def retime_blocks(
+    space: SearchSpace,
+    table: LatencyTable,
+    runtime: str,
+    dtype: str,
+    threads: int = 1,
+    n: int = 4,
+    repeats: int = 3,
+) -> list[tuple[float, RepeatedTiming]]:
+    """Re-time ``n`` of ``table``'s blocks, spread over its latencies, as profiling timed them
+    (converted again, about 0.2 s each; interleaved repeats): (the table's ms, the fresh timing)
+    per block, to see whether a cached profile still holds. Empty when the space cannot build
+    single blocks."""
+    entries = sorted(
+        ((b, e) for b, e in table.entries.items() if e.mean_ms > 0),
+        key=lambda item: item[1].mean_ms,
+    )
+    n = min(n, len(entries))
+    picked = [entries[int(round((i + 0.5) * len(entries) / n - 0.5))] for i in range(n)]
+    rt = get_runtime(runtime)
+    sessions = []
+    try:
+        for block, _ in picked:
+            model = space.block_model(block)
+            samples = random_representative(_model_input_shape(model))
+            try:
+                artifact = rt.convert_for_profiling(model, dtype, samples if dtype == "int8" else None)
+            finally:
+                del model
+                _clear_keras()
+            sessions.append((rt.load(artifact, threads=threads), samples[0]))
+    except NotImplementedError:
+        return []
+    fresh = time_interleaved(sessions, repeats, BLOCK_TIMING, threads=threads)
+    return [(e.mean_ms, f) for (_, e), f in zip(picked, fresh, strict=True)]
 
 
 def predict_arena_bytes(table: LatencyTable, blocks: Sequence[Block]) -> int:

@@ -1,7 +1,7 @@
 """Device latency tables: per-block measured latency (and memory) with the device's metadata.
 
 The file format is versioned JSON (``format: edge-nas-latency-table``) or CSV with ``# key: value``
-metadata lines; both are validated on load and written atomically. Schema in the README.
+metadata lines; both are validated on load and written atomically. Schema: docs/file-formats.md.
 """
 
 from __future__ import annotations

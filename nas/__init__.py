@@ -108,7 +108,7 @@ def best(
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
-    """Load and validate a run configuration YAML (see the README's Configuration section)."""
+    """Load and validate a run configuration YAML (every key: docs/configuration.md)."""
     from .config import load_config as _load
 
     return _load(path)

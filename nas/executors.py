@@ -14,7 +14,7 @@ from typing import Any
 
 from search_spaces import TrialFailedError
 
-__all__ = ["Executor", "InlineExecutor", "JobResult", "TrainJob", "WorkerSetup", "run_job"]
+__all__ = ["Executor", "InlineExecutor", "JobResult", "TrainJob", "WorkerSetup", "run_job", "weights_path"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class WorkerSetup:
     space_options: dict[str, Any]
     task: dict[str, Any]
     training: dict[str, Any]
+    # Where each trained network's weights are kept for verification to reuse (None: nowhere). A
+    # worker that cannot write there (another machine) skips it; verification then retrains.
+    weights_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,23 @@ class JobResult:
 _WORKER_CACHE: dict[str, Any] = {}
 
 
+def weights_path(folder: str | os.PathLike[str], trial_number: int, epochs: int) -> str:
+    """The file holding trial ``trial_number``'s weights after ``epochs`` epochs of training."""
+    return os.path.join(folder, f"trial-{trial_number}-e{epochs}.weights.h5")
+
+
+def _keep_weights(model: Any, folder: str, trial_number: int, epochs: int) -> None:
+    """Save the trained weights (temp file, then rename); best effort: the search does not need them."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        final = weights_path(folder, trial_number, epochs)
+        tmp = final[: -len(".weights.h5")] + f".tmp{os.getpid()}.weights.h5"
+        model.save_weights(tmp)
+        os.replace(tmp, final)
+    except (OSError, ValueError):
+        pass
+
+
 def run_job(setup: WorkerSetup, job: TrainJob, data: Any = None) -> JobResult:
     """Train one candidate. Runs in any process; the task's data is loaded once per process
     (or passed in, e.g. from Ray's object store)."""
@@ -76,7 +96,11 @@ def run_job(setup: WorkerSetup, job: TrainJob, data: Any = None) -> JobResult:
         if data is None:
             data = load_task(TaskSpec(**setup.task))
         arch = space.parse(job.arch)
-        result, _ = train_candidate(space, arch, data, TrainConfig(**setup.training), job.seed, job.epochs)
+        result, model = train_candidate(
+            space, arch, data, TrainConfig(**setup.training), job.seed, job.epochs
+        )
+        if setup.weights_dir:
+            _keep_weights(model, setup.weights_dir, job.trial_number, job.epochs)
     except TrialFailedError as e:
         return JobResult(
             job.trial_number,

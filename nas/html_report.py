@@ -69,7 +69,7 @@ def render_html_report(report: Mapping[str, Any], folder: Path | None = None) ->
         f"<h1>{_e(title)}</h1>",
         f'<p class="sub">space <code>{_e((report.get("space") or {}).get("name", "?"))}</code>, '
         f"strategy {_e(report.get('strategy', '?'))}, latency model: "
-        f"{_e((report.get('latency_model') or {}).get('description', '?'))}</p>",
+        f"{_e((report.get('latency_model') or {}).get('description', '?'))}{_drift(report)}</p>",
         _summary(report, best, budgets),
         "<h2>Budgets</h2>",
         _budgets(report),
@@ -170,6 +170,14 @@ def _verification(report: Mapping[str, Any]) -> str:
 
 
 # -- summary --------------------------------------------------------------------------------------
+def _drift(report: dict[str, Any]) -> str:
+    """What re-timing the cached profile found (host runs with a cached profile only)."""
+    drift = (report.get("latency_model") or {}).get("drift")
+    if not drift or not drift.get("message"):
+        return ""
+    return f"; profile check: {_e(drift['message'])}"
+
+
 def _summary(report: Mapping[str, Any], best: Mapping[str, Any], budgets: Mapping[str, float]) -> str:
     task = report.get("task") or {}
     counts = report.get("counts") or {}

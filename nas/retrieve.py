@@ -21,6 +21,8 @@ from typing import Any
 from search_spaces import FatalError, InputError
 from search_spaces.safeio import load_json
 
+from .config import BUDGETS
+
 __all__ = [
     "Answer",
     "Budgets",
@@ -34,7 +36,7 @@ __all__ = [
 
 FORMAT_VERSION = 1  # the study user attr ``format_version`` written by ``nas run``
 REPORT_FORMAT = "edge-nas-report"
-BUDGET_UNITS = {"max_latency_ms": "ms", "max_size_kb": "KB", "max_memory_kb": "KB"}
+BUDGET_UNITS = BUDGETS  # budget name -> unit, as in a run config
 
 
 # -- budgets --------------------------------------------------------------------------------------

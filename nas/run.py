@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
@@ -272,7 +273,7 @@ def _calibrate(
     them (interleaved repeats) instead of trusting the old timings: shared machines change speed
     under you, and a table that was right an hour ago can be 10-40% off now. The fresh timings
     are what the correction is fitted on; the drift against the cached ones is reported."""
-    from latency_models.profile import time_interleaved
+    from latency_models.profile import retime_blocks, time_interleaved
     from latency_models.runtimes import Artifact, get_runtime
     from latency_models.table import write_atomic
     from search_spaces.backend import keras
@@ -291,7 +292,10 @@ def _calibrate(
         status(f"re-timing {len(records)} cached calibration models against the cached profile")
         sessions = [(rt.load(Artifact(rt.name, lat.dtype, b), threads=lat.threads), sample) for b in files]
         fresh = time_interleaved(sessions, CALIBRATION_REPEATS, threads=lat.threads)
-        drift = _drift(records, fresh)
+        blocks = retime_blocks(
+            space, predictor.table, lat.runtime, lat.dtype, lat.threads, REFERENCE_BLOCKS, CALIBRATION_REPEATS
+        )
+        drift = _drift(records, fresh, blocks)
         if drift["drifted"]:
             status(f"latency profile drifted: {drift['message']}")
         now = [
@@ -422,28 +426,58 @@ def _load_calibration(path: Path, key: str) -> tuple[list[dict[str, Any]], list[
         return None
 
 
-def _drift(records: Sequence[dict[str, Any]], fresh: Sequence[Any]) -> dict[str, Any]:
-    """How far re-timed calibration models moved from their cached timings."""
+# Blocks of the cached table re-timed on every run beside the calibration models (whole models
+# alone cannot tell a stale table from a changed per-invoke cost).
+REFERENCE_BLOCKS = 4
+
+
+def _drift(
+    records: Sequence[dict[str, Any]], fresh: Sequence[Any], blocks: Sequence[tuple[float, Any]] | None = None
+) -> dict[str, Any]:
+    """How far re-timed calibration models (and reference blocks) moved from their cached
+    timings. Either beyond its threshold (the floor, or 3x the repeats' spread) is drift."""
     ratios = [t.median_ms / r["latency_ms"] - 1.0 for r, t in zip(records, fresh, strict=True)]
     spreads = [t.relative_spread for t in fresh] + [
         r["spread_ms"] / r["latency_ms"] for r in records if r.get("spread_ms") is not None
     ]
     median = float(np.median(ratios))
     threshold = max(DRIFT_FLOOR, 3.0 * float(np.median(spreads)))
-    drifted = abs(median) > threshold
-    message = (
-        f"the {len(ratios)} calibration models now run {abs(median):.1%} "
-        f"{'slower' if median > 0 else 'faster'} than when profiled (median; per model "
-        f"{min(ratios):+.1%} to {max(ratios):+.1%}), beyond the profile's spread (+-{threshold:.1%}); "
-        "the correction is re-fitted on the fresh timings"
-        if drifted
-        else f"calibration models within {abs(median):.1%} of the cached profile (threshold {threshold:.1%})"
-    )
+    parts = [("calibration models", len(ratios), median, ratios, threshold)]
+    block_doc = None
+    if blocks:
+        b_ratios = [timing.median_ms / cached - 1.0 for cached, timing in blocks]
+        b_median = float(np.median(b_ratios))
+        b_threshold = max(
+            DRIFT_FLOOR, 3.0 * float(np.median([timing.relative_spread for _, timing in blocks]))
+        )
+        parts.append(("reference blocks", len(b_ratios), b_median, b_ratios, b_threshold))
+        block_doc = {
+            "count": len(b_ratios),
+            "median": b_median,
+            "per_block": b_ratios,
+            "threshold": b_threshold,
+            "drifted": abs(b_median) > b_threshold,
+        }
+    moved = [p for p in parts if abs(p[2]) > p[4]]
+    drifted = bool(moved)
+    if drifted:
+        message = "; ".join(
+            f"the {n} {what} now run {abs(m):.1%} {'slower' if m > 0 else 'faster'} than when profiled "
+            f"(median; each {min(r):+.1%} to {max(r):+.1%}), beyond the profile's spread (+-{th:.1%})"
+            for what, n, m, r, th in moved
+        )
+        message += "; the correction is re-fitted on the fresh timings"
+    else:
+        message = ", ".join(
+            f"{what} within {abs(m):.1%} of the cached profile (threshold {th:.1%})"
+            for what, _, m, _, th in parts
+        )
     return {
         "models": len(ratios),
         "median": median,
         "per_model": ratios,
         "threshold": threshold,
+        "blocks": block_doc,
         "drifted": drifted,
         "action": "correction re-fitted on fresh timings",
         "message": message,
@@ -511,24 +545,60 @@ def _open_study(config: RunConfig, out_dir: Path, storage: str | None, resume: b
     return study
 
 
-def exact_size_fn(space: SearchSpace, data: TaskData, dtype: str) -> Callable[[Hashable], int]:
+def exact_size_fn(
+    space: SearchSpace, data: TaskData, dtype: str, options: dict[str, Any] | None = None
+) -> Callable[[Hashable], int]:
     """Size of the exported file of ``arch``, by converting it with trained-looking weights (the
-    size of a TFLite file does not depend on the weights' values, only on their layout)."""
+    size of a TFLite file does not depend on the weights' values, only on their layout). With the
+    space's ``options``, sizes are kept on disk beside the host profile, so a later run of the
+    same space and task converts none twice (a conversion takes a second or two)."""
+    import hashlib
+    from importlib.metadata import version
+
+    from latency_models.profile import cache_dir
     from latency_models.runtimes import get_runtime
+    from latency_models.table import write_atomic
     from search_spaces.backend import keras
     from search_spaces.weights import randomize_like_trained
 
     rt = get_runtime("litert")
     rep = list(data.inputs(data.x_train[:32]))
+    path = None
     cache: dict[str, int] = {}
+    if options is not None:
+        key = json.dumps(
+            [
+                space.name,
+                options,
+                list(data.shape.input_shape),
+                data.shape.num_classes,
+                dtype,
+                version("tensorflow"),
+            ],
+            sort_keys=True,
+            default=str,
+        )
+        path = cache_dir() / "sizes" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("key") == key:
+                cache = {str(a): int(b) for a, b in doc["sizes"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            cache = {}  # missing or damaged: ours to rebuild
 
     def exact(arch: Hashable) -> int:
-        key = str(arch)
-        if key not in cache:
+        name = str(arch)
+        if name not in cache:
             keras().backend.clear_session()
             model = randomize_like_trained(space.build(arch, data.shape))
-            cache[key] = rt.convert(model, dtype, rep if dtype == "int8" else None).size_bytes
-        return cache[key]
+            cache[name] = rt.convert(model, dtype, rep if dtype == "int8" else None).size_bytes
+            if path is not None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_atomic(path, json.dumps({"key": key, "sizes": cache}))
+                except OSError:
+                    pass  # a read-only cache only costs time
+        return cache[name]
 
     return exact
 
@@ -583,7 +653,12 @@ def prepare_budgets(
         model.size,
         Constraints(),
         model.memory_table,
-        exact_size=exact_size_fn(space, data, config.latency.dtype),
+        exact_size=exact_size_fn(
+            space,
+            data,
+            config.latency.dtype,
+            dict(config.space.options) if space.defined_by_options else None,
+        ),
     )
     if stored:
         budgets = ResolvedBudgets.from_dict(stored)
@@ -686,7 +761,11 @@ def _run_in_folder(
             config.search.strategy, replace(context, seed=context.seed + len(study.trials))
         )
     setup = WorkerSetup(
-        config.space.name, dict(config.space.options), _task_dict(config), _train_dict(config)
+        config.space.name,
+        dict(config.space.options),
+        _task_dict(config),
+        _train_dict(config),
+        weights_dir=str(out / WEIGHTS_DIR),
     )
     if executor_factory is None:  # as the CLI: local worker processes, one per core by default
         from .distributed import ExecutorChoice
@@ -723,6 +802,7 @@ def _run_in_folder(
     shipped, verified, model = _verify_and_ship(
         config, space, data, study, screen, budgets.constraints, model, out, say
     )
+    shutil.rmtree(out / WEIGHTS_DIR, ignore_errors=True)
     winner_trial = (
         next(t for t in study.get_trials(deepcopy=False) if shipped and t.number == shipped[0].trial)
         if shipped
@@ -770,6 +850,9 @@ def _budget_text(c: Constraints) -> str:
 
 # At most this many candidates are verified (trained, compressed, exported and timed) per run.
 VERIFY_LIMIT = 8
+# Inside --out: the weights each training left, so verification compresses the very networks the
+# search trained instead of training them again. Removed once the run has shipped (or not).
+WEIGHTS_DIR = ".weights"
 
 
 def _predicted_to_fit(trial: Any, space: SearchSpace, screen: Any, model: LatencyModel) -> bool:
@@ -811,7 +894,9 @@ def _verify_and_ship(
         chosen = pick(pool, budgets, k=k, limit=min(k + 2, VERIFY_LIMIT - len(verified)))
         if not chosen:
             break
-        verified += verify_candidates(config, space, data, chosen, budgets, out / "verify", say)
+        verified += verify_candidates(
+            config, space, data, chosen, budgets, out / "verify", say, weights=out / WEIGHTS_DIR
+        )
         timed = [(v.arch, v.measured_latency_ms) for v in verified if v.measured_latency_ms is not None]
         model = model.refined(timed, space)
         study.set_user_attr("verified", [v.as_dict() for v in verified])

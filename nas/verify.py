@@ -185,15 +185,15 @@ def verify_candidates(
     budgets: Constraints,
     folder: Path,
     say: Callable[[str], None],
+    weights: Path | None = None,
 ) -> list[Verified]:
-    """Train each trial's network at the epochs the search gave it (training split only),
-    compress it through ``export.pipeline``, export the file the device runs into
-    ``folder/trial-N/`` and measure it: the file's size, its validation accuracy, and (when this
-    machine is the device) its latency, all files timed in interleaved repeats."""
+    """Take each trial's network as the search trained it (its weights from ``weights``, kept by
+    the worker; retrained the same way, training split only, when they are missing), compress it
+    through ``export.pipeline``, export the file the device runs into ``folder/trial-N/`` and
+    measure it: the file's size, its validation accuracy, and (when this machine is the device)
+    its latency, all files timed in interleaved repeats."""
     from latency_models.profile import time_interleaved
     from latency_models.runtimes import Artifact, get_runtime
-
-    from .train import train_candidate
 
     fmt, why_not = latency_runtime_format(config)
     formats = sorted({"tflite", *([fmt] if fmt else [])})
@@ -202,8 +202,8 @@ def verify_candidates(
     for i, t in enumerate(trials):
         arch = space.parse(t.user_attrs["arch"])
         epochs = int(t.user_attrs.get("fidelity_epochs") or config.training.epochs)
-        say(f"verifying candidate {i + 1}/{len(trials)}: {arch} (training {epochs} epochs, compressing)")
-        _, model = train_candidate(space, arch, data, config.training, config.search.seed, epochs)
+        model, how = _trained(config, space, arch, data, t.number, epochs, weights)
+        say(f"verifying candidate {i + 1}/{len(trials)}: {arch} ({how}, compressing)")
         target = folder / f"trial-{t.number}"
         exported = _export(config, model, vdata, target, formats)
         main = next(e for e in exported.exports if e.format == (fmt or "tflite"))
@@ -249,6 +249,28 @@ def verify_candidates(
             )
         )
     return out
+
+
+def _trained(
+    config: Any, space: SearchSpace, arch: Any, data: Any, trial: int, epochs: int, weights: Path | None
+) -> tuple[Any, str]:
+    """The network as the search trained it, and how it was obtained."""
+    from search_spaces.backend import keras
+
+    from .executors import weights_path
+    from .train import train_candidate
+
+    path = None if weights is None else Path(weights_path(weights, trial, epochs))
+    if path is not None and path.is_file():
+        keras().backend.clear_session()
+        model = space.build(arch, data.shape)
+        try:
+            model.load_weights(str(path))
+            return model, f"the search's {epochs}-epoch weights"
+        except (OSError, ValueError):  # a damaged file: train again, as if it were missing
+            pass
+    _, model = train_candidate(space, arch, data, config.training, config.search.seed, epochs)
+    return model, f"training {epochs} epochs"
 
 
 def order(verified: Sequence[Verified]) -> list[Verified]:

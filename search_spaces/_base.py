@@ -114,6 +114,9 @@ class SearchSpace(ABC):
     """
 
     name: ClassVar[str]
+    # Whether the name and options alone fix every network (so facts about them, such as file
+    # sizes, can be cached across runs). False when the networks come from code that can change.
+    defined_by_options: ClassVar[bool] = True
 
     # -- decisions -----------------------------------------------------------------------------
     @abstractmethod

@@ -220,6 +220,7 @@ def _spread(values: list[Any], n: int) -> list[Any]:
 @dataclass(frozen=True)
 class KerasTunerSpace(SearchSpace):
     name = "keras-tuner"
+    defined_by_options = False  # the networks are the user's build(hp), edited at will
 
     build_fn: str = ""
     float_points: int = 5

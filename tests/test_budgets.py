@@ -165,3 +165,30 @@ def test_pick_takes_the_top_three_and_more_near_the_budget() -> None:
     assert [t.number for t in pick(trials, Constraints(max_latency_ms=10.0), k=3)] == [1, 2, 3]
     assert [t.number for t in pick(trials, budgets, k=3, limit=2)] == [1, 2]
     assert pick([], budgets) == []
+
+
+def test_exact_sizes_are_kept_across_runs_of_the_same_space(tmp_path: Path, monkeypatch) -> None:
+    """Near the size budget a candidate's file is converted to know its exact size; a later run
+    of the same space and task reads it from the cache instead of converting again."""
+    import random
+
+    from latency_models.runtimes.litert import LiteRT
+    from nas.data import TaskSpec, load_task
+    from nas.run import exact_size_fn
+
+    monkeypatch.setenv("EDGE_NAS_CACHE", str(tmp_path / "cache"))
+    options = {"widths": [[8], [8], [16]], "depths": [1], "kernels": [3], "expands": [1, 3]}
+    space = get_space("mbconv", options)
+    data = load_task(TaskSpec("digits"))
+    arch = space.random(random.Random(0))
+    first = exact_size_fn(space, data, "int8", options)(arch)
+    assert first > 1000 and list((tmp_path / "cache" / "sizes").glob("*.json"))
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(LiteRT, "convert", no_conversion)
+    assert exact_size_fn(space, data, "int8", options)(arch) == first
+    # another task (or space options) is another cache: it must convert
+    with pytest.raises(AssertionError, match="converted again"):
+        exact_size_fn(space, data, "int8", {**options, "kernels": [3, 5]})(arch)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from compress import StageError, compress_and_export
-from compress.exporters import c_array, parse_c_array
+from compress.exporters import EXPORTERS, c_array, parse_c_array
 from search_spaces import InputError
 
 pytest_plugins = ["tests.test_compress_fixtures"]  # the shared real data and trained tiny model
@@ -51,10 +51,17 @@ def test_pipeline_rows_are_measured_from_files(tiny, cdata, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_all_formats_export_and_agree(tiny, cdata, tmp_path: Path) -> None:
+    """Every format in the registry (adding an exporter is enough for it to be tested here): its
+    files are written, re-loaded in their own runtime and measured, and their accuracy is the
+    model's within int8's loss."""
     out = tmp_path / "all"
-    report = compress_and_export(tiny, cdata, ["int8:100"], ["tflite", "tflm", "onnx", "openvino"], out)
+    report = compress_and_export(tiny, cdata, ["int8:100"], sorted(EXPORTERS), out)
     by = {e.format: e for e in report.exports}
-    assert set(by) == {"tflite", "tflm", "onnx", "openvino"}
+    assert set(by) == set(EXPORTERS)
+    for fmt, exported in by.items():
+        assert exported.files and all((out / name).stat().st_size > 0 for name in exported.files), fmt
+        assert exported.size_bytes > 0 and exported.latency_ms > 0, fmt
+        assert abs(exported.accuracy - report.rows[-1].accuracy) <= 0.05, fmt
     for fmt in ("onnx", "openvino"):
         assert by[fmt].agreement is not None and by[fmt].agreement >= 0.99
     assert by["tflm"].arena_bytes and by["tflm"].arena_bytes > 1000

@@ -67,6 +67,10 @@ def test_tiny_search_end_to_end(run_nas, tmp_path: Path) -> None:
     assert shipped[0]["measured_latency_ms"] == best["measured_latency_ms"]
     assert all(v["size_bytes"] <= 24 * 1024 for v in verification if v["fits"])
     assert all((out / v["file"]).is_file() for v in verification if v["stage"] == "verify")
+    # verification compressed the networks the search trained (their weights, not a retraining),
+    # and those weights are gone once the run has shipped
+    assert "the search's 2-epoch weights" in proc.stderr, proc.stderr[-3000:]
+    assert not (out / ".weights").exists()
     assert best["measured_latency_ms"] > 0 and best["predicted_latency_ms"] > 0
 
     # the trial records: the size budget binds, screened candidates were never trained
@@ -112,6 +116,11 @@ def test_tiny_search_end_to_end(run_nas, tmp_path: Path) -> None:
     assert "re-timing 4 cached calibration models" in again.stderr
     drift = json.loads((tmp_path / "run2" / "report.json").read_text())["latency_model"]["drift"]
     assert drift["models"] == 4 and len(drift["per_model"]) == 4 and drift["threshold"] >= 0.05
+    # ... and a few of the table's own blocks, re-timed as the profile timed them
+    blocks = drift["blocks"]
+    assert blocks["count"] == 4 and blocks["threshold"] >= 0.05
+    assert all(-0.9 < r < 9 for r in blocks["per_block"])  # a real timing, not a copy of the table
+    assert blocks["per_block"] != [0.0] * 4
 
     # the same folder without --resume is refused in one line, and nothing is overwritten
     before = (out / "report.json").read_bytes()

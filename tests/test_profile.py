@@ -17,7 +17,7 @@ from latency_models.profile import (
     table_path,
 )
 from latency_models.table import INVOKE_KEY, LatencyTable
-from search_spaces import InputError, TaskShape, get_space
+from search_spaces import SPACES, InputError, TaskShape, get_space
 
 TASK = TaskShape((16, 16, 1), 10)
 FAST = (5, 2, 0.0)
@@ -111,3 +111,44 @@ def test_tflm_table_predicts_the_whole_model_arena(space, tmp_path: Path):
     for arch, measured in zip(archs, measure_arenas(space, TASK, archs), strict=True):
         predicted = predict_arena_bytes(table, space.blocks(arch, TASK))
         assert abs(predicted - measured) <= 0.05 * measured
+
+
+def _space_for(name: str):
+    if name == "keras-tuner":
+        from tests.test_keras_tuner_patterns import KT_MNIST
+
+        return get_space(name, {"build": f"{KT_MNIST}:build"})
+    return get_space(name)
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_profiling_conversion_runs_like_the_shipped_one(name: str) -> None:
+    """Blocks are converted without the SavedModel round trip (8x faster): every space's blocks
+    must come out with the same operators and tensor shapes as the shipped conversion, and no
+    signature table, else the fast path is not being taken."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from latency_models.profile import _model_input_shape, random_representative
+    from latency_models.runtimes import get_runtime
+
+    space = _space_for(name)
+    task = TaskShape((32, 32, 3), 10)
+    blocks = space.blocks(space.random(random.Random(2)), task)
+    rt = get_runtime("litert")
+    for block in (blocks[0], blocks[len(blocks) // 2]):
+        try:
+            model = space.block_model(block)
+        except NotImplementedError:  # a space priced only by published tables (nb201, fbnet)
+            pytest.skip(f"space {name} has no block models to profile")
+        samples = random_representative(_model_input_shape(model))
+        shipped, profiled = (
+            Interpreter(model_content=convert(model, "int8", samples).data)
+            for convert in (rt.convert, rt.convert_for_profiling)
+        )
+
+        def graph(i: Interpreter) -> list[tuple[str, tuple[int, ...]]]:
+            ops = [d["op_name"] for d in i._get_ops_details()]
+            return ops + [tuple(d["shape"]) for d in i.get_tensor_details() if len(d["shape"]) > 1]
+
+        assert shipped.get_signature_list() and not profiled.get_signature_list(), block
+        assert sorted(map(str, graph(shipped))) == sorted(map(str, graph(profiled))), block

@@ -31,38 +31,42 @@ def reference(model, batch):
 
 
 SAMPLES = random_representative((12, 12, 8), n=16)
-# Runtimes that are optional extras run where their package is installed (`make test` installs them).
+
+
+# Runtimes that are optional extras (module to find): tested where installed (`make test` installs them).
 _EXTRAS = {"tvm": "tvm", "executorch": "executorch"}
 
 
-def _installed(name: str) -> bool:
+def _runtime(name: str, dtype: str):
+    """The registered runtime ``name`` (every one is tested: adding it to RUNTIMES is enough)."""
     import importlib.util
 
-    return name not in _EXTRAS or importlib.util.find_spec(_EXTRAS[name]) is not None
-
-
-ALL = [
-    pytest.param(n, marks=pytest.mark.skipif(not _installed(n), reason=f"{n} not installed"))
-    for n in sorted(RUNTIMES)
-]
-# Every runtime that offers int8 (TVM and ExecuTorch do not: see their modules).
-INT8 = [n for n in sorted(RUNTIMES) if "int8" in get_runtime(n).dtypes]
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_fp32_runs_exactly_what_keras_computes(name, model, batch, reference):
+    if name in _EXTRAS and importlib.util.find_spec(_EXTRAS[name]) is None:
+        pytest.skip(f"runtime {name}: its extra is not installed")
     rt = get_runtime(name)
+    assert rt.name == name and isinstance(rt.version(), str) and rt.version()
+    if dtype not in rt.dtypes:
+        pytest.skip(f"runtime {name} has no {dtype}")
+    return rt
+
+
+@pytest.mark.parametrize("name", sorted(RUNTIMES))
+def test_fp32_runs_exactly_what_keras_computes(name, model, batch, reference):
+    rt = _runtime(name, "fp32")
     session = rt.load(rt.convert(model, "fp32"), threads=1)
     out = session.run(batch)
     assert out.shape == reference.shape and out.dtype == np.float32
     np.testing.assert_allclose(out, reference, atol=1e-4)
     t = session.time(batch[0], runs=5, warmup=1, min_total_s=0.0)
     assert 0 < t.p10_ms <= t.median_ms <= t.p90_ms and t.runs >= 5
+    # what profiling converts computes the same
+    profiled = rt.load(rt.convert_for_profiling(model, "fp32"), threads=1)
+    np.testing.assert_allclose(profiled.run(batch), reference, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", INT8)
+@pytest.mark.parametrize("name", sorted(RUNTIMES))
 def test_int8_stays_close_to_fp32(name, model, batch, reference):
-    rt = get_runtime(name)
+    rt = _runtime(name, "int8")
     session = rt.load(rt.convert(model, "int8", SAMPLES), threads=1)
     out = session.run(batch)
     assert out.shape == reference.shape

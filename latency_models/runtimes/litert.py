@@ -19,10 +19,19 @@ from . import Artifact, Runtime, Session
 __all__ = ["LiteRT", "LiteRTSession", "convert_tflite", "load_file"]
 
 
-def convert_tflite(model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None) -> bytes:
-    """A .tflite flatbuffer. int8 is full-integer with int8 input and output; it needs samples."""
+def convert_tflite(
+    model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None, signature: bool = True
+) -> bytes:
+    """A .tflite flatbuffer. int8 is full-integer with int8 input and output; it needs samples.
+
+    ``signature=False`` converts the model's graph directly instead of through a SavedModel (what
+    ``from_keras_model`` does): 8x faster on small models, the same operators, tensors, weights
+    and timings, but no signature table (``get_signature_runner``) and a slightly smaller file.
+    For files that are only timed; shipped files keep their signature."""
     t = tf()
-    converter = t.lite.TFLiteConverter.from_keras_model(model)
+    converter = _graph_converter(model) if not signature else None
+    if converter is None:
+        converter = t.lite.TFLiteConverter.from_keras_model(model)
     if dtype == "fp16":
         converter.optimizations = [t.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [t.float16]
@@ -48,6 +57,27 @@ def convert_tflite(model: Any, dtype: str, representative: Iterable[np.ndarray] 
         raise InputError(f"dtype: expected one of ['int8', 'fp16', 'fp32', 'dynamic'], got {dtype!r}.")
     with native_stderr_muted():
         return bytes(converter.convert())
+
+
+def _graph_converter(model: Any) -> Any:
+    """A converter of ``model``'s inference graph that skips the SavedModel round trip, or None
+    when the model cannot be traced that way (the caller then converts it the usual way)."""
+    t = tf()
+    try:
+        specs = [
+            t.TensorSpec([None, *i.shape[1:]], i.dtype, name=f"input_{k}") for k, i in enumerate(model.inputs)
+        ]
+        single = len(specs) == 1
+
+        def call(*xs: Any) -> Any:
+            return model(xs[0] if single else list(xs), training=False)
+
+        fn = t.function(call).get_concrete_function(*specs)
+        converter = t.lite.TFLiteConverter.from_concrete_functions([fn], model)
+        converter.experimental_lower_to_saved_model = False
+    except Exception:  # any tracing failure: the SavedModel path is the reference, use it
+        return None
+    return converter
 
 
 class LiteRTSession(Session):
@@ -119,6 +149,12 @@ class LiteRT(Runtime):
     def convert(self, model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None) -> Artifact:
         self.check_dtype(dtype)
         return Artifact(self.name, dtype, convert_tflite(model, dtype, representative))
+
+    def convert_for_profiling(
+        self, model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None
+    ) -> Artifact:
+        self.check_dtype(dtype)
+        return Artifact(self.name, dtype, convert_tflite(model, dtype, representative, signature=False))
 
     def load(self, artifact: Artifact, threads: int = 1) -> LiteRTSession:
         return LiteRTSession(artifact.data, threads)

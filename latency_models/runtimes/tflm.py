@@ -172,6 +172,12 @@ class TFLiteMicro(Runtime):
         self.check_dtype(dtype)
         return Artifact(self.name, dtype, convert_tflite(model, dtype, representative))
 
+    def convert_for_profiling(
+        self, model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None
+    ) -> Artifact:
+        self.check_dtype(dtype)
+        return Artifact(self.name, dtype, convert_tflite(model, dtype, representative, signature=False))
+
     def load(self, artifact: Artifact, threads: int = 1) -> TFLMSession:
         # TFLM is single-threaded by design; ``threads`` is accepted for a uniform interface.
         return TFLMSession(artifact.data)
