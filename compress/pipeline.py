@@ -304,7 +304,15 @@ def _run(
         "latency": "median ms of single-sample runs on this host",
         "final_stage": rows[current_row].stage,
         "versions": {
-            p: version(p) for p in ("tensorflow", "tensorflow-model-optimization", "ai-edge-litert")
+            p: version(p)
+            for p in (
+                "tensorflow",
+                "tensorflow-model-optimization",
+                "ai-edge-litert",
+                # the optional extras' packages, when their formats were exported
+                *(("apache-tvm",) if any(e.name == "tvm" for e in exporters) else ()),
+                *(("executorch", "torch") if any(e.name == "executorch" for e in exporters) else ()),
+            )
         },
     }
     return CompressReport(tuple(rows), tuple(exports), target, meta, failed)

@@ -118,6 +118,7 @@ def test_exports_reload_in_their_runtimes_and_agree(tiny, cdata, tmp_path: Path)
     saved = json.loads((out / "compress_report.json").read_text())
     assert {e["format"] for e in saved["exports"]} == {"tflite", "tvm", "executorch"}
     assert saved["failed"] == {}
+    assert {"apache-tvm", "executorch", "torch"} <= set(saved["meta"]["versions"])
 
 
 @pytest.mark.slow
