@@ -91,17 +91,22 @@ def _convert(fn: Any, fmt: str) -> Any:
     from latency_models.runtimes import ConversionError
     from search_spaces.backend import native_stderr_muted
 
+    named: ConversionError | None = None
     try:
         # Converters and interpreters print C++ chatter on fd 2 (XNNPACK, calibration settings).
         with native_stderr_muted():
-            return fn()
-    except ConversionError as e:
-        raise StageError(f"export {fmt}: {e}") from None
+            try:
+                return fn()
+            except ConversionError as e:
+                # A failure that names its step and layer: caught inside, so the muted chatter
+                # (replayed for other errors) stays muted.
+                named = e
     except (InputError, StageError):
         raise
     except Exception as e:  # converters raise many unrelated types (ConverterError, RuntimeError...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StageError(f"export {fmt}: conversion failed: {first[:300]}") from None
+    raise StageError(f"export {fmt}: {named}")
 
 
 def _int8(model: Any, calibration: np.ndarray, per_channel: bool, fmt: str) -> bytes:
@@ -425,7 +430,7 @@ class TVMExporter(Exporter):
         from latency_models.runtimes.onnxruntime import keras_to_onnx
         from latency_models.runtimes.tvm import HOST_TARGET, check_target, compile_onnx, load_file, tvm_module
 
-        tvm = tvm_module()  # a missing extra: one line naming the pip install
+        tvm = _convert(tvm_module, self.name)  # a missing extra: one line naming the pip install
         if ctx.tvm_target:
             check_target(ctx.tvm_target)
         onnx_bytes = _convert(lambda: keras_to_onnx(ctx.model), self.name)
@@ -483,7 +488,7 @@ class ExecuTorchExporter(Exporter):
         from latency_models.runtimes.executorch import _require, load_file, onnx_to_pte
         from latency_models.runtimes.onnxruntime import keras_to_onnx
 
-        _require()  # a missing extra: one line naming the pip install
+        _convert(_require, self.name)  # imports torch quietly; a missing extra: one line
         dtype = "int8" if quant.dtype == "int8" else "fp32"
         calibration = ctx.data.calibration(quant.calibration) if dtype == "int8" else None
         onnx_bytes = _convert(lambda: keras_to_onnx(ctx.model), self.name)

@@ -201,7 +201,7 @@ def compress_and_export(
         raise
     say(f"wrote {out_dir / REPORT_NAME}")
     if report.failed:
-        raise ExportFailed("; ".join(report.failed.values()), report)
+        raise ExportFailed("; ".join(m.rstrip(".") for m in report.failed.values()) + ".", report)
     return report
 
 
@@ -291,7 +291,7 @@ def _run(
                 failed[exporter.name] = str(e)
                 say(f"export {exporter.name} failed: {e}")
         if not exports:
-            raise StageError("; ".join(failed.values()))
+            raise StageError("; ".join(m.rstrip(".") for m in failed.values()) + ".")
         files = tuple(f for e in exports for f in e.files)
         rows[current_row] = _replace(rows[current_row], files=files)
     finally:

@@ -226,3 +226,24 @@ def test_search_for_a_device_that_runs_this_runtime(runtime: str, run_nas, tmp_p
     assert report["best"]["latency_runtime"] == runtime and report["best"]["measured_latency_ms"] > 0
     assert runtime in {e["format"] for e in report["compression"]["exports"]}
     assert (out / "export" / ("model_tvm.so" if runtime == "tvm" else "model_fp32.pte")).is_file()
+
+
+def test_cli_writes_what_converts_and_names_what_does_not(run_nas, tmp_path: Path) -> None:
+    from search_spaces.backend import keras
+    from tests.conftest import assert_one_line_error
+
+    k = keras()
+    inputs = k.Input((28, 28, 1))
+    x = k.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = k.layers.LayerNormalization(name="odd_norm")(x)  # ReduceProd/Sqrt: no PyTorch mapping
+    x = k.layers.GlobalAveragePooling2D()(x)
+    path = tmp_path / "odd.keras"
+    k.Model(inputs, k.layers.Dense(10, activation="softmax")(x)).save(path)
+    out = tmp_path / "out"
+    proc = run_nas(
+        "compress", str(path), "--task", "mnist5k", "--pipeline", "strip", "--formats", "tflite,executorch",
+        "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert_one_line_error(proc, "export executorch: step onnx -> pytorch: layer 'odd_norm'")
+    assert sorted(p.name for p in out.iterdir()) == ["compress_report.json", "model_fp32.tflite"]
+    assert "model_fp32.tflite" in proc.stdout

@@ -12,7 +12,11 @@ would compute in fp32 and its timing would not be an int8 timing.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,7 +27,7 @@ import numpy as np
 from search_spaces import InputError
 
 from . import Artifact, ConversionError, Runtime, Session
-from .onnx_torch import describe
+from .onnx_torch import describe, keras_layer
 
 __all__ = ["HOST_TARGET", "TVM", "TVMSession", "compile_onnx", "load_file", "tvm_module"]
 
@@ -103,8 +107,11 @@ def compile_onnx(data: bytes, target: str = HOST_TARGET, batch: int = 1) -> tupl
     inits = {i.name for i in model.graph.initializer}
     inp = next(i for i in model.graph.input if i.name not in inits)
     dims = [d.dim_value if d.dim_value > 0 else batch for d in inp.type.tensor_type.shape.dim]
+    printed = io.StringIO()
     try:
-        mod = from_onnx(model, shape_dict={inp.name: dims}, keep_params_in_input=False)
+        # The frontend prints the op it failed on to stdout; the error below names it with its layer.
+        with contextlib.redirect_stdout(printed):
+            mod = from_onnx(model, shape_dict={inp.name: dims}, keep_params_in_input=False)
         mod = relax.transform.DecomposeOpsForInference()(mod)
         # The library carries its input shape (``input_shape()``): a file on disk is all a
         # session needs, as for the other runtimes.
@@ -113,7 +120,14 @@ def compile_onnx(data: bytes, target: str = HOST_TARGET, batch: int = 1) -> tupl
             bb.emit_func_output(relax.ShapeExpr([int(d) for d in dims]))
         mod["input_shape"] = bb.get()["input_shape"]
     except Exception as e:  # noqa: BLE001 - the frontend raises many types
-        raise ConversionError(f"step onnx -> relax (TVM frontend): {_first(e)}") from None
+        failure = f"step onnx -> relax (TVM frontend){_node_of(printed.getvalue(), model)}: {_first(e)}"
+    else:
+        failure = None
+    if failure is not None:
+        # The frontend's half-built BlockBuilder (kept alive by the traceback until here) warns
+        # on fd 2 when collected: collect it now, while the caller may have stderr muted.
+        gc.collect()
+        raise ConversionError(failure)
     try:
         executable = tvm.compile(mod, target=tgt)
     except Exception as e:  # noqa: BLE001
@@ -126,6 +140,18 @@ def compile_onnx(data: bytes, target: str = HOST_TARGET, batch: int = 1) -> tupl
         except Exception as e:  # noqa: BLE001
             raise ConversionError(f"step export_library ({tgt}): {_first(e)}") from None
         return path.read_bytes(), suffix
+
+
+def _node_of(text: str, model: Any) -> str:
+    """`` at layer 'x' (ONNX op Y)`` for the op a frontend failure names, when its nodes all come
+    from one Keras layer (or from a few, named)."""
+    m = re.search(r"Error converting operator (\w+)", text)
+    if not m:
+        return ""
+    layers = sorted({keras_layer(n.name) for n in model.graph.node if n.op_type == m.group(1)})
+    if len(layers) == 1:
+        return f" at layer {layers[0]!r} (ONNX op {m.group(1)})"
+    return f" at ONNX op {m.group(1)} (in one of the layers {layers[:5]})" if layers else ""
 
 
 def _first(e: BaseException) -> str:
