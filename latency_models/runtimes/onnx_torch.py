@@ -379,7 +379,7 @@ OPS: dict[str, Callable[..., Any]] = {
 }
 
 #: ONNX ops this converter maps to torch
-SUPPORTED_OPS = tuple(sorted(OPS))
+SUPPORTED_OPS = tuple(sorted((*OPS, "Constant")))
 
 
 def _module_base() -> type:
@@ -398,7 +398,9 @@ def onnx_to_torch(data: bytes, batch: int = 1) -> Any:
     except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError
         raise InputError(f"onnx -> pytorch: not an ONNX model ({type(e).__name__}).") from None
     graph = model.graph
-    unsupported = [n for n in graph.node if n.op_type not in OPS or n.domain not in ("", "ai.onnx")]
+    unsupported = [
+        n for n in graph.node if n.op_type not in (*OPS, "Constant") or n.domain not in ("", "ai.onnx")
+    ]
     if unsupported:
         raise ConversionError(
             f"step onnx -> pytorch: {describe(unsupported[0])} has no PyTorch mapping"
