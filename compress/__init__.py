@@ -14,6 +14,7 @@ __all__ = [
     "STAGES",
     "CompressData",
     "CompressReport",
+    "ExportFailed",
     "Quantization",
     "ReportRow",
     "Stage",
@@ -27,7 +28,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # The pipeline and exporters pull in numpy-heavy helpers; load them on first use.
-    if name in ("compress_and_export", "CompressReport", "ReportRow"):
+    if name in ("compress_and_export", "CompressReport", "ExportFailed", "ReportRow"):
         from . import pipeline
 
         return getattr(pipeline, name)

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -66,6 +66,8 @@ class ExportContext:
     data: CompressData
     threads: int = 1
     runs: int = 50
+    #: an extra TVM target (cross compilation, e.g. ``llvm -mtriple=aarch64-linux-gnu``)
+    tvm_target: str | None = None
     _reference: tuple[np.ndarray, int] | None = field(default=None, repr=False)
 
     def reference(self) -> tuple[np.ndarray, int]:
@@ -86,17 +88,25 @@ class ExportContext:
 
 def _convert(fn: Any, fmt: str) -> Any:
     """Run a converter; its failures become a ``StageError`` naming the format."""
+    from latency_models.runtimes import ConversionError
     from search_spaces.backend import native_stderr_muted
 
+    named: ConversionError | None = None
     try:
         # Converters and interpreters print C++ chatter on fd 2 (XNNPACK, calibration settings).
         with native_stderr_muted():
-            return fn()
+            try:
+                return fn()
+            except ConversionError as e:
+                # A failure that names its step and layer: caught inside, so the muted chatter
+                # (replayed for other errors) stays muted.
+                named = e
     except (InputError, StageError):
         raise
     except Exception as e:  # converters raise many unrelated types (ConverterError, RuntimeError...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StageError(f"export {fmt}: conversion failed: {first[:300]}") from None
+    raise StageError(f"export {fmt}: {named}")
 
 
 def _int8(model: Any, calibration: np.ndarray, per_channel: bool, fmt: str) -> bytes:
@@ -125,9 +135,22 @@ def _stripped(data: bytes, fmt: str) -> tuple[bytes, str]:
 
 
 class Exporter(ABC):
-    """Writes one format into ``out_dir`` and measures what it wrote."""
+    """Writes one format into ``out_dir`` and measures what it wrote.
+
+    ``check_installed`` is called when the format is named (a config, a command line), before
+    any work; ``export`` after the pipeline's stages, with the compressed model."""
 
     name: ClassVar[str]
+    #: (module, pip install hint) for formats that need an optional extra
+    requires: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def check_installed(self) -> None:
+        """One line naming the ``pip install`` to run when an optional extra is missing."""
+        import importlib.util
+
+        for module, hint in self.requires:
+            if importlib.util.find_spec(module) is None:
+                raise InputError(f"format {self.name}: {module} is not installed here; run: {hint}.")
 
     @abstractmethod
     def export(self, quant: Quantization, out_dir: Path, ctx: ExportContext) -> Exported: ...
@@ -309,6 +332,38 @@ def _agreement_check(fmt: str, classes: np.ndarray, ctx: ExportContext) -> float
     return agreement
 
 
+def _measured(
+    fmt: str,
+    dtype: str,
+    out_dir: Path,
+    files: tuple[str, ...],
+    session: Any,
+    ctx: ExportContext,
+    runtime: str,
+    sparsity: float,
+    notes: tuple[str, ...],
+) -> Exported:
+    """An exported file set measured from disk: ``session`` was loaded from ``files``; fp32
+    files must agree with the fp32 .tflite (``AGREEMENT_FLOOR``)."""
+    stored = [(out_dir / f).read_bytes() for f in files]
+    accuracy, classes = accuracy_of(session.run, ctx.data.x_test, ctx.data.y_test)
+    agreement = _agreement_check(fmt, classes, ctx) if dtype == "fp32" else None
+    return Exported(
+        format=fmt,
+        dtype=dtype,
+        files=files,
+        size_bytes=sum(len(b) for b in stored),
+        gzip_bytes=gzip_size(*stored),
+        accuracy=accuracy,
+        latency_ms=ctx.latency(session),
+        sparsity=sparsity,
+        macs=ctx.reference()[1],
+        runtime=runtime,
+        agreement=agreement,
+        notes=notes,
+    )
+
+
 class OnnxExporter(Exporter):
     """``model.onnx`` (fp32, tf2onnx) run with ONNX Runtime; must agree with the fp32 .tflite."""
 
@@ -321,21 +376,10 @@ class OnnxExporter(Exporter):
         path = out_dir / "model.onnx"
         write_atomic(path, data)
         session = load_file(path, ctx.threads)
-        accuracy, classes = accuracy_of(session.run, ctx.data.x_test, ctx.data.y_test)
-        agreement = _agreement_check(self.name, classes, ctx)
-        return Exported(
-            format="onnx",
-            dtype="fp32",
-            files=(path.name,),
-            size_bytes=len(path.read_bytes()),
-            gzip_bytes=gzip_size(path.read_bytes()),
-            accuracy=accuracy,
-            latency_ms=ctx.latency(session),
-            sparsity=_onnx_sparsity(path.read_bytes()),
-            macs=ctx.reference()[1],
-            runtime="onnxruntime",
-            agreement=agreement,
-            notes=("fp32; MACs counted on the fp32 .tflite of the same model",),
+        notes = ("fp32; MACs counted on the fp32 .tflite of the same model",)
+        sparsity = _onnx_sparsity(path.read_bytes())
+        return _measured(
+            self.name, "fp32", out_dir, (path.name,), session, ctx, "onnxruntime", sparsity, notes
         )
 
 
@@ -365,22 +409,110 @@ class OpenVinoExporter(Exporter):
         write_atomic(out_dir / "model.bin", weights)
         write_atomic(out_dir / "model.xml", xml)
         session = load_file(out_dir / "model.xml", ctx.threads)
-        accuracy, classes = accuracy_of(session.run, ctx.data.x_test, ctx.data.y_test)
-        agreement = _agreement_check(self.name, classes, ctx)
-        stored = (out_dir / "model.xml").read_bytes(), (out_dir / "model.bin").read_bytes()
-        return Exported(
-            format="openvino",
-            dtype="fp32",
-            files=("model.xml", "model.bin"),
-            size_bytes=sum(len(b) for b in stored),
-            gzip_bytes=gzip_size(*stored),
-            accuracy=accuracy,
-            latency_ms=ctx.latency(session),
-            sparsity=float(np.mean(np.frombuffer(stored[1][: len(stored[1]) // 4 * 4], np.float32) == 0)),
-            macs=ctx.reference()[1],
-            runtime="openvino CPU",
-            agreement=agreement,
-            notes=("fp32 IR; sparsity over every value in model.bin; MACs counted on the fp32 .tflite",),
+        stored = (out_dir / "model.bin").read_bytes()
+        sparsity = float(np.mean(np.frombuffer(stored[: len(stored) // 4 * 4], np.float32) == 0))
+        notes = ("fp32 IR; sparsity over every value in model.bin; MACs counted on the fp32 .tflite",)
+        files = ("model.xml", "model.bin")
+        return _measured(self.name, "fp32", out_dir, files, session, ctx, "openvino CPU", sparsity, notes)
+
+
+class TVMExporter(Exporter):
+    """``model_tvm.so``: the ONNX export compiled by Apache TVM for this host (``llvm``), loaded
+    back into TVM's Relax VM and measured; must agree with the fp32 .tflite. With
+    ``tvm_target`` set, also ``model_tvm_<triple>.tar`` for that target (object files that
+    ``tvm.runtime.load_module`` links on the device; not run here). fp32 only: TVM 0.27 has no
+    QNN path (see ``latency_models.runtimes.tvm``)."""
+
+    name = "tvm"
+    requires = (("tvm", "pip install 'edge-nas[tvm]'"),)
+
+    def export(self, quant: Quantization, out_dir: Path, ctx: ExportContext) -> Exported:
+        from latency_models.runtimes.onnxruntime import keras_to_onnx
+        from latency_models.runtimes.tvm import HOST_TARGET, check_target, compile_onnx, load_file, tvm_module
+
+        tvm = _convert(tvm_module, self.name)  # a missing extra: one line naming the pip install
+        if ctx.tvm_target:
+            check_target(ctx.tvm_target)
+        onnx_bytes = _convert(lambda: keras_to_onnx(ctx.model), self.name)
+        library, _ = _convert(lambda: compile_onnx(onnx_bytes, HOST_TARGET), self.name)
+        write_atomic(out_dir / "model_tvm.so", library)
+        files = ["model_tvm.so"]
+        host = str(tvm.target.Target(HOST_TARGET).attrs.get("mtriple", "")) or "host"
+        notes = [
+            f"fp32, compiled by TVM {tvm.__version__} for llvm ({host}); MACs counted on the fp32 .tflite"
+        ]
+        if quant.dtype != "fp32":
+            notes.append(
+                f"not {quant.dtype}: TVM 0.27 has no QNN path (Relay is gone) and its ONNX frontend lowers "
+                "QuantizeLinear/DequantizeLinear to float math, so an int8 library would compute in fp32"
+            )
+        if ctx.tvm_target and ctx.tvm_target.strip() != HOST_TARGET:
+            target = ctx.tvm_target.strip()
+            cross, suffix = _convert(lambda: compile_onnx(onnx_bytes, target), self.name)
+            triple = str(check_target(target).attrs.get("mtriple", "")) or "target"
+            name = f"model_tvm_{re.sub(r'[^A-Za-z0-9_.-]+', '_', triple)}{suffix}"
+            write_atomic(out_dir / name, cross)
+            files.append(name)
+            notes.append(
+                f"{name}: compiled for {target!r}, not run here (only the host library can be); on the device "
+                "tvm.runtime.load_module links it; size, accuracy and latency are the host library's"
+            )
+        session = load_file(out_dir / files[0], ctx.threads)
+        main = (files[0],)
+        measured = _measured(
+            self.name,
+            "fp32",
+            out_dir,
+            main,
+            session,
+            ctx,
+            "tvm (relax VM, llvm)",
+            _onnx_sparsity(onnx_bytes),
+            tuple(notes),
+        )
+        return replace(measured, files=tuple(files))
+
+
+class ExecuTorchExporter(Exporter):
+    """``model_<dtype>.pte``: ONNX -> PyTorch -> ``torch.export`` -> ExecuTorch with the XNNPACK
+    partitioner (int8 through the PT2E XNNPACK quantizer when the pipeline quantizes), re-loaded
+    with ExecuTorch's runtime and measured; fp32 must agree with the fp32 .tflite."""
+
+    name = "executorch"
+    requires = (
+        ("torch", "pip install 'edge-nas[executorch]'"),
+        ("executorch", "pip install 'edge-nas[executorch]'"),
+    )
+
+    def export(self, quant: Quantization, out_dir: Path, ctx: ExportContext) -> Exported:
+        from latency_models.runtimes.executorch import _require, load_file, onnx_to_pte
+        from latency_models.runtimes.onnxruntime import keras_to_onnx
+
+        _convert(_require, self.name)  # imports torch quietly; a missing extra: one line
+        dtype = "int8" if quant.dtype == "int8" else "fp32"
+        calibration = ctx.data.calibration(quant.calibration) if dtype == "int8" else None
+        onnx_bytes = _convert(lambda: keras_to_onnx(ctx.model), self.name)
+        pte = _convert(lambda: onnx_to_pte(onnx_bytes, dtype, calibration), self.name)
+        path = out_dir / f"model_{dtype}.pte"
+        write_atomic(path, pte)
+        session = _convert(lambda: load_file(path, ctx.threads), self.name)
+        notes = [
+            f"{dtype} .pte, XNNPACK delegate"
+            + (" (PT2E XNNPACK quantizer, per-channel weights)" if dtype == "int8" else "")
+            + "; sparsity of the ONNX weights it was made from; MACs counted on the fp32 .tflite"
+        ]
+        if quant.dtype not in ("int8", "fp32"):
+            notes.append(f"not {quant.dtype}: this exporter writes fp32 or int8")
+        return _measured(
+            self.name,
+            dtype,
+            out_dir,
+            (path.name,),
+            session,
+            ctx,
+            "executorch (XNNPACK)",
+            _onnx_sparsity(onnx_bytes),
+            tuple(notes),
         )
 
 
@@ -389,10 +521,14 @@ EXPORTERS: dict[str, type[Exporter]] = {
     "tflm": TFLMExporter,
     "onnx": OnnxExporter,
     "openvino": OpenVinoExporter,
+    "tvm": TVMExporter,
+    "executorch": ExecuTorchExporter,
 }
 
 
 def get_exporter(name: str) -> Exporter:
     if name not in EXPORTERS:
         raise InputError(f"format: unknown format {name!r}; valid formats: {sorted(EXPORTERS)}.")
-    return EXPORTERS[name]()
+    exporter = EXPORTERS[name]()
+    exporter.check_installed()
+    return exporter

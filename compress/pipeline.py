@@ -23,7 +23,14 @@ from .exporters import EXPORTERS, ExportContext, Exported, get_exporter
 from .registry import build_pipeline
 from .training import Trainer
 
-__all__ = ["REPORT_NAME", "CompressReport", "ReportRow", "TargetResult", "compress_and_export"]
+__all__ = [
+    "REPORT_NAME",
+    "CompressReport",
+    "ExportFailed",
+    "ReportRow",
+    "TargetResult",
+    "compress_and_export",
+]
 
 REPORT_NAME = "compress_report.json"
 REPORT_FORMAT = "edge-nas-compress-report"
@@ -67,6 +74,8 @@ class CompressReport:
     exports: tuple[Exported, ...]
     target: TargetResult | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: format -> why its export failed (the other formats were still written)
+    failed: dict[str, str] = field(default_factory=dict)
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -81,10 +90,20 @@ class CompressReport:
             "exports": [e.as_dict() for e in self.exports],
             "files": list(self.files),
             "target": asdict(self.target) if self.target else None,
+            "failed": dict(self.failed),
         }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+class ExportFailed(StageError):
+    """Some formats could not be exported (a conversion step failed on a layer); the others and
+    the report were written. ``report`` is what was written."""
+
+    def __init__(self, message: str, report: CompressReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 def _positive(value: float | None, where: str) -> None:
@@ -116,11 +135,15 @@ def compress_and_export(
     threads: int = 1,
     progress: Callable[[str], None] | None = None,
     trainer: Trainer | None = None,
+    tvm_target: str | None = None,
 ) -> CompressReport:
     """Compress ``model`` through ``pipeline`` and export the result in every format.
 
-    Every argument is checked before any work; nothing appears in ``out_dir`` unless the whole
-    run succeeds (it is built in a temp folder beside it and renamed into place).
+    Every argument is checked before any work; nothing appears in ``out_dir`` unless the stages
+    and at least one format succeed (it is built in a temp folder beside it and renamed into
+    place). A format whose conversion fails is left out, named in the report's ``failed``, and
+    ``ExportFailed`` is raised after the rest was written. ``tvm_target`` adds a cross-compiled
+    TVM library for that target to the ``tvm`` format.
     """
     out_dir = Path(out_dir)
     say = progress or (lambda message: None)
@@ -144,6 +167,12 @@ def compress_and_export(
             )
         trainer = trainer.with_teacher(teacher)
     stages = build_pipeline(pipeline, trainer)
+    if tvm_target is not None:
+        if "tvm" not in formats:
+            raise InputError(f"tvm_target: expected the 'tvm' format among the formats, got {formats}.")
+        from latency_models.runtimes.tvm import check_target
+
+        check_target(tvm_target)
     check_out_dir(out_dir)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +192,7 @@ def compress_and_export(
             target_size_kb,
             target_latency_ms,
             max_accuracy_drop,
+            tvm_target,
         )
         write_atomic(work / REPORT_NAME, report.to_json())
         _swap_into_place(work, out_dir)
@@ -170,6 +200,8 @@ def compress_and_export(
         shutil.rmtree(work, ignore_errors=True)
         raise
     say(f"wrote {out_dir / REPORT_NAME}")
+    if report.failed:
+        raise ExportFailed("; ".join(m.rstrip(".") for m in report.failed.values()) + ".", report)
     return report
 
 
@@ -194,6 +226,7 @@ def _run(
     target_size_kb: float | None,
     target_latency_ms: float | None,
     max_drop: float | None,
+    tvm_target: str | None = None,
 ) -> CompressReport:
     scratch = Path(tempfile.mkdtemp(prefix="stages-", dir=work))
     try:
@@ -237,16 +270,28 @@ def _run(
             if targeted
             else None
         )
-        ctx = ExportContext(current, data, threads)
+        ctx = ExportContext(current, data, threads, tvm_target=tvm_target)
         exports = []
+        failed: dict[str, str] = {}
         for exporter in exporters:
             say(f"export {exporter.name} ...")
-            if exporter.name == "tflite":  # measured already, as the kept row: the same bytes
-                measured, raw = current_file
-                write_atomic(work / measured.files[0], raw)
-                exports.append(measured)
-            else:
-                exports.append(exporter.export(current_quant, work, ctx))
+            before = {p.name for p in work.iterdir()}
+            try:
+                if exporter.name == "tflite":  # measured already, as the kept row: the same bytes
+                    measured, raw = current_file
+                    write_atomic(work / measured.files[0], raw)
+                    exports.append(measured)
+                else:
+                    exports.append(exporter.export(current_quant, work, ctx))
+            except StageError as e:
+                for p in work.iterdir():  # what the failed format had already written
+                    if p.name not in before and p.is_file():
+                        p.unlink()
+                # One format's converter failing on a layer does not cost the user the others.
+                failed[exporter.name] = str(e)
+                say(f"export {exporter.name} failed: {e}")
+        if not exports:
+            raise StageError("; ".join(m.rstrip(".") for m in failed.values()) + ".")
         files = tuple(f for e in exports for f in e.files)
         rows[current_row] = _replace(rows[current_row], files=files)
     finally:
@@ -259,10 +304,18 @@ def _run(
         "latency": "median ms of single-sample runs on this host",
         "final_stage": rows[current_row].stage,
         "versions": {
-            p: version(p) for p in ("tensorflow", "tensorflow-model-optimization", "ai-edge-litert")
+            p: version(p)
+            for p in (
+                "tensorflow",
+                "tensorflow-model-optimization",
+                "ai-edge-litert",
+                # the optional extras' packages, when their formats were exported
+                *(("apache-tvm",) if any(e.name == "tvm" for e in exporters) else ()),
+                *(("executorch", "torch") if any(e.name == "executorch" for e in exporters) else ()),
+            )
         },
     }
-    return CompressReport(tuple(rows), tuple(exports), target, meta)
+    return CompressReport(tuple(rows), tuple(exports), target, meta, failed)
 
 
 def _apply(stage: Stage, model: Any, data: CompressData) -> Any:

@@ -287,6 +287,9 @@ class ExportConfig:
     # Before shipping, the most accurate candidates (this many, more when their predictions sit
     # near a budget) are exported and their files measured (``nas.verify``).
     verify_candidates: int = 3
+    # With ``tvm`` among the formats: also cross-compile for this TVM target (the Pi's
+    # ``llvm -mtriple=aarch64-linux-gnu``); only the host library is run here.
+    tvm_target: str | None = None
 
     def __post_init__(self) -> None:
         _positive(self.calibration_samples, "export.calibration_samples", allow_none=False, integer=True)
@@ -318,6 +321,15 @@ class ExportConfig:
             raise InputError(
                 f"export.formats: expected a list including 'tflite' (for model.tflite), got {list(self.formats)!r}."
             )
+        if self.tvm_target is not None:
+            if "tvm" not in self.formats:
+                raise InputError(
+                    f"export.tvm_target: expected export.formats to include 'tvm', got {list(self.formats)!r}."
+                )
+            if not isinstance(self.tvm_target, str) or not self.tvm_target.strip().startswith(("llvm", "{")):
+                raise InputError(
+                    f"export.tvm_target: expected an LLVM target like 'llvm -mtriple=aarch64-linux-gnu', got {brief(self.tvm_target)}."
+                )
 
     def stages(self) -> list[str]:
         return [f"int8:{self.calibration_samples}" if s == "int8" else s for s in self.pipeline]

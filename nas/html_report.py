@@ -615,6 +615,8 @@ def _exports(report: Mapping[str, Any], best: Mapping[str, Any], folder: Path | 
                 + (f"; arena {_kb(e['arena_bytes'])} KB" if e.get("arena_bytes") else ""),
             ]
         )
+    for fmt, why in (doc.get("failed") or {}).items():
+        rows.append(["(not written)", fmt, "–", "–", "–", "–", f"export failed: {why}"])
     if not rows:
         return "<p>No exported files recorded.</p>"
     head = (

@@ -1066,6 +1066,7 @@ def export_winner(
         out / "export",
         threads=config.latency.threads,
         progress=say,
+        tvm_target=config.export.tvm_target,
     )
     tflite = [e for e in report.exports if e.format == "tflite"]
     if not tflite:

@@ -43,7 +43,13 @@ NEAR_BUDGET = 0.15
 # A file fits a latency budget when budget - median >= SPREAD_FACTOR * spread.
 SPREAD_FACTOR = 3.0
 # Which exported file a runtime executes.
-_RUNTIME_FORMAT = {"litert": "tflite", "tflm": "tflite", "onnxruntime": "onnx"}
+_RUNTIME_FORMAT = {
+    "litert": "tflite",
+    "tflm": "tflite",
+    "onnxruntime": "onnx",
+    "tvm": "tvm",
+    "executorch": "executorch",
+}
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ def test_bad_arguments_fail_before_any_work(tiny, cdata, tmp_path: Path) -> None
     cases = [
         (
             dict(formats=["tflite", "coreml"]),
-            "unknown format 'coreml'; valid formats: ['onnx', 'openvino', 'tflite', 'tflm']",
+            "unknown format 'coreml'; valid formats: ['executorch', 'onnx', 'openvino', 'tflite', 'tflm', 'tvm']",
         ),
         (dict(pipeline="prune:1.5"), "stage prune: sparsity must be in (0, 1), got 1.5."),
         (dict(target_size_kb=-1), "target_size_kb: expected a number > 0, got -1."),

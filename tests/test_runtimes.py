@@ -33,8 +33,16 @@ def reference(model, batch):
 SAMPLES = random_representative((12, 12, 8), n=16)
 
 
+# Runtimes that are optional extras (module to find): tested where installed (`make test` installs them).
+_EXTRAS = {"tvm": "tvm", "executorch": "executorch"}
+
+
 def _runtime(name: str, dtype: str):
     """The registered runtime ``name`` (every one is tested: adding it to RUNTIMES is enough)."""
+    import importlib.util
+
+    if name in _EXTRAS and importlib.util.find_spec(_EXTRAS[name]) is None:
+        pytest.skip(f"runtime {name}: its extra is not installed")
     rt = get_runtime(name)
     assert rt.name == name and isinstance(rt.version(), str) and rt.version()
     if dtype not in rt.dtypes:

@@ -1,6 +1,7 @@
 """Real runtimes on this machine: convert a tf_keras model for a runtime, run it, time it.
 
-One module per runtime (``litert``, ``onnxruntime``, ``openvino``, ``tflm``), each exposing a
+One module per runtime (``litert``, ``onnxruntime``, ``openvino``, ``tflm``, ``tvm``,
+``executorch``; the last two are optional extras), each exposing a
 ``Runtime`` subclass; the profilers, the whole-model measurements and the compression exporters
 all go through these, so a number always comes from the file a runtime really executes.
 """
@@ -22,6 +23,7 @@ from search_spaces import InputError
 __all__ = [
     "RUNTIMES",
     "Artifact",
+    "ConversionError",
     "RepeatedTiming",
     "Runtime",
     "Session",
@@ -29,6 +31,11 @@ __all__ = [
     "get_runtime",
     "time_calls",
 ]
+
+
+class ConversionError(InputError):
+    """A conversion step failed on one layer of the model; the message names the step and the
+    layer (exporters record it and still write the other formats)."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +228,8 @@ RUNTIMES: dict[str, str] = {
     "onnxruntime": "latency_models.runtimes.onnxruntime:OnnxRuntime",
     "openvino": "latency_models.runtimes.openvino:OpenVino",
     "tflm": "latency_models.runtimes.tflm:TFLiteMicro",
+    "tvm": "latency_models.runtimes.tvm:TVM",
+    "executorch": "latency_models.runtimes.executorch:ExecuTorch",
 }
 
 

@@ -14,17 +14,23 @@ __all__ = ["register"]
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "compress",
-        help="prune, quantize, distil or factor a saved model and export it (tflite, tflm, onnx, openvino)",
+        help="prune, quantize, distil or factor a saved model and export it (tflite, tflm, onnx, openvino, tvm, executorch)",
         description=(
             "Stages: prune[:SPARSITY], structured[:RATIO], lowrank[:ENERGY] or lowrank:rank=R, dynamic, fp16, "
             "int8[:CALIBRATION][:per_channel=0], strip[:keep], mixed[:MAX_ERROR], qat[:EPOCHS], distill[:EPOCHS], finetune[:EPOCHS]; more "
-            "arguments as :key=value (e.g. prune:0.5:epochs=3). Formats: tflite, tflm, onnx, openvino."
+            "arguments as :key=value (e.g. prune:0.5:epochs=3). Formats: tflite, tflm, onnx, openvino, tvm, executorch "
+            "(the last two need pip install 'edge-nas[tvm,executorch]')."
         ),
     )
     p.add_argument("model", help="saved tf_keras model (.keras, .h5 or SavedModel folder)")
     p.add_argument("--task", required=True, help="task: mnist5k, digits, mnist1d or an .npz file")
     p.add_argument("--pipeline", required=True, help="comma-separated stages, applied in order")
     p.add_argument("--formats", default="tflite", help="comma-separated export formats (default: tflite)")
+    p.add_argument(
+        "--tvm-target",
+        help="with --formats tvm: also compile for this TVM target, e.g. 'llvm -mtriple=aarch64-linux-gnu' "
+        "(saved as a .tar the device links; only the host library is run here)",
+    )
     p.add_argument("--out", required=True, help="output folder (written only when everything worked)")
     p.add_argument(
         "--teacher", help="saved tf_keras teacher for distillation (also used by every fine-tuning)"
@@ -50,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     # Cheap checks first, so a typo fails in a second, before TensorFlow loads a model.
     from pathlib import Path
 
-    from compress import StageError, Trainer, build_pipeline, compress_and_export
+    from compress import ExportFailed, StageError, Trainer, build_pipeline, compress_and_export
     from compress.exporters import get_exporter
     from compress.modelio import check_model_file, load_keras_model
     from compress.pipeline import check_out_dir
@@ -77,6 +83,12 @@ def _run(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     for name in formats:
         get_exporter(name)
+    if args.tvm_target is not None:
+        from latency_models.runtimes.tvm import check_target
+
+        if "tvm" not in formats:
+            raise InputError(f"--tvm-target: expected --formats to include tvm, got {args.formats!r}.")
+        check_target(args.tvm_target)
     build_pipeline(args.pipeline, Trainer(teacher=object() if args.teacher else None))  # argument checks only
     task = load_task(args.task)
     check_model_file(args.model, "MODEL", args.trust_model_code)  # both files, before TensorFlow loads
@@ -108,10 +120,22 @@ def _run(args: argparse.Namespace) -> int:
             threads=args.threads,
             progress=say,
             trainer=Trainer(seed=args.seed),
+            tvm_target=args.tvm_target,
         )
+    except ExportFailed as e:
+        # A converter failed on a layer: the other formats and the report are written; exit 2.
+        _print_exports(e.report)
+        raise InputError(str(e)) from None
     except StageError as e:
         # A stage or an export that cannot handle this model: one line, exit 1, nothing written.
         raise FatalError(str(e)) from None
+    _print_exports(report)
+    if report.target is not None:
+        print(("target met: " if report.target.met else "target not met: ") + report.target.reason)
+    return 0
+
+
+def _print_exports(report: Any) -> None:
     for e in report.exports:
         extra = f" arena {e.arena_bytes:,} B" if e.arena_bytes else ""
         extra += f" agreement {100 * e.agreement:.1f}%" if e.agreement is not None else ""
@@ -120,6 +144,3 @@ def _run(args: argparse.Namespace) -> int:
             f"size {e.size_bytes / 1024:8.1f} KB gzip {e.gzip_bytes / 1024:8.1f} KB "
             f"latency {e.latency_ms:.3f} ms{extra}"
         )
-    if report.target is not None:
-        print(("target met: " if report.target.met else "target not met: ") + report.target.reason)
-    return 0

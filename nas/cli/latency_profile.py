@@ -12,7 +12,7 @@ from .space import add_space_args, add_task_args
 
 __all__ = ["register"]
 
-RUNTIME_NAMES = ("litert", "onnxruntime", "openvino", "tflm")
+RUNTIME_NAMES = ("litert", "onnxruntime", "openvino", "tflm", "tvm", "executorch")
 
 
 def register(verbs: Any) -> None:
