@@ -438,6 +438,37 @@ def _near_budget_calibration(
 GUARD_MIN, GUARD_MAX = 0.02, 0.20
 
 
+# The guard band may not screen out more than this: at least this share of random architectures
+# that meet the other budgets must stay under the guarded latency budget (a space of a few
+# microsecond networks on a noisy machine can measure errors that would leave nothing to train).
+GUARD_KEEPS_SHARE = 0.05
+GUARD_SAMPLES = 1000
+
+
+def _guard_leaving_candidates(
+    space: SearchSpace, screen: Any, budgets: Constraints, guard: float, say: Callable[[str], None]
+) -> float:
+    """``guard``, narrowed if needed so that the guarded latency budget keeps candidates."""
+    budget = budgets.max_latency_ms
+    if budget is None or guard <= 0:
+        return guard
+    rng = random.Random(1)
+    archs = [space.random(rng) for _ in range(GUARD_SAMPLES)]
+    preds = replace(screen, constraints=replace(budgets, max_latency_ms=None))(archs)
+    latencies = np.sort([p.latency_ms for p in preds if p.feasible and p.latency_ms <= budget])
+    need = int(np.ceil(GUARD_KEEPS_SHARE * len(archs)))
+    if len(latencies) < need:  # the budget itself keeps fewer: keep what it keeps
+        return 0.0 if len(latencies) == 0 else min(guard, max(0.0, 1.0 - latencies[-1] / budget))
+    widest = max(0.0, 1.0 - float(latencies[need - 1]) / budget)
+    if widest < guard:
+        say(
+            f"latency guard narrowed from {guard:.0%} to {widest:.0%} so that {GUARD_KEEPS_SHARE:.0%} of "
+            "random architectures stay under the guarded budget"
+        )
+        return widest
+    return guard
+
+
 def _latency_guard(model: LatencyModel) -> float:
     """How far under the budget a prediction must be for its file to be expected to fit: the
     worst relative error of the fitted model on the models measured near the budget, plus
@@ -719,6 +750,8 @@ def prepare_budgets(
     if config.constraints.relative() and not stored:
         say(f"budgets resolved on this device: {_budget_text(budgets.constraints)}")
     guard = _latency_guard(model) if budgets.constraints.max_latency_ms is not None else 0.0
+    if guard:
+        guard = _guard_leaving_candidates(space, screen, budgets.constraints, guard, say)
     if guard:
         say(
             f"screening latency at {1 - guard:.0%} of the budget: the latency model's error near it "
