@@ -192,3 +192,25 @@ def test_exact_sizes_are_kept_across_runs_of_the_same_space(tmp_path: Path, monk
     # another task (or space options) is another cache: it must convert
     with pytest.raises(AssertionError, match="converted again"):
         exact_size_fn(space, data, "int8", {**options, "kernels": [3, 5]})(arch)
+
+
+def test_the_guard_band_never_screens_out_nearly_everything() -> None:
+    """A guard wider than the budget's room (tiny networks timed on a noisy machine) is narrowed
+    so that 5% of random architectures meeting the other budgets stay under the guarded budget;
+    a guard with room to spare is kept as it is."""
+    import random
+
+    from nas.run import GUARD_KEEPS_SHARE, _guard_leaving_candidates
+
+    space, screen, constraints = quickstart_screen()
+    budgets = resolve(Constraints(max_latency_quantile=0.06, max_size_kb=40), space, screen).constraints
+    said: list[str] = []
+    guard = _guard_leaving_candidates(space, screen, budgets, 0.9, said.append)
+    assert 0 <= guard < 0.9 and said and "narrowed" in said[0]
+    guarded = replace(
+        screen, constraints=replace(budgets, max_latency_ms=budgets.max_latency_ms * (1 - guard))
+    )
+    archs = [space.random(random.Random(s)) for s in range(2000)]
+    share = np.mean([p.feasible for p in guarded(archs)])
+    assert share >= GUARD_KEEPS_SHARE * 0.6, share  # another sample than the guard's own
+    assert _guard_leaving_candidates(space, screen, budgets, 0.001, said.append) == 0.001
