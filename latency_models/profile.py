@@ -406,13 +406,7 @@ def retime_blocks(
     sessions = []
     try:
         for block, _ in picked:
-            model = space.block_model(block)
-            samples = random_representative(_model_input_shape(model))
-            try:
-                artifact = rt.convert_for_profiling(model, dtype, samples if dtype == "int8" else None)
-            finally:
-                del model
-                _clear_keras()
+            artifact, samples = _convert_block(space, block, rt, dtype)  # as profiling converts it
             sessions.append((rt.load(artifact, threads=threads), samples[0]))
     except NotImplementedError:
         return []

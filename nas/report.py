@@ -193,6 +193,7 @@ def write_report(
         s: sum(r["state"] == s for r in rows) for s in ("complete", "infeasible", "failed", "duplicate")
     }
     correction = getattr(latency_model.predictor, "correction", None)
+    shipped = exported or {}  # nothing shipped: no export to describe
     report = {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
@@ -201,9 +202,9 @@ def write_report(
             "input_shape": list(screen.task.input_shape),
             "num_classes": screen.task.num_classes,
             "split_seed": config.task.seed,
-            "class_names": (exported or {}).get("class_names") or None,
-            "labels_file": "labels.txt" if (exported or {}).get("class_names") else None,
-            "skipped_images": (exported or {}).get("skipped_images", 0),
+            "class_names": shipped.get("class_names") or None,
+            "labels_file": "labels.txt" if shipped.get("class_names") else None,
+            "skipped_images": shipped.get("skipped_images", 0),
         },
         "space": {"name": space.name, "options": dict(config.space.options)},
         "device": config.latency.device,
@@ -220,7 +221,7 @@ def write_report(
         "strategy": config.search.strategy,
         "best": best,
         "verification": verification or [],
-        "compression": exported.get("compression") if exported else None,
+        "compression": shipped.get("compression"),
         "counts": {"trials": len(rows), **counts},
         "screening": screening,
         "pareto_front": front,
