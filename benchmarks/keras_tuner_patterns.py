@@ -2,9 +2,11 @@
 that must ship a ``model.tflite`` (functions in examples/kt_mnist.py, on mnist5k, priced on this
 machine):
 
-* ``build``: keras-tuner's "Getting started" form: Keras 3, an unbuilt ``Sequential`` (no input
-  shape), a conditional number of layers (``units_1`` exists only when ``num_layers`` is 2), a
-  model compiled with its own optimizer and learning rate;
+* ``build_model``: keras-tuner's "Getting started" function as its guide writes it: Keras 3, an
+  unbuilt ``Sequential`` (no input shape), 1-3 Dense layers of 32-512 units (``units_1`` and
+  ``units_2`` exist only with 2 or 3 layers), a log-uniform learning rate, compiled: 245,760
+  settings, so the host profile samples its blocks;
+* ``build``: a small version of it (32 settings, every block profiled);
 * ``build_scoped``: model selection with ``hp.conditional_scope``;
 * ``build_functional``: a Keras 3 functional model (batch normalization, a residual add);
 * ``build_tf_keras``: a tf_keras model (no translation).
@@ -28,6 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 NAS = str(Path(sys.executable).parent / "nas")
 PATTERNS = {
+    "build_model": ("units_1", "units_2"),
     "build": ("units_1",),
     "build_scoped": ("mlp_units", "cnn_filters"),
     "build_functional": (),

@@ -24,6 +24,8 @@ from .table import DTYPES, INVOKE_KEY, OVERHEAD_KEY, PERSISTENT_KEY, Entry, Late
 __all__ = [
     "BLOCK_TIMING",
     "MODEL_TIMING",
+    "SAMPLED_BLOCKS",
+    "blocks_to_profile",
     "cache_dir",
     "convert_blocks",
     "host_table",
@@ -52,6 +54,12 @@ REPEAT_TIMING = (50, 10, 0.3)
 REPEATS = 5
 REPRESENTATIVE_SAMPLES = 8
 SAVE_EVERY = 16
+# A space that cannot list every block (a keras-tuner build(hp) with wide ranges) is profiled on
+# the blocks of its extreme settings and of random architectures (seed 0), at most SAMPLED_BLOCKS
+# of them from at most SAMPLED_ARCHS networks; the predictor prices the blocks it lacks with the
+# per-kind cost model fitted on them (``latency_models.extrapolate``).
+SAMPLED_BLOCKS = 96
+SAMPLED_ARCHS = 400
 
 Progress = Callable[[int, int], None]
 
@@ -63,6 +71,51 @@ def random_representative(
     or activations' values, only on the shapes and the int8 kernels chosen."""
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(tuple(int(d) for d in shape)).astype(np.float32) for _ in range(n)]
+
+
+def blocks_to_profile(
+    space: SearchSpace, task: TaskShape, limit: int = SAMPLED_BLOCKS, seed: int = 0
+) -> tuple[list[Block], bool]:
+    """The blocks a host table should hold, and whether they are all the space's: every block when
+    the space lists them, else a sample: the blocks of the architectures whose settings are all the
+    first or all the last value of each choice (the smallest and largest, for ordered choices),
+    then of random ones, until at least ``limit`` distinct blocks. Architectures that fail to build are
+    skipped."""
+    every = space.all_blocks(task)
+    if every is not None:
+        return list(every), True
+    import itertools
+    import random
+
+    from search_spaces import TrialFailedError
+
+    choices = space.choices()
+    rng = random.Random(seed)
+
+    def archs() -> Iterator[Hashable]:
+        for end in (0, -1):
+            try:
+                yield space.from_params({c.name: c.values[end] for c in choices})
+            except InputError:
+                continue
+        for _ in range(SAMPLED_ARCHS):
+            yield space.random(rng)
+
+    found: dict[Block, None] = {}
+    tried = 0
+    for arch in itertools.islice(archs(), SAMPLED_ARCHS):
+        tried += 1
+        try:
+            found.update(dict.fromkeys(space.blocks(arch, task)))
+        except (TrialFailedError, InputError):
+            continue
+        if len(found) >= limit:
+            break
+    if not found:
+        raise InputError(
+            f"space {space.name!r}: none of {tried} sampled architectures could be built, so it has no blocks to profile."
+        )
+    return list(found), False
 
 
 def _check_threads(threads: int) -> None:

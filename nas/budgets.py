@@ -95,6 +95,9 @@ def resolve(
     be met by any architecture found, or when the budgets together leave nothing feasible.
     """
     rng = random.Random(seed)
+    from .search import SAMPLING_SECONDS
+
+    samples = space.affordable(samples, SAMPLING_SECONDS)
     archs: list[Hashable] = [space.random(rng) for _ in range(samples)]
     cheapest = _cheapest(space)
     unconstrained = dataclasses.replace(screen, constraints=Constraints())

@@ -24,6 +24,7 @@ from search_spaces import FatalError, InputError, SearchSpace, get_space
 
 from .config import Constraints, RunConfig
 from .data import TaskData, load_task
+from .search import SAMPLING_SECONDS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .guard import RunGuard
@@ -156,10 +157,13 @@ def build_latency_model(
         records = _table_calibration(table, space, task, lat.table, status)
         return model.with_calibration(records, space, task) if records else model
 
-    blocks = space.all_blocks(task)
-    if blocks is None:
-        raise InputError(
-            f"latency.device host: space {space.name!r} cannot list its blocks; supply latency.table or latency.predictor."
+    from latency_models.profile import blocks_to_profile
+
+    blocks, complete = blocks_to_profile(space, task)
+    if not complete:
+        status(
+            f"space {space.name} cannot list every block: profiling the {len(blocks)} blocks of its extreme "
+            "and random architectures; blocks outside them are priced by the per-kind model fitted on these"
         )
     predictor = _host_predictor(config, space, task, blocks, status)
     calibration, drift = _calibrate(config, space, data, predictor, status)
@@ -180,7 +184,8 @@ def build_latency_model(
         predictor,
         size,
         memory,
-        f"host profile ({lat.runtime} {lat.dtype}, {lat.threads} thread)",
+        f"host profile ({lat.runtime} {lat.dtype}, {lat.threads} thread)"
+        + ("" if complete else f"; {len(blocks)} sampled blocks, the others extrapolated"),
         calibration,
         drift,
     )
@@ -398,7 +403,7 @@ def _near_budget_calibration(
     if lat.device != "host" or not model.calibration or not hasattr(model.predictor, "with_correction"):
         return model
     rng = random.Random(1234)
-    pool = list(dict.fromkeys(space.random(rng) for _ in range(2000)))
+    pool = list(dict.fromkeys(space.random(rng) for _ in range(space.affordable(2000, SAMPLING_SECONDS))))
     known = {c["arch"] for c in model.calibration}
     pool = [a for a in pool if str(a) not in known]
     preds = model.predictor.predict(pool)
@@ -453,7 +458,7 @@ def _guard_leaving_candidates(
     if budget is None or guard <= 0:
         return guard
     rng = random.Random(1)
-    archs = [space.random(rng) for _ in range(GUARD_SAMPLES)]
+    archs = [space.random(rng) for _ in range(space.affordable(GUARD_SAMPLES, SAMPLING_SECONDS))]
     preds = replace(screen, constraints=replace(budgets, max_latency_ms=None))(archs)
     latencies = np.sort([p.latency_ms for p in preds if p.feasible and p.latency_ms <= budget])
     need = int(np.ceil(GUARD_KEEPS_SHARE * len(archs)))

@@ -100,6 +100,11 @@ class Screen:
         return tuple(v)
 
 
+# Seconds that pricing one random sample of the space (for budgets, the guard, calibration
+# targets) may take: a space slow to price gives fewer architectures (``SearchSpace.affordable``).
+SAMPLING_SECONDS = 6.0
+
+
 def smallest_achievable(
     space: SearchSpace, screen: Screen, samples: int = 2000, seed: int = 0
 ) -> dict[str, float]:
@@ -113,7 +118,7 @@ def smallest_achievable(
         archs.append(space.from_params({c.name: min(c.values, key=_cost_key) for c in space.choices()}))
     except (InputError, TypeError):
         pass
-    archs += [space.random(rng) for _ in range(samples)]
+    archs += [space.random(rng) for _ in range(space.affordable(samples, SAMPLING_SECONDS))]
     preds = screen(archs)
     best = {
         "max_latency_ms": min(p.latency_ms for p in preds),
@@ -130,6 +135,7 @@ def budget_share(space: SearchSpace, screen: Screen, samples: int = 2000, seed: 
     import random
 
     rng = random.Random(seed + 7)
+    samples = space.affordable(samples, SAMPLING_SECONDS)
     preds = screen([space.random(rng) for _ in range(samples)])
     names = screen.names
     return {

@@ -117,6 +117,11 @@ class SearchSpace(ABC):
     # Whether the name and options alone fix every network (so facts about them, such as file
     # sizes, can be cached across runs). False when the networks come from code that can change.
     defined_by_options: ClassVar[bool] = True
+    # Rough cost of pricing one new architecture (``blocks`` and ``size_terms``), in ms. Code that
+    # prices random samples of the space (budgets, pools of candidates) takes fewer of them from a
+    # space that is slow to price (``affordable``); the counts stay fixed for a space, so seeded
+    # runs repeat.
+    pricing_ms: ClassVar[float] = 0.1
 
     # -- decisions -----------------------------------------------------------------------------
     @abstractmethod
@@ -154,6 +159,11 @@ class SearchSpace(ABC):
     def size(self) -> int:
         """Number of distinct parameter settings (before de-duplication)."""
         return math.prod(len(c.values) for c in self.choices())
+
+    def affordable(self, n: int, seconds: float, least: int = 200) -> int:
+        """How many of ``n`` random architectures to price when pricing may take ``seconds``: ``n``
+        for a fast space, fewer (at least ``least``) for one whose ``pricing_ms`` is high."""
+        return min(n, max(least, int(seconds * 1000.0 / max(self.pricing_ms, 1e-6))))
 
     # -- networks ------------------------------------------------------------------------------
     @abstractmethod

@@ -10,8 +10,8 @@ conditional, and an architecture holds only its active hyperparameters, as sorte
 ``name=value`` pairs. Each hyperparameter is a categorical choice (an ``Int``/``Float`` with a
 step lists its grid, a ``Float`` without one is cut into ``float_points`` values). Latency is
 priced per layer (one block per Conv2D / DepthwiseConv2D / SeparableConv2D / Dense with its
-input shape), so a host table can be profiled for small spaces; larger ones need a predictor
-fitted on measured models (``nas latency fit``).
+input shape), read without building the model (``keras_layers``); a space too large to list every
+block is profiled on a sample of them (``latency_models.profile.blocks_to_profile``).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from typing import Any
 from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape
 from .errors import InputError, TrialFailedError
 from .keras3 import is_keras3
+from .keras_layers import PRICED_LAYERS, read_built, read_unbuilt
 from .safeio import brief
 
 __all__ = ["KtArch", "KerasTunerSpace", "UserCompile", "first_line", "load_build", "user_frame"]
 
 # A space this small lists every block up front (so ``latency.device: host`` can profile it).
 ENUMERATE_BLOCKS_LIMIT = 64
-PRICED_LAYERS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
 # Discovery re-runs build(hp) once per tried value; a hyperparameter with more values than this
 # is tried at this many values spread over its range (conditions hang on small choices).
 DISCOVERY_VALUES = 16
@@ -221,6 +221,7 @@ def _spread(values: list[Any], n: int) -> list[Any]:
 class KerasTunerSpace(SearchSpace):
     name = "keras-tuner"
     defined_by_options = False  # the networks are the user's build(hp), edited at will
+    pricing_ms = 8.0  # a call of the user's build(hp) (keras_layers.read_unbuilt), ~6 ms here
 
     build_fn: str = ""
     float_points: int = 5
@@ -511,34 +512,20 @@ class KerasTunerSpace(SearchSpace):
         return model
 
     def _priced(self, arch: KtArch, task: TaskShape) -> tuple[list[Block], SizeTerms]:
+        """The blocks and size terms of ``arch``: read from the model ``build(hp)`` returns
+        without building it when it can be (``keras_layers.read_unbuilt``), else from the built
+        tf_keras model."""
         key = (self, str(arch), task)
         if key not in _BLOCKS:
-            model = self.build(arch, task)
-            blocks = []
-            for layer in model.layers:
-                kind = type(layer).__name__
-                if kind not in PRICED_LAYERS:
-                    continue
-                shape = (
-                    tuple(int(d or 1) for d in layer.input_shape[1:]) if hasattr(layer, "input_shape") else ()
-                )
-                h, w, c = (shape + (1, 1, 1))[:3] if len(shape) == 3 else (1, 1, shape[-1] if shape else 1)
-                cfg = layer.get_config()
-                out_c = int(cfg.get("filters") or cfg.get("units") or c)
-                kernel = int((cfg.get("kernel_size") or (1,))[0])
-                stride = int((cfg.get("strides") or (1,))[0])
-                act = str(cfg.get("activation", "linear"))
-                extra = f"pad{cfg['padding']}" if "padding" in cfg else ""
-                blocks.append(Block(kind.lower(), h, w, c, out_c, kernel, stride, act=act, extra=extra))
-            weights = channels = tensors = 0
-            for layer in model.layers:
-                for wt in layer.get_weights():
-                    tensors += 1
-                    if wt.ndim == 1:
-                        channels += int(wt.size)
-                    else:
-                        weights += int(wt.size)
-            _BLOCKS[key] = (blocks, SizeTerms(weights, channels, tensors))
+            import keras_tuner as kt
+
+            hp = kt.HyperParameters()
+            hp.values.update(self.to_params(arch))
+            fast = read_unbuilt(self._call(hp), task.input_shape, task.num_classes)
+            if fast is not None and {p.name for p in hp.space} <= {c.name for c in self.choices()}:
+                _BLOCKS[key] = fast
+            else:
+                _BLOCKS[key] = read_built(self.build(arch, task))
         return _BLOCKS[key]
 
     def blocks(self, arch: KtArch, task: TaskShape) -> list[Block]:

@@ -54,6 +54,50 @@ def test_loop_conditional_hyperparameters_are_discovered_and_only_active_ones_ar
     assert [b.out_c for b in space.blocks(two, MNIST)] == [16, 32, 10]
 
 
+@pytest.mark.parametrize(
+    "func", ["build", "build_model", "build_scoped", "build_functional", "build_tf_keras"]
+)
+def test_pricing_without_building_reads_what_the_built_model_has(func: str) -> None:
+    """A candidate is priced from the model build(hp) returns, without building its weights or
+    translating it (``read_unbuilt``): the same blocks and size terms as the built tf_keras
+    model, for every documented pattern (unbuilt Sequential, functional, tf_keras)."""
+    import random
+
+    import keras_tuner as kt
+
+    from search_spaces.keras_layers import read_built, read_unbuilt
+
+    space = _space(func)
+    rng = random.Random(0)
+    for _ in range(6):
+        arch = space.random(rng)
+        hp = kt.HyperParameters()
+        hp.values.update(space.to_params(arch))
+        fast = read_unbuilt(space._call(hp), MNIST.input_shape, MNIST.num_classes)
+        assert fast is not None, f"{func}: {arch} was not read without building"
+        assert fast == read_built(space.build(arch, MNIST)), f"{func}: {arch}"
+    # a model that does not give the task's classes is left to the build, which says what is wrong
+    hp = kt.HyperParameters()
+    hp.values.update(space.to_params(arch))
+    assert read_unbuilt(space._call(hp), MNIST.input_shape, 7) is None
+
+
+def test_the_getting_started_space_is_profiled_on_a_sample_of_its_blocks() -> None:
+    """245,760 settings cannot list every block up front: the host profile takes the blocks of
+    the smallest and largest settings and of seeded random ones, the same on every call."""
+    from latency_models.profile import SAMPLED_BLOCKS, blocks_to_profile
+
+    space = _space("build_model")
+    assert space.size() > 100_000 and space.all_blocks(MNIST) is None
+    blocks, complete = blocks_to_profile(space, MNIST)
+    assert not complete and SAMPLED_BLOCKS <= len(blocks) < SAMPLED_BLOCKS + 8
+    assert blocks == blocks_to_profile(space, MNIST)[0]
+    units = {b.out_c for b in blocks if b.in_c == 784}
+    assert {32, 512} <= units  # the extremes of the first layer's range
+    small, complete = blocks_to_profile(_space("build"), MNIST)
+    assert complete and set(small) == set(_space("build").all_blocks(MNIST))
+
+
 def test_conditional_scope_keeps_keras_tuner_semantics() -> None:
     space = _space("build_scoped")
     conds = space.conditions()

@@ -86,9 +86,14 @@ def _kit(args: argparse.Namespace) -> int:
         raise InputError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}.")
     if n_cal < 0:
         raise InputError(f"--calibration-models: expected an int >= 0, got {n_cal}.")
-    blocks = space.all_blocks(task)
-    if blocks is None:
-        raise InputError(f"--space: space {space.name!r} cannot list its blocks, so it has no kit.")
+    from latency_models.profile import blocks_to_profile
+
+    blocks, complete = blocks_to_profile(space, task)
+    if not complete:
+        print(
+            f"space {space.name} cannot list every block: the kit holds the {len(blocks)} blocks of its extreme "
+            "and random architectures; the table imported from it prices the others by the per-kind model"
+        )
     from nas.run import _calibration_archs
 
     calibration = _calibration_archs(space, n_cal, seed) if n_cal else []

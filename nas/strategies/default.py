@@ -26,6 +26,8 @@ __all__ = ["DefaultSampler", "arch_features", "default_sampler", "feasible_proba
 ENUMERATE_LIMIT = 20_000
 POOL_RANDOM = 3000
 POOL_MUTATIONS = 1500
+# Seconds of pricing a sampled pool may take (fewer candidates from a space slow to price).
+POOL_SECONDS = 4.0
 # Trainings chosen from the prior alone (no accuracy model yet).
 N_PRIOR = 10
 # The prior picks at random among this top fraction of the ranked candidates (diversity).
@@ -246,10 +248,10 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         import random
 
         rng = random.Random(f"{self.context.seed}-{number}")
-        archs = [self.space.random(rng) for _ in range(POOL_RANDOM)]
+        archs = [self.space.random(rng) for _ in range(self.space.affordable(POOL_RANDOM, POOL_SECONDS))]
         # Local moves around the best trained networks: one or two decisions changed.
         parents = [a for a, _ in sorted(observed, key=lambda o: -o[1])[:10]]
-        for i in range(POOL_MUTATIONS if parents else 0):
+        for i in range(self.space.affordable(POOL_MUTATIONS, POOL_SECONDS / 2) if parents else 0):
             params = dict(self.space.to_params(parents[i % len(parents)]))
             for _ in range(rng.choice((1, 2))):
                 c = self._choices[rng.randrange(len(self._choices))]
