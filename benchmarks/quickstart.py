@@ -63,11 +63,54 @@ def remeasure(path: Path) -> dict:
     return {"median_ms": median, "runs_ms": [lo, hi]}
 
 
+def logged(cmd: list[str], env: dict[str, str]) -> tuple[float, int, list[tuple[float, str]]]:
+    """Run ``cmd``; (seconds, exit code, each stderr line with the second it arrived at)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT
+    )
+    lines = [(round(time.perf_counter() - t0, 1), line.rstrip()[:600]) for line in proc.stderr]
+    code = proc.wait()
+    return time.perf_counter() - t0, code, lines
+
+
+def phases(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds spent in each phase of a run, from the second its status lines arrived."""
+    marks = [
+        ("start", ""),
+        ("profile", "[nas] host latency table"),
+        ("calibrate", "[nas] calibrating"),
+        ("search", "[nas] searching"),
+        ("verify", "[nas] verifying candidate"),
+        ("final", "[nas] retraining"),
+    ]
+    at = {"start": 0.0}
+    for name, prefix in marks[1:]:
+        hit = next((t for t, line in lines if line.startswith(prefix)), None)
+        if hit is not None:
+            at[name] = hit
+    end = lines[-1][0] if lines else 0.0
+    names = list(at)
+    return {
+        n: round((at[names[i + 1]] if i + 1 < len(names) else end) - at[n], 1) for i, n in enumerate(names)
+    }
+
+
 def run_once(config: Path, out: Path, env: dict[str, str]) -> dict:
-    seconds, proc = timed([NAS, "run", str(config), "--out", str(out)], env)
-    result: dict = {"seconds": seconds, "exit": proc.returncode, "profiled": "profiling block" in proc.stderr}
-    if proc.returncode != 0:
-        result["error"] = proc.stderr.strip().splitlines()[-1][:500] if proc.stderr.strip() else ""
+    seconds, code, lines = logged([NAS, "run", str(config), "--out", str(out)], env)
+    stderr = "\n".join(line for _, line in lines)
+    result: dict = {
+        "seconds": seconds,
+        "exit": code,
+        "profiled": "profiling block" in stderr,
+        "phases_s": phases(lines),
+        "log": lines,
+    }
+    if code != 0:
+        result["error"] = lines[-1][1][:500] if lines else ""
+        if (out / "report.json").exists():  # what verification measured, to see why nothing shipped
+            report = json.loads((out / "report.json").read_text())
+            result["verification"] = report.get("verification")
         return result
     report = json.loads((out / "report.json").read_text())
     best = report["best"]
@@ -171,6 +214,12 @@ def main() -> int:
         "",
         f"Share of 2,000 random architectures predicted over a budget (first run): {first.get('screening', {}).get('infeasible_share', 0):.1%}; "
         f"latency guard band {100 * (first.get('latency_guard') or 0):.0f}%.",
+        "",
+        "Seconds per phase (from the run's status lines): "
+        + "; ".join(
+            f"{name} " + ", ".join(f"{k} {v:.0f}" for k, v in r.get("phases_s", {}).items())
+            for name, r in (("first", first), ("second", second))
+        ),
         "",
         "Floors: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in result["floors"].items()),
         "",

@@ -114,9 +114,16 @@ def build_kit(
     in a temp folder beside it and renamed, so a stopped build leaves nothing half-written.
     Returns the manifest."""
     from search_spaces.backend import keras
-    from search_spaces.weights import randomize_like_trained
+    from search_spaces.weights import like_trained
 
-    from .profile import BLOCK_TIMING, REPEAT_TIMING, _convert_block, convert_blocks, invoke_pair
+    from .profile import (
+        BLOCK_TIMING,
+        REPEAT_TIMING,
+        _convert_block,
+        convert_blocks,
+        convert_runnable,
+        invoke_pair,
+    )
     from .profile import random_representative as random_samples
     from .runtimes import get_runtime
 
@@ -147,11 +154,10 @@ def build_kit(
     for role, group in (("calibration", calibration_archs), ("arch", archs)):
         for i, arch in enumerate(group):
             progress(f"converting {role} model {i + 1}/{len(group)}")
-            keras().backend.clear_session()
             # As ``nas run`` calibrates: weights that look trained, so the file's size is real.
-            model = randomize_like_trained(space.build(arch, task), seed=i)
-            artifact = rt.convert(model, dtype, rep if dtype == "int8" else None)
-            del model
+            artifact = convert_runnable(
+                rt, like_trained(space, arch, task, seed=i), dtype, rep if dtype == "int8" else None
+            )
             add(f"{role[:3]}{i:03d}.tflite", artifact.data, role=role, arch=str(arch))
     keras().backend.clear_session()
     manifest = {

@@ -18,7 +18,7 @@ import numpy as np
 
 from search_spaces import Block, InputError, SearchSpace, TaskShape
 
-from .runtimes import RepeatedTiming, Runtime, Timing, get_runtime, time_calls
+from .runtimes import ModelNotRunnable, RepeatedTiming, Runtime, Timing, get_runtime, time_calls
 from .table import DTYPES, INVOKE_KEY, OVERHEAD_KEY, PERSISTENT_KEY, Entry, LatencyTable, TableMeta
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "MODEL_TIMING",
     "SAMPLED_BLOCKS",
     "blocks_to_profile",
+    "convert_runnable",
     "cache_dir",
     "convert_blocks",
     "host_table",
@@ -272,11 +273,41 @@ def convert_blocks(
     return out
 
 
-def _convert_block(space: SearchSpace, block: Block, rt: Runtime, dtype: str) -> tuple[Any, list[np.ndarray]]:
+# Random weights (profiling and calibration models) can leave an activation zero on every
+# calibration sample, whose int8 range LiteRT's XNNPACK then refuses; such a file is made again
+# with other random weights, at most this many times in all.
+RUNNABLE_TRIES = 4
+
+
+def convert_runnable(
+    rt: Runtime,
+    make_model: Callable[[int], Any],
+    dtype: str,
+    representative: Any,
+    tries: int = RUNNABLE_TRIES,
+) -> Any:
+    """``rt.convert`` of the model ``make_model(attempt)`` builds with random weights, checked by
+    preparing it in the runtime; a file the runtime refuses (``ModelNotRunnable``) is made again
+    from ``make_model(attempt + 1)`` (other weights, same network), at most ``tries`` times."""
+    for attempt in range(tries):
+        artifact = rt.convert(make_model(attempt), dtype, representative)
+        try:
+            rt.load(artifact, threads=1)
+            return artifact
+        except ModelNotRunnable as e:
+            if attempt == tries - 1:
+                raise ModelNotRunnable(f"{e} (the same with {tries} sets of random weights)") from None
+    raise AssertionError("unreachable")
+
+
+def _convert_block(
+    space: SearchSpace, block: Block, rt: Runtime, dtype: str, fresh: bool = False
+) -> tuple[Any, list[np.ndarray]]:
+    """The block's file for ``rt`` (cached for the TFLite runtimes unless ``fresh``)."""
     key = (space.name, block, dtype)
     model = space.block_model(block)
     samples = random_representative(_model_input_shape(model))
-    if rt.name in _TFLITE_RUNTIMES and key in _TFLITE_CACHE:
+    if rt.name in _TFLITE_RUNTIMES and key in _TFLITE_CACHE and not fresh:
         del model
         return replace(_TFLITE_CACHE[key], runtime=rt.name), samples
     try:
@@ -336,7 +367,14 @@ def _profile(
             samples = random_representative(_input_shape_of(artifact, space, block))
         else:
             artifact, samples = _convert_block(space, block, rt, dtype)
-        session = rt.load(artifact, threads=threads)
+        for attempt in range(RUNNABLE_TRIES):
+            try:
+                session = rt.load(artifact, threads=threads)
+                break
+            except ModelNotRunnable:
+                if attempt == RUNNABLE_TRIES - 1:
+                    raise
+                artifact, samples = _convert_block(space, block, rt, dtype, fresh=True)  # other weights
         t = time_session(session, samples[0], timing, threads)
         use = _arena_use(rt, artifact)
         if use is not None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from search_spaces import FatalError, InputError, SearchSpace, get_space
+from search_spaces import FatalError, InputError, SearchSpace, TrialFailedError, get_space
 
 from .config import Constraints, RunConfig
 from .data import TaskData, load_task
@@ -324,11 +324,10 @@ def _calibrate(
     them (interleaved repeats) instead of trusting the old timings: shared machines change speed
     under you, and a table that was right an hour ago can be 10-40% off now. The fresh timings
     are what the correction is fitted on; the drift against the cached ones is reported."""
-    from latency_models.profile import retime_blocks, time_interleaved
+    from latency_models.profile import convert_runnable, retime_blocks, time_interleaved
     from latency_models.runtimes import Artifact, get_runtime
     from latency_models.table import write_atomic
-    from search_spaces.backend import keras
-    from search_spaces.weights import randomize_like_trained
+    from search_spaces.weights import like_trained
 
     lat = config.latency
     n = lat.calibration_models
@@ -359,9 +358,14 @@ def _calibrate(
     artifacts = []
     for i, arch in enumerate(archs):
         status(f"calibrating the latency and size models: model {i + 1}/{len(archs)}")
-        keras().backend.clear_session()
-        model = randomize_like_trained(space.build(arch, data.shape), seed=i)
-        artifacts.append(rt.convert(model, lat.dtype, rep if lat.dtype == "int8" else None))
+        artifacts.append(
+            convert_runnable(
+                rt,
+                like_trained(space, arch, data.shape, seed=i),
+                lat.dtype,
+                rep if lat.dtype == "int8" else None,
+            )
+        )
     sessions = [(rt.load(a, threads=lat.threads), sample) for a in artifacts]
     timings = time_interleaved(sessions, CALIBRATION_REPEATS, threads=lat.threads)
     out = [
@@ -394,10 +398,9 @@ def _near_budget_calibration(
 ) -> LatencyModel:
     """Measure NEAR_BUDGET_MODELS random architectures predicted at 0.85-1.15x ``budget_ms``
     (fresh, never cached) and re-fit the correction and size model with them."""
-    from latency_models.profile import time_interleaved
+    from latency_models.profile import convert_runnable, time_interleaved
     from latency_models.runtimes import get_runtime
-    from search_spaces.backend import keras
-    from search_spaces.weights import randomize_like_trained
+    from search_spaces.weights import like_trained
 
     lat = config.latency
     if lat.device != "host" or not model.calibration or not hasattr(model.predictor, "with_correction"):
@@ -420,9 +423,14 @@ def _near_budget_calibration(
     rep = list(data.inputs(data.x_train[:64]))
     artifacts = []
     for i, arch in enumerate(picked):
-        keras().backend.clear_session()
-        built = randomize_like_trained(space.build(arch, data.shape), seed=100 + i)
-        artifacts.append(rt.convert(built, lat.dtype, rep if lat.dtype == "int8" else None))
+        artifacts.append(
+            convert_runnable(
+                rt,
+                like_trained(space, arch, data.shape, seed=100 + i),
+                lat.dtype,
+                rep if lat.dtype == "int8" else None,
+            )
+        )
     sessions = [(rt.load(a, threads=lat.threads), rep[0]) for a in artifacts]
     timings = time_interleaved(sessions, CALIBRATION_REPEATS, threads=lat.threads)
     records = [
@@ -972,6 +980,8 @@ def _verify_and_ship(
     """Verify the best candidates' exported files, then retrain, export and measure the most
     accurate one that fits, falling back to the next when the shipped file itself does not.
     Returns ((verified winner, exported record) or None, every verification, the refined model)."""
+    from compress import StageError
+
     from .verify import check, order, pick, verify_candidates
 
     trials = study.get_trials(deepcopy=False)
@@ -998,7 +1008,16 @@ def _verify_and_ship(
     finals: list[Any] = []
     for v in order(verified):
         say(f"retraining {v.arch} (trial {v.trial}) for {config.training.final_epochs} epochs to ship it")
-        exported = finish_winner(config, space, space.parse(v.arch), data, out, say)
+        try:
+            exported = finish_winner(config, space, space.parse(v.arch), data, out, say)
+        except (StageError, TrialFailedError) as e:  # e.g. a retrained file the runtime refuses
+            finals.append(
+                replace(v, stage="final", fits=False, reasons=(f"its file could not be made: {e}",))
+            )
+            study.set_user_attr("verified", [x.as_dict() for x in (*verified, *finals)])
+            say(f"the retrained file of trial {v.trial} could not be made ({e}); trying the next candidate")
+            _set_aside(out, v.trial)
+            continue
         latency = exported.pop("_timing", None)
         exported["predicted_latency_ms"] = v.predicted_latency_ms  # as the search priced it
         fits, reasons = check(latency, exported["size_bytes"], budgets, None)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search_spaces import SearchSpace
+from compress import StageError
+from search_spaces import SearchSpace, TrialFailedError
 
 from .config import Constraints
 
@@ -193,50 +194,61 @@ def verify_candidates(
     measure it: the file's size, its validation accuracy, and (when this machine is the device)
     its latency, all files timed in interleaved repeats."""
     from latency_models.profile import time_interleaved
-    from latency_models.runtimes import Artifact, get_runtime
+    from latency_models.runtimes import Artifact, ModelNotRunnable, get_runtime
 
     fmt, why_not = latency_runtime_format(config)
     formats = sorted({"tflite", *([fmt] if fmt else [])})
     vdata = _validation_as_test(data)
     made: list[tuple[Any, Any, Path, int]] = []  # (trial, exported, file path, epochs)
+    unmade: list[Verified] = []
     for i, t in enumerate(trials):
         arch = space.parse(t.user_attrs["arch"])
         epochs = int(t.user_attrs.get("fidelity_epochs") or config.training.epochs)
         model, how = _trained(config, space, arch, data, t.number, epochs, weights)
         say(f"verifying candidate {i + 1}/{len(trials)}: {arch} ({how}, compressing)")
         target = folder / f"trial-{t.number}"
-        exported = _export(config, model, vdata, target, formats)
+        try:
+            exported = _export(config, model, vdata, target, formats)
+        except (StageError, TrialFailedError) as e:  # e.g. a file the runtime refuses: skip it
+            say(f"candidate {t.number} cannot ship: {e}")
+            unmade.append(_record(t, epochs, reasons=(f"its file could not be made: {e}",)))
+            continue
         main = next(e for e in exported.exports if e.format == (fmt or "tflite"))
         made.append((t, main, target / main.files[0], epochs))
 
     timings: list[Any] = [None] * len(made)
+    refused: dict[int, str] = {}
     if fmt is not None and made:
         say(f"measuring {len(made)} exported files ({config.latency.runtime}, interleaved repeats)")
         rt = get_runtime(config.latency.runtime)
-        sessions = []
-        for _, e, path, _ in made:
+        sessions, runnable = [], []
+        for i, (_, e, path, _) in enumerate(made):
             artifact = Artifact(rt.name, e.dtype, path.read_bytes())
-            sessions.append(
-                (rt.load(artifact, threads=config.latency.threads), data.inputs(data.x_val[:1])[0])
-            )
-        timings = time_interleaved(sessions, threads=config.latency.threads)
+            try:
+                session = rt.load(artifact, threads=config.latency.threads)
+            except ModelNotRunnable as error:  # this file cannot ship; the others are still timed
+                refused[i] = str(error)
+                continue
+            sessions.append((session, data.inputs(data.x_val[:1])[0]))
+            runnable.append(i)
+        for i, timing in zip(
+            runnable, time_interleaved(sessions, threads=config.latency.threads), strict=True
+        ):
+            timings[i] = timing
     out = []
-    for (t, e, path, epochs), timing in zip(made, timings, strict=True):
+    for i, ((t, e, path, epochs), timing) in enumerate(zip(made, timings, strict=True)):
         tflite = path if e.format == "tflite" else path.parent / _tflite_name(path.parent)
         size = tflite.stat().st_size
         fits, reasons = check(timing, size, budgets, t.user_attrs.get("predicted_memory_bytes"))
-        if timing is None and why_not:
+        if i in refused:
+            kept = tuple(r for r in reasons if not r.startswith("latency not measured"))
+            fits, reasons = False, (f"{config.latency.runtime} refused the file: {refused[i]}", *kept)
+        elif timing is None and why_not:
             reasons = (*reasons, why_not)
         out.append(
-            Verified(
-                trial=t.number,
-                arch=str(t.user_attrs["arch"]),
-                search_accuracy=float(t.values[0]),
-                predicted_latency_ms=float(t.user_attrs.get("predicted_latency_ms", float("nan"))),
-                predicted_size_bytes=float(
-                    t.user_attrs.get("exact_size_bytes") or t.user_attrs.get("predicted_size_bytes") or 0.0
-                ),
-                stage="verify",
+            _record(
+                t,
+                epochs,
                 accuracy=float(e.accuracy),
                 measured_latency_ms=None if timing is None else timing.median_ms,
                 latency_spread_ms=None if timing is None else timing.spread_ms,
@@ -245,10 +257,25 @@ def verify_candidates(
                 file=str(tflite.relative_to(folder.parent)),
                 fits=fits,
                 reasons=reasons,
-                epochs=epochs,
             )
         )
-    return out
+    return out + unmade
+
+
+def _record(t: Any, epochs: int, **measured: Any) -> Verified:
+    """A verification record of trial ``t`` with what was ``measured`` of its file."""
+    return Verified(
+        trial=t.number,
+        arch=str(t.user_attrs["arch"]),
+        search_accuracy=float(t.values[0]),
+        predicted_latency_ms=float(t.user_attrs.get("predicted_latency_ms", float("nan"))),
+        predicted_size_bytes=float(
+            t.user_attrs.get("exact_size_bytes") or t.user_attrs.get("predicted_size_bytes") or 0.0
+        ),
+        stage="verify",
+        epochs=epochs,
+        **measured,
+    )
 
 
 def _trained(

@@ -8,11 +8,12 @@ too small, so size calibration and exact-size checks use these weights instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["randomize_like_trained"]
+__all__ = ["like_trained", "randomize_like_trained"]
 
 
 def randomize_like_trained(model: Any, seed: int = 0) -> Any:
@@ -36,3 +37,21 @@ def randomize_like_trained(model: Any, seed: int = 0) -> Any:
         elif len(weights) == 2 and weights[1].ndim == 1:
             layer.set_weights([weights[0], rng.normal(0.0, 0.05, weights[1].shape).astype(weights[1].dtype)])
     return model
+
+
+# Seeds of the next sets of weights when a file made from one set is refused by a runtime.
+RESEED_STRIDE = 1000
+
+
+def like_trained(space: Any, arch: Hashable, task: Any, seed: int = 0) -> Callable[[int], Any]:
+    """A maker of ``arch``'s network with weights that look trained: ``make(attempt)`` builds it
+    afresh (Keras session cleared) with the weights of seed ``seed + 1000 * attempt``, so a file a
+    runtime refuses can be made again from other weights (``latency_models.profile.convert_runnable``)."""
+
+    def make(attempt: int) -> Any:
+        from .backend import keras
+
+        keras().backend.clear_session()
+        return randomize_like_trained(space.build(arch, task), seed=seed + RESEED_STRIDE * attempt)
+
+    return make

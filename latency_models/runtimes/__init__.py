@@ -18,12 +18,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from search_spaces import InputError
+from search_spaces import InputError, TrialFailedError
 
 __all__ = [
     "RUNTIMES",
     "Artifact",
     "ConversionError",
+    "ModelNotRunnable",
     "RepeatedTiming",
     "Runtime",
     "Session",
@@ -36,6 +37,12 @@ __all__ = [
 class ConversionError(InputError):
     """A conversion step failed on one layer of the model; the message names the step and the
     layer (exporters record it and still write the other formats)."""
+
+
+class ModelNotRunnable(TrialFailedError):
+    """The runtime refused to prepare a converted file (LiteRT's XNNPACK delegate does, for one,
+    when an int8 tensor's range is degenerate: an activation that was zero on every calibration
+    sample, such as a squeeze-excite unit whose ReLU never fires)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 from search_spaces import InputError
 from search_spaces.backend import native_stderr_muted, tf
 
-from . import Artifact, Runtime, Session
+from . import Artifact, ModelNotRunnable, Runtime, Session
 
 __all__ = ["LiteRT", "LiteRTSession", "convert_tflite", "load_file"]
 
@@ -89,7 +89,13 @@ class LiteRTSession(Session):
         # delegate for CPU." on the native stderr.
         with native_stderr_muted():
             self.interpreter = Interpreter(model_content=data, num_threads=threads)
-            self.interpreter.allocate_tensors()
+            try:
+                self.interpreter.allocate_tensors()
+            except RuntimeError as e:
+                raise ModelNotRunnable(
+                    f"LiteRT could not prepare the model: {str(e).splitlines()[0][:160]} (an int8 "
+                    "tensor with a degenerate range, e.g. an activation that was zero on every calibration sample?)"
+                ) from None
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self._batch_resized = 1
