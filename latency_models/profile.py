@@ -285,12 +285,15 @@ def convert_runnable(
     dtype: str,
     representative: Any,
     tries: int = RUNNABLE_TRIES,
+    profiling: bool = False,
 ) -> Any:
-    """``rt.convert`` of the model ``make_model(attempt)`` builds with random weights, checked by
-    preparing it in the runtime; a file the runtime refuses (``ModelNotRunnable``) is made again
-    from ``make_model(attempt + 1)`` (other weights, same network), at most ``tries`` times."""
+    """``rt.convert`` (``rt.convert_for_profiling`` with ``profiling``: a file only timed) of the
+    model ``make_model(attempt)`` builds with random weights, checked by preparing it in the
+    runtime; a file the runtime refuses (``ModelNotRunnable``) is made again from
+    ``make_model(attempt + 1)`` (other weights, same network), at most ``tries`` times."""
+    convert = rt.convert_for_profiling if profiling else rt.convert
     for attempt in range(tries):
-        artifact = rt.convert(make_model(attempt), dtype, representative)
+        artifact = convert(make_model(attempt), dtype, representative)
         try:
             rt.load(artifact, threads=1)
             return artifact
