@@ -5,6 +5,8 @@ networks; it must be one clear error, and random-weight files must be made again
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,26 @@ def test_a_candidate_whose_file_cannot_be_made_is_recorded_and_the_others_verifi
     assert by_trial[4].fits and by_trial[4].size_bytes == 100
     assert any("candidate 3 cannot ship" in line for line in said)
     assert verify.order(out) == [by_trial[4]]
+
+
+def test_profiling_makes_a_refused_block_again(monkeypatch) -> None:
+    """A block file LiteRT refuses is converted again (fresh random weights) and timed."""
+    from latency_models.profile import profile_blocks
+    from latency_models.runtimes.litert import LiteRT
+    from search_spaces import TaskShape, get_space
+
+    space = get_space(
+        "mbconv", {"strides": [1], "widths": [[8]], "depths": [1], "kernels": [3], "expands": [1]}
+    )
+    block = space.blocks(space.random(random.Random(0)), TaskShape((8, 8, 1), 10))[0]
+    real_load, calls = LiteRT.load, []
+
+    def refuse_first(self, artifact, threads=1):
+        calls.append(artifact.data)
+        if len(calls) == 1:
+            raise ModelNotRunnable("LiteRT could not prepare the model: refused (test)")
+        return real_load(self, artifact, threads=threads)
+
+    monkeypatch.setattr(LiteRT, "load", refuse_first)
+    entries = profile_blocks(space, [block], "litert", "int8", timing=(5, 1, 0.0))
+    assert entries[block].mean_ms > 0 and len(calls) == 2
