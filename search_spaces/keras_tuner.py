@@ -155,7 +155,8 @@ def _import_file(path: str) -> Any:
 
 def load_build(spec: str) -> Callable[[Any], Any]:
     """The function named by ``module:function`` (the working folder is importable) or by
-    ``path/to/file.py:function``."""
+    ``path/to/file.py:function``; the name may also be a keras-tuner ``HyperModel`` subclass or
+    instance, whose ``build`` method is then the function."""
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise InputError(f"space keras-tuner: `build` expected 'module:function', got {spec!r}.")
     module_name, func_name = spec.split(":")
@@ -190,11 +191,33 @@ def load_build(spec: str) -> Callable[[Any], Any]:
             f"{user_frame(error)}: importing {shown} raised {type(error).__name__}: {first_line(error)}"
         ) from None
     func = getattr(module, func_name, None)
+    hypermodel = _hypermodel(func, func_name, shown)
+    if hypermodel is not None:  # keras-tuner's HyperModel form: its build(hp) is the space
+        return hypermodel.build
     if not callable(func):
         raise InputError(
             f"space keras-tuner: `build` expected a function {func_name!r} in {module_name}, got {func!r}."
         )
     return func
+
+
+def _hypermodel(obj: Any, name: str, shown: str) -> Any | None:
+    """``obj`` as a keras-tuner ``HyperModel`` instance (a subclass is instantiated with no
+    arguments), or None when it is not one. Only its ``build(hp)`` is used: a ``fit`` it defines
+    is not (training follows the config's ``training`` section, the same for every candidate)."""
+    import keras_tuner as kt
+
+    if isinstance(obj, kt.HyperModel):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, kt.HyperModel):
+        try:
+            return obj()
+        except Exception as e:
+            raise InputError(
+                f"{user_frame(e)}: {shown}:{name}() raised {type(e).__name__}: {first_line(e)} (a HyperModel "
+                "class is created with no arguments; name an instance of it instead)"
+            ) from None
+    return None
 
 
 @dataclass(frozen=True)

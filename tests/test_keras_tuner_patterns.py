@@ -300,3 +300,47 @@ def test_a_user_layer_failing_inside_training_names_the_users_line(tmp_path: Pat
         f"{tmp_path / 'layer_models.py'}:8: training failed: RuntimeError: no training please"
     )
     sys.modules.pop("edge_nas_user_layer_models", None)
+
+
+HYPERMODEL = """
+import keras
+import keras_tuner
+from keras import layers
+
+
+class MyHyperModel(keras_tuner.HyperModel):
+    def build(self, hp):
+        model = keras.Sequential()
+        model.add(layers.Flatten())
+        model.add(layers.Dense(units=hp.Int("units", min_value=32, max_value=512, step=32), activation="relu"))
+        model.add(layers.Dense(10, activation="softmax"))
+        model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    def fit(self, hp, model, *args, **kwargs):
+        return model.fit(*args, batch_size=hp.Choice("batch_size", [16, 32]), **kwargs)
+
+
+class NeedsArguments(keras_tuner.HyperModel):
+    def __init__(self, classes):
+        super().__init__()
+        self.classes = classes
+
+    def build(self, hp):
+        return keras.Sequential([layers.Flatten(), layers.Dense(self.classes)])
+
+
+hypermodel = MyHyperModel()
+"""
+
+
+def test_a_hypermodel_class_or_instance_is_a_space(tmp_path: Path) -> None:
+    """keras-tuner's "Tune model training" form: a HyperModel subclass (or an instance of it)
+    names the space; its build(hp) is searched (its fit is not: training follows the config)."""
+    (tmp_path / "hm.py").write_text(HYPERMODEL)
+    for name in ("MyHyperModel", "hypermodel"):
+        space = get_space("keras-tuner", {"build": f"{tmp_path / 'hm.py'}:{name}"})
+        assert [c.name for c in space.choices()] == ["units"]
+        assert [b.out_c for b in space.blocks(space.parse("units=64"), MNIST)] == [64, 10]
+    with pytest.raises(InputError, match=r"hm.py:NeedsArguments\(\) raised TypeError.*name an instance"):
+        get_space("keras-tuner", {"build": f"{tmp_path / 'hm.py'}:NeedsArguments"})
