@@ -233,6 +233,17 @@ _DISCOVERED: dict[tuple[str, int], _Discovered] = {}
 _BLOCKS: dict[tuple[Any, str, TaskShape], tuple[list[Block], SizeTerms]] = {}
 
 
+def _geometric(lo: float, hi: float, factor: float, integer: bool) -> list[Any]:
+    """``lo, lo * factor, lo * factor**2, ...`` up to ``hi`` (a factor <= 1: just ``lo``)."""
+    values, x = [], float(lo)
+    while x <= float(hi) * (1 + 1e-9) and len(values) < 10_000:
+        values.append(int(round(x)) if integer else float(f"{x:.12g}"))
+        if float(factor) <= 1:
+            break
+        x *= float(factor)
+    return list(dict.fromkeys(values))
+
+
 def _spread(values: list[Any], n: int) -> list[Any]:
     if len(values) <= n:
         return values
@@ -400,6 +411,11 @@ class KerasTunerSpace(SearchSpace):
             return [False, True]
         if kind == "Fixed":
             return [cfg["value"]]
+        log = cfg.get("sampling") in ("log", "reverse_log")
+        if kind in ("Int", "Float") and log and cfg.get("step"):
+            # keras-tuner's log sampling with a step multiplies by it: 16, 32, 64, 128 for
+            # Int(16, 128, step=2, sampling="log"); 1e-4, 1e-3, 1e-2 for a Float with step=10.
+            return _geometric(cfg["min_value"], cfg["max_value"], cfg["step"], integer=kind == "Int")
         if kind == "Int":
             step = cfg.get("step") or 1
             if cfg.get("sampling") == "log" and cfg.get("step") is None:

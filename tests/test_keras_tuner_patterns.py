@@ -344,3 +344,30 @@ def test_a_hypermodel_class_or_instance_is_a_space(tmp_path: Path) -> None:
         assert [b.out_c for b in space.blocks(space.parse("units=64"), MNIST)] == [64, 10]
     with pytest.raises(InputError, match=r"hm.py:NeedsArguments\(\) raised TypeError.*name an instance"):
         get_space("keras-tuner", {"build": f"{tmp_path / 'hm.py'}:NeedsArguments"})
+
+
+def test_log_sampling_with_a_step_multiplies_by_it(tmp_path: Path) -> None:
+    """keras-tuner's ``sampling="log"`` with a step is a geometric grid, as its documentation
+    says: Int(16, 128, step=2) is 16, 32, 64, 128 and Float(1e-4, 1e-2, step=10) 1e-4, 1e-3, 1e-2."""
+    (tmp_path / "logs.py").write_text(
+        textwrap.dedent(
+            """
+            import keras
+            from keras import layers
+
+
+            def build(hp):
+                model = keras.Sequential([layers.Flatten()])
+                model.add(layers.Dense(hp.Int("units", 16, 128, step=2, sampling="log"), activation="relu"))
+                model.add(layers.Dropout(hp.Float("dropout", 0.0, 0.5, step=0.1)))
+                model.add(layers.Dense(10, activation="softmax"))
+                model.compile(optimizer=keras.optimizers.Adam(hp.Float("lr", 1e-4, 1e-2, step=10, sampling="log")))
+                return model
+            """
+        )
+    )
+    space = get_space("keras-tuner", {"build": f"{tmp_path / 'logs.py'}:build"})
+    values = {c.name: c.values for c in space.choices()}
+    assert values["units"] == (16, 32, 64, 128) and all(type(v) is int for v in values["units"])
+    assert values["lr"] == (1e-4, 1e-3, 1e-2)
+    assert values["dropout"] == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
