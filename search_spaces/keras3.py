@@ -30,6 +30,10 @@ _DROPPABLE = {
     "synchronized": (False,),
 }
 
+# Options a tf_keras layer may lack, at the value that layer then has anyway (the preprocessing
+# layers work channels-last without a data_format option).
+_DEFAULT_WITHOUT_OPTION = {"data_format": "channels_last"}
+
 
 def is_keras3(model: Any) -> bool:
     return any(c.__module__.split(".")[0] == "keras" for c in type(model).__mro__)
@@ -51,9 +55,39 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _copy_weights(layer: Any, twin: Any, problems: list[str]) -> None:
+    """Copy ``layer``'s weights into its tf_keras ``twin`` (a nested Sequential layer by layer:
+    the two libraries list a model's weights in different orders)."""
+    if type(layer).__name__ == "Sequential":
+        for sub, sub_twin in zip(layer.layers, twin.layers, strict=True):
+            _copy_weights(sub, sub_twin, problems)
+        return
+    weights = [np.asarray(w) for w in layer.get_weights()]
+    target = twin.get_weights()
+    if [w.shape for w in weights] != [w.shape for w in target]:
+        problems.append(
+            f"{layer.name} ({type(layer).__name__}: weights {[w.shape for w in weights]} vs tf_keras "
+            f"{[w.shape for w in target]})"
+        )
+        return
+    twin.set_weights(weights)
+
+
 def _translate_layer(layer: Any, k: Any) -> tuple[Any | None, str | None]:
-    """The tf_keras twin of one Keras 3 layer, or the reason there is none."""
+    """The tf_keras twin of one Keras 3 layer, or the reason there is none. A nested
+    ``Sequential`` (Keras's documented data-augmentation block) becomes a tf_keras Sequential of
+    its layers' twins."""
     cls = type(layer).__name__
+    if cls == "Sequential":
+        twins, problems = [], []
+        for sub in layer.layers:
+            twin, why = _translate_layer(sub, k)
+            if twin is None:
+                problems.append(str(why))
+            twins.append(twin)
+        if problems:
+            return None, "; ".join(problems)
+        return k.Sequential(twins, name=layer.name), None
     target = getattr(k.layers, cls, None)
     if target is None or not isinstance(target, type):
         return None, f"{layer.name} ({cls}: no tf_keras layer of that name)"
@@ -68,12 +102,13 @@ def _translate_layer(layer: Any, k: Any) -> tuple[Any | None, str | None]:
     while True:
         try:
             return target.from_config(cfg), None
-        except TypeError as e:
-            m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-            if not m or m.group(1) not in cfg:
+        except (TypeError, ValueError) as e:
+            # tf_keras says "unexpected keyword argument 'x'" or "Keyword argument not understood: 'x'"
+            m = re.search(r"unexpected keyword argument '(\w+)'|not understood:',? '(\w+)'", str(e))
+            key = (m.group(1) or m.group(2)) if m else None
+            if key is None or key not in cfg:
                 return None, f"{layer.name} ({cls}: {str(e).splitlines()[0][:80]})"
-            key = m.group(1)
-            if cfg[key] not in (None, False, {}, []):
+            if cfg[key] not in (None, False, {}, []) and cfg[key] != _DEFAULT_WITHOUT_OPTION.get(key):
                 return None, f"{layer.name} ({cls}: option {key}={cfg[key]!r} has no tf_keras equivalent)"
             cfg.pop(key)
         except Exception as e:
@@ -143,17 +178,8 @@ def to_tf_keras(
         ) from None
     for layer in _operations(graph):
         twin = twins.get(id(layer))
-        if twin is None:
-            continue
-        weights = [np.asarray(w) for w in layer.get_weights()]
-        target = twin.get_weights()
-        if [w.shape for w in weights] != [w.shape for w in target]:
-            problems.append(
-                f"{layer.name} ({type(layer).__name__}: weights {[w.shape for w in weights]} vs tf_keras "
-                f"{[w.shape for w in target]})"
-            )
-            continue
-        twin.set_weights(weights)
+        if twin is not None:
+            _copy_weights(layer, twin, problems)
     if problems:
         raise TrialFailedError(
             f"{where}: Keras 3 layers with no tf_keras translation: {'; '.join(problems)}."

@@ -371,3 +371,29 @@ def test_log_sampling_with_a_step_multiplies_by_it(tmp_path: Path) -> None:
     assert values["units"] == (16, 32, 64, 128) and all(type(v) is int for v in values["units"])
     assert values["lr"] == (1e-4, 1e-3, 1e-2)
     assert values["dropout"] == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def test_a_nested_augmentation_sequential_translates() -> None:
+    """Keras's image-classification tutorial form: a ``keras.Sequential`` of RandomFlip and
+    RandomRotation inside a functional model, then Rescaling, BatchNormalization and a
+    SeparableConv2D. It translates layer by layer (weights copied per nested layer) and the
+    tf_keras model gives the same inference outputs."""
+    import keras
+    from keras import layers
+
+    from search_spaces.keras3 import ATOL, RTOL, to_tf_keras
+
+    augment = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)])
+    inputs = keras.Input(shape=(8, 8, 1))
+    x = layers.Rescaling(1.0 / 255)(augment(inputs))
+    x = layers.Conv2D(4, 3, activation="relu")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.SeparableConv2D(8, 3, padding="same", activation="relu")(x)
+    outputs = layers.Dense(3)(layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    model.layers[4].set_weights([w + 0.5 for w in model.layers[4].get_weights()])  # BN: not identity
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32) * 255
+    twin = to_tf_keras(model, (8, 8, 1), check=x)
+    expected = np.asarray(model(x, training=False))
+    assert np.all(np.abs(twin.predict(x, verbose=0) - expected) <= ATOL + RTOL * np.abs(expected))
+    assert [type(layer).__name__ for layer in twin.layers[1].layers] == ["RandomFlip", "RandomRotation"]
