@@ -747,9 +747,10 @@ def export_best(
 
     from .config import Constraints, LatencyConfig, parse_config
     from .data import load_task
+    from .latency_model import LatencyModel
     from .report import write_report
-    from .run import LatencyModel, finish_winner
     from .search import Screen
+    from .shipping import finish_winner
 
     say = status or (lambda s: None)
     if not answer.found:

@@ -200,7 +200,7 @@ def test_the_guard_band_never_screens_out_nearly_everything() -> None:
     a guard with room to spare is kept as it is."""
     import random
 
-    from nas.run import GUARD_KEEPS_SHARE, _guard_leaving_candidates
+    from nas.calibration import GUARD_KEEPS_SHARE, _guard_leaving_candidates
 
     space, screen, constraints = quickstart_screen()
     budgets = resolve(Constraints(max_latency_quantile=0.06, max_size_kb=40), space, screen).constraints

@@ -94,7 +94,7 @@ def _kit(args: argparse.Namespace) -> int:
             f"space {space.name} cannot list every block: the kit holds the {len(blocks)} blocks of its extreme "
             "and random architectures; the table imported from it prices the others by the per-kind model"
         )
-    from nas.run import _calibration_archs
+    from nas.calibration import _calibration_archs
 
     calibration = _calibration_archs(space, n_cal, seed) if n_cal else []
     archs = read_archs(args.archs, space) if args.archs else []
