@@ -4,7 +4,7 @@ whole-model measurements (``nas.calibration``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -13,10 +13,14 @@ from search_spaces import InputError, SearchSpace
 from .calibration import _calibrate, _calibration_path
 
 if TYPE_CHECKING:  # pragma: no cover
+    from latency_models.predictor import LinearCorrection, TablePredictor
+    from latency_models.table import LatencyTable
+    from search_spaces import TaskShape
+
     from .config import RunConfig
     from .data import TaskData
 
-__all__ = ["LatencyModel", "build_latency_model"]
+__all__ = ["LatencyModel", "build_latency_model", "memory_table", "predictor_from_table"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,42 @@ class LatencyModel:
         return replace(self, predictor=predictor, size=size, calibration=list(records))
 
 
+def predictor_from_table(
+    table: LatencyTable,
+    space: str,
+    task: TaskShape,
+    space_options: Mapping[str, Any],
+    *,
+    device: str,
+    strict: bool = False,
+    correction: LinearCorrection | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> TablePredictor:
+    """The one way a latency table becomes a predictor (``nas run``, ``nas best``, ``nas latency
+    fit``): ``space`` with ``space_options`` priced on ``task`` by the sum of ``table``'s blocks,
+    a block it lacks priced by the per-kind model fitted on it (``strict`` refuses it instead)."""
+    from latency_models.predictor import LinearCorrection, TablePredictor
+
+    return TablePredictor(
+        space=space,
+        device=device,
+        provenance=dict(provenance or {}),
+        table=table,
+        task=task,
+        space_options=dict(space_options),
+        correction=LinearCorrection() if correction is None else correction,
+        strict=strict,
+    )
+
+
+def memory_table(table: LatencyTable) -> LatencyTable | None:
+    """``table`` when every entry carries its peak memory (memory budgets can be checked on it),
+    else None."""
+    if table.entries and all(e.memory_bytes is not None for e in table.entries.values()):
+        return table
+    return None
+
+
 def build_latency_model(
     config: RunConfig,
     space: SearchSpace,
@@ -67,7 +107,7 @@ def build_latency_model(
     """Host: profile (or reuse) this machine's table, re-time its calibration models, then fit
     the whole-model overhead and the size model on them (and on ``measured``, files a study
     verified). Otherwise load the user's table or predictor."""
-    from latency_models.predictor import TablePredictor, load_predictor
+    from latency_models.predictor import load_predictor
     from latency_models.size import SizeModel
     from latency_models.table import LatencyTable
 
@@ -82,13 +122,8 @@ def build_latency_model(
                 )
             return LatencyModel(predictor, SizeModel(lat.dtype), None, f"predictor {lat.predictor}", [])
         table = LatencyTable.load(lat.table)
-        predictor = TablePredictor(
-            space=space.name,
-            device=lat.device,
-            table=table,
-            task=task,
-            space_options=dict(config.space.options),
-            strict=lat.strict,
+        predictor = predictor_from_table(
+            table, space.name, task, config.space.options, device=lat.device, strict=lat.strict
         )
         description = f"table {lat.table}"
         if lat.strict:
@@ -104,7 +139,7 @@ def build_latency_model(
                     f"latency table {lat.table}: {len(missing)} of {len(set(blocks or []))} blocks of the space "
                     "are not in it; priced by the per-kind model fitted on its entries (latency.strict refuses)"
                 )
-        memory = table if all(e.memory_bytes is not None for e in table.entries.values()) else None
+        memory = memory_table(table)
         model = LatencyModel(predictor, SizeModel(lat.dtype), memory, description, [])
         records = _table_calibration(table, space, task, lat.table, status)
         return model.with_calibration(records, space, task) if records else model
@@ -129,9 +164,7 @@ def build_latency_model(
     size = SizeModel.fit(
         [space.size_terms(a, task) for a in archs], [c["size_bytes"] for c in calibration], lat.dtype
     )
-    memory = (
-        predictor.table if all(e.memory_bytes is not None for e in predictor.table.entries.values()) else None
-    )
+    memory = memory_table(predictor.table)
     model = LatencyModel(
         predictor,
         size,
@@ -152,7 +185,6 @@ def build_latency_model(
 def _host_predictor(
     config: RunConfig, space: SearchSpace, task: Any, blocks: Any, status: Callable[[str], None]
 ) -> Any:
-    from latency_models.predictor import TablePredictor
     from latency_models.profile import host_table
 
     lat = config.latency
@@ -168,12 +200,12 @@ def _host_predictor(
         lat.threads,
         progress=lambda i, n: status(f"profiling block {i}/{n}") if n and i % 20 == 0 else None,
     )
-    return TablePredictor(
-        space=space.name,
+    return predictor_from_table(
+        table,
+        space.name,
+        task,
+        config.space.options,
         device="host",
-        table=table,
-        task=task,
-        space_options=dict(config.space.options),
         provenance={
             "table": "host profile",
             "runtime": lat.runtime,

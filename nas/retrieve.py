@@ -370,8 +370,10 @@ class _Pricers:
         return self._cache[key]
 
     def _build(self, study: Study, shape: Any) -> _Pricer:
-        from latency_models.predictor import LinearCorrection, TablePredictor
+        from latency_models.predictor import LinearCorrection
         from search_spaces import get_space
+
+        from .latency_model import memory_table, predictor_from_table
 
         space = get_space(study.space, study.space_options)
         if self.device.kind == "predictor":
@@ -387,20 +389,10 @@ class _Pricers:
             description = f"table {self.device.path}"
         else:
             table, correction, description = self._host_table(study, space)
-        predictor = TablePredictor(
-            space=study.space,
-            device=self.device.name,
-            table=table,
-            task=shape,
-            space_options=study.space_options,
-            correction=correction,
+        predictor = predictor_from_table(
+            table, study.space, shape, study.space_options, device=self.device.name, correction=correction
         )
-        memory = (
-            table
-            if table.entries and all(e.memory_bytes is not None for e in table.entries.values())
-            else None
-        )
-        return _Pricer(space, predictor.predict, memory, description)
+        return _Pricer(space, predictor.predict, memory_table(table), description)
 
     def _host_table(self, study: Study, space: Any) -> tuple[Any, Any, str]:
         """The cached host table of the study's space and runtime settings, with the whole-model
