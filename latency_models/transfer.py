@@ -67,7 +67,7 @@ _MAX_PAIR_POSITIONS = 8
 def _nb201_live(codes: np.ndarray, values: Sequence[Sequence[Any]]) -> np.ndarray:
     """Edges that compute (input not constant zero, output reaches the cell output), vectorised.
 
-    Mirrors ``search_spaces.nb201._live``: some runtimes (TFLite) fold away dead branches.
+    Mirrors ``search_spaces.nb201.live_edges``: some runtimes (TFLite) fold away dead branches.
     """
     from search_spaces.nb201 import EDGES
 

@@ -19,7 +19,7 @@ from latency_models.metrics import latency_metrics
 from latency_models.predictor import load_predictor
 from latency_models.transfer import ArchEncoder, FewShotPredictor, LearnedPredictor, fit_learned, fit_transfer
 from search_spaces import InputError, get_space
-from search_spaces.nb201 import _live
+from search_spaces.nb201 import live_edges
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -78,7 +78,7 @@ def test_vectorised_nb201_liveness_matches_the_space() -> None:
     rng = random.Random(1)
     archs = [space.random(rng) for _ in range(500)]
     live = _nb201_live(enc.codes(archs, space), enc.values)
-    assert live.tolist() == [list(_live(a)) for a in archs]
+    assert live.tolist() == [list(live_edges(a)) for a in archs]
 
 
 @pytest.mark.parametrize("k", [10, 60])
