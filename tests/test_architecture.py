@@ -93,3 +93,20 @@ def test_cli_starts_without_heavy_imports() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_nas_run_is_the_api_function_and_the_module_name_still_imports() -> None:
+    """``from nas import run`` and ``nas.run(...)`` are the function, whatever was imported before
+    (``import nas.run``, ``from nas.run import ...``), and importing ``nas`` stays light."""
+    code = (
+        "import sys; import nas.run; from nas.run import select_best, build_latency_model; import nas; "
+        "from nas import run; import nas.runner; "
+        "assert nas.run is run and run.__module__ == 'nas' and callable(run), nas.run; "
+        "assert select_best is nas.runner.select_best and sys.modules['nas.run'] is not run; "
+        "print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "ok", out.stderr
+    light = "import sys, nas; print([m for m in ('numpy', 'tensorflow', 'optuna', 'nas.runner') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

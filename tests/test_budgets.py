@@ -174,7 +174,7 @@ def test_exact_sizes_are_kept_across_runs_of_the_same_space(tmp_path: Path, monk
 
     from latency_models.runtimes.litert import LiteRT
     from nas.data import TaskSpec, load_task
-    from nas.run import exact_size_fn
+    from nas.runner import exact_size_fn
 
     monkeypatch.setenv("EDGE_NAS_CACHE", str(tmp_path / "cache"))
     options = {"widths": [[8], [8], [16]], "depths": [1], "kernels": [3], "expands": [1, 3]}
