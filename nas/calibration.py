@@ -89,8 +89,6 @@ def _calibrate(
     from latency_models.profile import retime_blocks, time_interleaved
     from latency_models.runtimes import Artifact, get_runtime
     from latency_models.table import write_atomic
-    from search_spaces.backend import keras
-    from search_spaces.weights import randomize_like_trained
 
     lat = config.latency
     n = lat.calibration_models
@@ -117,16 +115,51 @@ def _calibrate(
         ]
         return now, drift
     archs = _calibration_archs(space, n, config.search.seed)
+    out, artifacts = _measure_models(
+        config,
+        space,
+        data,
+        archs,
+        sample,
+        first_seed=0,
+        before_each=lambda i: status(f"calibrating the latency and size models: model {i + 1}/{len(archs)}"),
+    )
+    for i, a in enumerate(artifacts):
+        write_atomic(path.with_name(f"{path.stem}-{i}.bin"), a.data)
+    write_atomic(path, json.dumps({"key": key, "models": out}, indent=1))
+    return out, None
+
+
+def _measure_models(
+    config: RunConfig,
+    space: SearchSpace,
+    data: TaskData,
+    archs: Sequence[Hashable],
+    sample: Any,
+    first_seed: int,
+    before_each: Callable[[int], None] = lambda i: None,
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Each of ``archs`` built with trained-looking weights (seeds from ``first_seed``), converted
+    for the run's runtime and the files timed interleaved on ``sample`` (None: the first
+    representative input). Returns one record per architecture (arch, latency_ms, spread_ms,
+    size_bytes) and the converted files."""
+    from latency_models.profile import time_interleaved
+    from latency_models.runtimes import get_runtime
+    from search_spaces.backend import keras
+    from search_spaces.weights import randomize_like_trained
+
+    lat = config.latency
+    rt = get_runtime(lat.runtime)
     rep = list(data.inputs(data.x_train[:64]))
     artifacts = []
     for i, arch in enumerate(archs):
-        status(f"calibrating the latency and size models: model {i + 1}/{len(archs)}")
+        before_each(i)
         keras().backend.clear_session()
-        model = randomize_like_trained(space.build(arch, data.shape), seed=i)
-        artifacts.append(rt.convert(model, lat.dtype, rep if lat.dtype == "int8" else None))
-    sessions = [(rt.load(a, threads=lat.threads), sample) for a in artifacts]
+        built = randomize_like_trained(space.build(arch, data.shape), seed=first_seed + i)
+        artifacts.append(rt.convert(built, lat.dtype, rep if lat.dtype == "int8" else None))
+    sessions = [(rt.load(a, threads=lat.threads), rep[0] if sample is None else sample) for a in artifacts]
     timings = time_interleaved(sessions, CALIBRATION_REPEATS, threads=lat.threads)
-    out = [
+    records = [
         {
             "arch": str(arch),
             "latency_ms": t.median_ms,
@@ -135,10 +168,7 @@ def _calibrate(
         }
         for arch, a, t in zip(archs, artifacts, timings, strict=True)
     ]
-    for i, a in enumerate(artifacts):
-        write_atomic(path.with_name(f"{path.stem}-{i}.bin"), a.data)
-    write_atomic(path, json.dumps({"key": key, "models": out}, indent=1))
-    return out, None
+    return records, artifacts
 
 
 # Whole models measured near the latency budget on every run, so the correction is right where
@@ -156,11 +186,6 @@ def _near_budget_calibration(
 ) -> LatencyModel:
     """Measure NEAR_BUDGET_MODELS random architectures predicted at 0.85-1.15x ``budget_ms``
     (fresh, never cached) and re-fit the correction and size model with them."""
-    from latency_models.profile import time_interleaved
-    from latency_models.runtimes import get_runtime
-    from search_spaces.backend import keras
-    from search_spaces.weights import randomize_like_trained
-
     lat = config.latency
     if lat.device != "host" or not model.calibration or not hasattr(model.predictor, "with_correction"):
         return model
@@ -178,25 +203,10 @@ def _near_budget_calibration(
     if not picked:
         return model
     status(f"measuring {len(picked)} models near the latency budget ({budget_ms:.4g} ms)")
-    rt = get_runtime(lat.runtime)
-    rep = list(data.inputs(data.x_train[:64]))
-    artifacts = []
-    for i, arch in enumerate(picked):
-        keras().backend.clear_session()
-        built = randomize_like_trained(space.build(arch, data.shape), seed=100 + i)
-        artifacts.append(rt.convert(built, lat.dtype, rep if lat.dtype == "int8" else None))
-    sessions = [(rt.load(a, threads=lat.threads), rep[0]) for a in artifacts]
-    timings = time_interleaved(sessions, CALIBRATION_REPEATS, threads=lat.threads)
+    measured, _ = _measure_models(config, space, data, picked, None, first_seed=100)
     records = [
-        {
-            "arch": str(arch),
-            "latency_ms": t.median_ms,
-            "spread_ms": t.spread_ms,
-            "size_bytes": a.size_bytes,
-            "near_budget": True,
-            "predicted_before_ms": float(model.predictor.predict([arch])[0]),
-        }
-        for arch, a, t in zip(picked, artifacts, timings, strict=True)
+        {**r, "near_budget": True, "predicted_before_ms": float(model.predictor.predict([arch])[0])}
+        for r, arch in zip(measured, picked, strict=True)
     ]
     return model.with_calibration([*model.calibration, *records], space, data.shape)
 
