@@ -71,7 +71,7 @@ def test_gather_prediction_equals_the_feature_matrix(data: tuple) -> None:
 
 
 def test_vectorised_nb201_liveness_matches_the_space() -> None:
-    from latency_models.transfer import _nb201_live
+    from latency_models.arch_encoding import _nb201_live
 
     space = get_space("nb201")
     enc = ArchEncoder.for_space(space)
@@ -232,7 +232,7 @@ def test_raw_share_names() -> None:
 def test_physics_basis_sums_each_layers_terms_from_the_space_blocks() -> None:
     """``features @ basis`` is, up to a scale per term, the sum of the blocks' own cost terms
     (so every position, including skips that need a projection, is aligned with its block)."""
-    from latency_models.transfer import (
+    from latency_models.physics_prior import (
         _PHYSICS_TASK,
         PHYSICS_TERMS,
         PHYSICS_WIDTH_MULT,
@@ -271,7 +271,7 @@ def test_physics_basis_sums_each_layers_terms_from_the_space_blocks() -> None:
 
 
 def test_physics_prior_helps_learned_fbnet(monkeypatch: pytest.MonkeyPatch) -> None:
-    import latency_models.transfer as transfer
+    import latency_models.ridge as ridge  # where the fits' designs look the physics basis up
 
     space = get_space("fbnet")
     texts, devices, lat = _load("fbnet")
@@ -287,7 +287,7 @@ def test_physics_prior_helps_learned_fbnet(monkeypatch: pytest.MonkeyPatch) -> N
         return float(np.mean(rhos))
 
     with_physics = mean_spearman()
-    monkeypatch.setattr(transfer, "physics_basis", lambda encoder, width_mult=None: None)
+    monkeypatch.setattr(ridge, "physics_basis", lambda encoder, width_mult=None: None)
     assert with_physics > mean_spearman() + 0.01
 
 
