@@ -110,3 +110,17 @@ def test_nas_run_is_the_api_function_and_the_module_name_still_imports() -> None
     light = "import sys, nas; print([m for m in ('numpy', 'tensorflow', 'optuna', 'nas.runner') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+MAX_MODULE_LINES = 600
+
+
+def test_no_product_module_is_over_600_lines() -> None:
+    """A module a newcomer can read in one sitting: split a longer one by subject."""
+    long = [
+        f"{path.relative_to(ROOT)}: {n} lines"
+        for package in ALLOWED
+        for path in (ROOT / package).rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
+    assert not long, long
