@@ -30,18 +30,20 @@ def _nb201_live(codes: np.ndarray, values: Sequence[Sequence[Any]]) -> np.ndarra
     not_none = np.stack(
         [np.asarray([v != "none" for v in values[e]])[codes[:, e]] for e in range(len(EDGES))], axis=1
     )
-    nonzero = np.zeros((n, 4), dtype=bool)
-    nonzero[:, 0] = True
-    for j in (1, 2, 3):
-        for e, (dst, src) in enumerate(EDGES):
-            if dst == j:
-                nonzero[:, j] |= not_none[:, e] & nonzero[:, src]
-    reaches = np.zeros((n, 4), dtype=bool)
-    reaches[:, 3] = True
-    for i in (2, 1, 0):
-        for e, (dst, src) in enumerate(EDGES):
-            if src == i:
-                reaches[:, i] |= not_none[:, e] & reaches[:, dst]
+
+    def linked(start: int, nodes: tuple[int, ...], end: int) -> np.ndarray:
+        """Nodes joined to ``start`` by non-``none`` edges, visiting ``nodes`` in order: ``end`` 0
+        follows edges forward (a node from its sources), 1 backward (from its destinations)."""
+        on = np.zeros((n, 4), dtype=bool)
+        on[:, start] = True
+        for j in nodes:
+            for e, ends in enumerate(EDGES):
+                if ends[end] == j:
+                    on[:, j] |= not_none[:, e] & on[:, ends[1 - end]]
+        return on
+
+    nonzero = linked(0, (1, 2, 3), 0)  # a non-zero input reaches the node
+    reaches = linked(3, (2, 1, 0), 1)  # the node reaches the output
     live = np.zeros((n, len(EDGES)), dtype=bool)
     for e, (dst, src) in enumerate(EDGES):
         live[:, e] = not_none[:, e] & nonzero[:, src] & reaches[:, dst] & nonzero[:, dst]
