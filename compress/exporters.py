@@ -485,10 +485,10 @@ class ExecuTorchExporter(Exporter):
     )
 
     def export(self, quant: Quantization, out_dir: Path, ctx: ExportContext) -> Exported:
-        from latency_models.runtimes.executorch import _require, load_file, onnx_to_pte
+        from latency_models.runtimes.executorch import load_file, onnx_to_pte, require
         from latency_models.runtimes.onnxruntime import keras_to_onnx
 
-        _convert(_require, self.name)  # imports torch quietly; a missing extra: one line
+        _convert(require, self.name)  # imports torch quietly; a missing extra: one line
         dtype = "int8" if quant.dtype == "int8" else "fp32"
         calibration = ctx.data.calibration(quant.calibration) if dtype == "int8" else None
         onnx_bytes = _convert(lambda: keras_to_onnx(ctx.model), self.name)

@@ -284,13 +284,14 @@ def load_predictor(path: str | os.PathLike[str]) -> LatencyPredictor:
     return PREDICTORS[kind]._from_payload(doc, str(path))
 
 
+# Modules that register further predictor kinds when imported (one that fails to import is an
+# error, PluginError).
+PREDICTOR_MODULES = ("latency_models.transfer",)
+
+
 def _load_plugins() -> None:
     """Import the modules that register further predictor kinds."""
-    import importlib
+    from search_spaces.plugins import import_plugin
 
-    for module in ("latency_models.transfer",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:  # a kind that is not built yet simply stays unknown
-            if e.name != module:
-                raise
+    for module in PREDICTOR_MODULES:
+        import_plugin(module, "latency_models.predictor.PREDICTOR_MODULES")

@@ -3,13 +3,9 @@ models, always through a real runtime's converted file and its interpreter."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import platform
-import re
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,14 +14,13 @@ import numpy as np
 
 from search_spaces import Block, InputError, SearchSpace, TaskShape
 
+from .host_cache import _fingerprint_id, _load_cached, _locked, cache_dir, machine_fingerprint, table_path
 from .runtimes import ModelNotRunnable, RepeatedTiming, Runtime, Timing, get_runtime, time_calls
 from .table import DTYPES, INVOKE_KEY, OVERHEAD_KEY, PERSISTENT_KEY, Entry, LatencyTable, TableMeta
 
 __all__ = [
     "BLOCK_TIMING",
     "MODEL_TIMING",
-    "SAMPLED_BLOCKS",
-    "blocks_to_profile",
     "convert_runnable",
     "cache_dir",
     "convert_blocks",
@@ -55,12 +50,6 @@ REPEAT_TIMING = (50, 10, 0.3)
 REPEATS = 5
 REPRESENTATIVE_SAMPLES = 8
 SAVE_EVERY = 16
-# A space that cannot list every block (a keras-tuner build(hp) with wide ranges) is profiled on
-# the blocks of its extreme settings and of random architectures (seed 0), at most SAMPLED_BLOCKS
-# of them from at most SAMPLED_ARCHS networks; the predictor prices the blocks it lacks with the
-# per-kind cost model fitted on them (``latency_models.extrapolate``).
-SAMPLED_BLOCKS = 96
-SAMPLED_ARCHS = 400
 
 Progress = Callable[[int, int], None]
 
@@ -72,51 +61,6 @@ def random_representative(
     or activations' values, only on the shapes and the int8 kernels chosen."""
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(tuple(int(d) for d in shape)).astype(np.float32) for _ in range(n)]
-
-
-def blocks_to_profile(
-    space: SearchSpace, task: TaskShape, limit: int = SAMPLED_BLOCKS, seed: int = 0
-) -> tuple[list[Block], bool]:
-    """The blocks a host table should hold, and whether they are all the space's: every block when
-    the space lists them, else a sample: the blocks of the architectures whose settings are all the
-    first or all the last value of each choice (the smallest and largest, for ordered choices),
-    then of random ones, until at least ``limit`` distinct blocks. Architectures that fail to build are
-    skipped."""
-    every = space.all_blocks(task)
-    if every is not None:
-        return list(every), True
-    import itertools
-    import random
-
-    from search_spaces import TrialFailedError
-
-    choices = space.choices()
-    rng = random.Random(seed)
-
-    def archs() -> Iterator[Hashable]:
-        for end in (0, -1):
-            try:
-                yield space.from_params({c.name: c.values[end] for c in choices})
-            except InputError:
-                continue
-        for _ in range(SAMPLED_ARCHS):
-            yield space.random(rng)
-
-    found: dict[Block, None] = {}
-    tried = 0
-    for arch in itertools.islice(archs(), SAMPLED_ARCHS):
-        tried += 1
-        try:
-            found.update(dict.fromkeys(space.blocks(arch, task)))
-        except (TrialFailedError, InputError):
-            continue
-        if len(found) >= limit:
-            break
-    if not found:
-        raise InputError(
-            f"space {space.name!r}: none of {tried} sampled architectures could be built, so it has no blocks to profile."
-        )
-    return list(found), False
 
 
 def _check_threads(threads: int) -> None:
@@ -529,94 +473,6 @@ def measure_arenas(space: SearchSpace, task: TaskShape, archs: Iterable[Hashable
             _clear_keras()
         out.append(arena_bytes(artifact))
     return out
-
-
-# -- the host's persistent table cache ------------------------------------------------------------
-def cache_dir() -> Path:
-    """``$EDGE_NAS_CACHE``, else ``$XDG_CACHE_HOME/edge-nas/tables``, else ``~/.cache/edge-nas/tables``."""
-    if os.environ.get("EDGE_NAS_CACHE"):
-        return Path(os.environ["EDGE_NAS_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "edge-nas" / "tables"
-
-
-def _cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return platform.processor() or "unknown"
-    for key in ("model name", "Hardware", "cpu model", "Processor"):
-        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
-        if m:
-            return m.group(1).strip()
-    return platform.processor() or "unknown"
-
-
-def machine_fingerprint() -> dict[str, str]:
-    """What makes one host's timings differ from another's: OS, architecture and CPU model."""
-    return {
-        "system": platform.system(),
-        "machine": platform.machine(),
-        "cpu": _cpu_model(),
-        "cpu_count": str(os.cpu_count() or 0),
-    }
-
-
-def _fingerprint_id(fp: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", text)
-
-
-def table_path(
-    space: SearchSpace, runtime: str, dtype: str, threads: int, directory: Path | None = None
-) -> Path:
-    """The cache file of one (space, runtime, runtime version, dtype, threads, machine).
-
-    The space is part of the key because two spaces may build different models for blocks with
-    the same fields (e.g. their squeeze-excite widths differ).
-    """
-    rt = get_runtime(runtime)
-    fp = _fingerprint_id(machine_fingerprint())
-    name = f"{_safe(space.name)}-{rt.name}-{_safe(rt.version())}-{dtype}-t{threads}-{fp}.json"
-    return (directory if directory is not None else cache_dir()) / name
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock next to ``path`` so two processes do not profile the same blocks twice."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: atomic writes still keep the file whole
-        yield
-        return
-    with open(path.with_name(path.name + ".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _load_cached(path: Path, meta: TableMeta) -> LatencyTable | None:
-    if not path.is_file():
-        return None
-    try:
-        table = LatencyTable.load(path)
-    except InputError:
-        # A cache is ours to rebuild: a damaged file costs a re-profile, not a failed search.
-        return None
-    if (table.meta.runtime, table.meta.runtime_version, table.meta.dtype, table.meta.threads) != (
-        meta.runtime,
-        meta.runtime_version,
-        meta.dtype,
-        meta.threads,
-    ):
-        return None
-    return table
 
 
 def host_table(

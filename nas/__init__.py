@@ -1,16 +1,15 @@
 """edge-nas from Python: ``nas.run(config, out=...)`` searches and exports, ``nas.best(runs=...)``
 retrieves the best model of past studies. Importing ``nas`` loads nothing heavy.
 
-``nas.run`` is both the ``nas.run`` module and, when called, the API function: a submodule
-import rebinds the package attribute to the module, so the module itself is made callable
-(PEP 549-style ``__class__`` swap) rather than fighting the import system.
+``nas.run`` is the function below; the job's code is in ``nas.runner``. The module ``nas.run``
+(for ``from nas.run import ...``) is imported here first, because Python binds a package
+attribute to a submodule only on the submodule's first import: once it is in ``sys.modules``,
+``import nas.run`` leaves ``nas.run`` the function.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +18,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
     from .retrieve import Answer
 
+from . import run as _run_module  # noqa: F401 - before the function takes the name (see above)
+
 __all__ = ["best", "load_config", "run"]
 
 
-def _run_api(
+def run(
     config: str | os.PathLike[str] | Mapping[str, Any] | RunConfig,
     out: str | os.PathLike[str],
     *,
@@ -40,7 +41,7 @@ def _run_api(
     the result is validated like a YAML file.
     """
     from .config import RunConfig, load_config, parse_config
-    from .run import run as run_job
+    from .runner import run as run_job
 
     if isinstance(config, RunConfig):
         base = config
@@ -58,23 +59,6 @@ def _run_api(
             doc[section] = {**(doc.get(section) or {}), **dict(values)}
         base = parse_config(doc, "overrides", base_dir=Path.cwd())
     return run_job(base, out, resume=resume, storage=storage, status=status, on_event=on_event)
-
-
-class _CallableModule(types.ModuleType):
-    """The ``nas.run`` module, callable as ``nas.run(config, out=...)``."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return _run_api(*args, **kwargs)
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "run" and isinstance(value, types.ModuleType) and not isinstance(value, _CallableModule):
-            value.__class__ = _CallableModule
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def best(
@@ -112,11 +96,3 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     from .config import load_config as _load
 
     return _load(path)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "run":
-        import importlib
-
-        return importlib.import_module(".run", __name__)  # the import makes it callable
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -62,7 +62,7 @@ class _Search:
 
 
 class RunProgress:
-    """``status(message)`` and ``on_event(kind, info)`` for ``nas.run.run``; use as a context
+    """``status(message)`` and ``on_event(kind, info)`` for ``nas.runner.run``; use as a context
     manager (or call ``close``) so a live bar leaves the terminal clean."""
 
     def __init__(

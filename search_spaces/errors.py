@@ -6,7 +6,7 @@ maps ``InputError`` to one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-__all__ = ["NasError", "InputError", "TrialFailedError", "FatalError", "check"]
+__all__ = ["NasError", "InputError", "TrialFailedError", "FatalError", "PluginError", "check"]
 
 
 class NasError(Exception):
@@ -61,6 +61,10 @@ class TrialFailedError(NasError):
 
 class FatalError(NasError):
     """The run cannot go on (too many failures in a row, a lost cluster, ...)."""
+
+
+class PluginError(FatalError, ImportError):
+    """A module a registry names cannot be imported: the installation is broken, not the input."""
 
 
 def check(condition: bool, where: str, expected: str, got: object) -> None:

@@ -17,7 +17,7 @@ from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape
 from .errors import InputError
 from .safeio import brief
 
-__all__ = ["EDGES", "OPS", "Nb201Arch", "Nb201Space", "functional_string", "unique_string"]
+__all__ = ["EDGES", "OPS", "Nb201Arch", "Nb201Space", "functional_string", "live_edges", "unique_string"]
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # (to_node, from_node) in the order the arch string lists them.
@@ -79,7 +79,7 @@ def _representatives() -> dict[str, Nb201Arch]:
     return reps
 
 
-def _live(arch: Nb201Arch) -> tuple[bool, ...]:
+def live_edges(arch: Nb201Arch) -> tuple[bool, ...]:
     """Which edges actually compute: non-zero input, not ``none``, and the result reaches node 3."""
     nonzero = [True, False, False, False]
     for j, edges in enumerate(_NODE_EDGES, start=1):
@@ -97,11 +97,11 @@ def _live(arch: Nb201Arch) -> tuple[bool, ...]:
 
 def functional_string(arch: Nb201Arch) -> str:
     """Equal for cells that compute the same function: like ``unique_string``, but a dead edge
-    (``_live``) adds nothing and a node with no live input is zero. Coarser than NAS-Bench-201's
+    (``live_edges``) adds nothing and a node with no live input is zero. Coarser than NAS-Bench-201's
     grouping (5,390 classes against 6,466): e.g. a skip from a zero node. ``canonical`` does not
     use it: the benchmark trained each of NAS-Bench-201's groups on its own, and
     ``benchmarks/nb201_twins.py`` measures what merging them would cost."""
-    live = _live(arch)
+    live = live_edges(arch)
     nodes = {0: "0"}
     for j, edges in enumerate(_NODE_EDGES, start=1):
         parts = []
@@ -223,7 +223,7 @@ class Nb201Space(SearchSpace):
         h, w, c = self._image_shape(task)
         ch = self.channels
         out = [Block("conv_bn", h, w, c, ch, kernel=3)]
-        live = _live(arch)
+        live = live_edges(arch)
         for stage in range(3):
             if stage > 0:
                 out.append(Block("resblock", h, w, ch, 2 * ch, kernel=3, stride=2, act="relu"))
@@ -262,7 +262,7 @@ class Nb201Space(SearchSpace):
         ch = self.channels
         x = layers.Conv2D(ch, 3, padding="same", use_bias=False, name="stem_conv")(x)
         x = layers.BatchNormalization(name="stem_bn")(x)
-        live = _live(arch)
+        live = live_edges(arch)
         for stage in range(3):
             if stage > 0:
                 ch *= 2

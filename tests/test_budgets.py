@@ -174,7 +174,7 @@ def test_exact_sizes_are_kept_across_runs_of_the_same_space(tmp_path: Path, monk
 
     from latency_models.runtimes.litert import LiteRT
     from nas.data import TaskSpec, load_task
-    from nas.run import exact_size_fn
+    from nas.runner import exact_size_fn
 
     monkeypatch.setenv("EDGE_NAS_CACHE", str(tmp_path / "cache"))
     options = {"widths": [[8], [8], [16]], "depths": [1], "kernels": [3], "expands": [1, 3]}
@@ -200,7 +200,7 @@ def test_the_guard_band_never_screens_out_nearly_everything() -> None:
     a guard with room to spare is kept as it is."""
     import random
 
-    from nas.run import GUARD_KEEPS_SHARE, _guard_leaving_candidates
+    from nas.calibration import GUARD_KEEPS_SHARE, _guard_leaving_candidates
 
     space, screen, constraints = quickstart_screen()
     budgets = resolve(Constraints(max_latency_quantile=0.06, max_size_kb=40), space, screen).constraints

@@ -418,7 +418,7 @@ def test_run_with_an_imported_table_fits_the_overhead_correction(
     tiny_kit: Path, tiny_results: Path, tmp_path: Path
 ) -> None:
     from nas.config import LatencyConfig
-    from nas.run import _table_calibration
+    from nas.latency_model import _table_calibration
 
     table_path = tmp_path / "dev.json"
     assert (
@@ -519,7 +519,7 @@ def test_run_latency_model_from_a_kit_table_extrapolates_and_strict_refuses(
     fitted on the kit's calibration networks, the missing block is counted, strict refuses."""
     from nas.config import parse_config
     from nas.data import load_task
-    from nas.run import build_latency_model
+    from nas.latency_model import build_latency_model
 
     table_path = tmp_path / "dev.json"
     assert (

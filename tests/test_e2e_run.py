@@ -139,7 +139,7 @@ def test_a_run_whose_verified_files_all_miss_ships_nothing_and_reports_it(
 
     import nas.verify
     from nas.config import parse_config
-    from nas.run import NothingFitsError, run
+    from nas.runner import NothingFitsError, run
 
     doc = yaml.safe_load(TINY)
     doc["search"]["trainings"] = 2

@@ -85,7 +85,7 @@ def test_pricing_without_building_reads_what_the_built_model_has(func: str) -> N
 def test_the_getting_started_space_is_profiled_on_a_sample_of_its_blocks() -> None:
     """245,760 settings cannot list every block up front: the host profile takes the blocks of
     the smallest and largest settings and of seeded random ones, the same on every call."""
-    from latency_models.profile import SAMPLED_BLOCKS, blocks_to_profile
+    from latency_models.block_sample import SAMPLED_BLOCKS, blocks_to_profile
 
     space = _space("build_model")
     assert space.size() > 100_000 and space.all_blocks(MNIST) is None

@@ -285,7 +285,7 @@ def test_successive_halving_promotes_the_top_candidates_and_counts_epochs(tmp_pa
     infeasible = {t.number for t in trials if t.user_attrs["state"] == "infeasible"}
     assert infeasible and not infeasible & {j.trial_number for j in executor.jobs}
     # the run ships a candidate trained at full fidelity
-    from nas.run import select_best
+    from nas.runner import select_best
 
     assert select_best(loop.study).user_attrs["fidelity_epochs"] == 3
 

@@ -19,7 +19,7 @@ from latency_models.metrics import latency_metrics
 from latency_models.predictor import load_predictor
 from latency_models.transfer import ArchEncoder, FewShotPredictor, LearnedPredictor, fit_learned, fit_transfer
 from search_spaces import InputError, get_space
-from search_spaces.nb201 import _live
+from search_spaces.nb201 import live_edges
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -71,14 +71,14 @@ def test_gather_prediction_equals_the_feature_matrix(data: tuple) -> None:
 
 
 def test_vectorised_nb201_liveness_matches_the_space() -> None:
-    from latency_models.transfer import _nb201_live
+    from latency_models.arch_encoding import _nb201_live
 
     space = get_space("nb201")
     enc = ArchEncoder.for_space(space)
     rng = random.Random(1)
     archs = [space.random(rng) for _ in range(500)]
     live = _nb201_live(enc.codes(archs, space), enc.values)
-    assert live.tolist() == [list(_live(a)) for a in archs]
+    assert live.tolist() == [list(live_edges(a)) for a in archs]
 
 
 @pytest.mark.parametrize("k", [10, 60])
@@ -232,7 +232,7 @@ def test_raw_share_names() -> None:
 def test_physics_basis_sums_each_layers_terms_from_the_space_blocks() -> None:
     """``features @ basis`` is, up to a scale per term, the sum of the blocks' own cost terms
     (so every position, including skips that need a projection, is aligned with its block)."""
-    from latency_models.transfer import (
+    from latency_models.physics_prior import (
         _PHYSICS_TASK,
         PHYSICS_TERMS,
         PHYSICS_WIDTH_MULT,
@@ -271,7 +271,7 @@ def test_physics_basis_sums_each_layers_terms_from_the_space_blocks() -> None:
 
 
 def test_physics_prior_helps_learned_fbnet(monkeypatch: pytest.MonkeyPatch) -> None:
-    import latency_models.transfer as transfer
+    import latency_models.ridge as ridge  # where the fits' designs look the physics basis up
 
     space = get_space("fbnet")
     texts, devices, lat = _load("fbnet")
@@ -287,7 +287,7 @@ def test_physics_prior_helps_learned_fbnet(monkeypatch: pytest.MonkeyPatch) -> N
         return float(np.mean(rhos))
 
     with_physics = mean_spearman()
-    monkeypatch.setattr(transfer, "physics_basis", lambda encoder, width_mult=None: None)
+    monkeypatch.setattr(ridge, "physics_basis", lambda encoder, width_mult=None: None)
     assert with_physics > mean_spearman() + 0.01
 
 

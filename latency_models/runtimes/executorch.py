@@ -23,12 +23,13 @@ from search_spaces import InputError
 from . import Artifact, ConversionError, Runtime, Session
 from .onnx_torch import onnx_to_torch
 
-__all__ = ["ExecuTorch", "ExecuTorchSession", "load_file", "onnx_to_pte"]
+__all__ = ["ExecuTorch", "ExecuTorchSession", "load_file", "onnx_to_pte", "require"]
 
 INSTALL = "pip install 'edge-nas[executorch]' (executorch, torch)"
 
 
-def _require() -> None:
+def require() -> None:
+    """Raise a one-line ``InputError`` with the install hint when executorch or torch is missing."""
     try:
         import executorch  # noqa: F401
         import torch  # noqa: F401
@@ -64,7 +65,7 @@ def onnx_to_pte(
     data: bytes, dtype: str = "fp32", representative: Iterable[np.ndarray] | None = None
 ) -> bytes:
     """A ``.pte`` program (batch 1) from an fp32 ONNX model; int8 through the PT2E quantizer."""
-    _require()
+    require()
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -113,7 +114,7 @@ class ExecuTorchSession(Session):
     ``run`` loops samples."""
 
     def __init__(self, data: bytes, threads: int = 1) -> None:
-        _require()
+        require()
         import torch
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime as EtRuntime
@@ -159,14 +160,14 @@ class ExecuTorch(Runtime):
     dtypes = ("fp32",)  # int8 blocks do not load in XNNPACK (module docstring)
 
     def version(self) -> str:
-        _require()
+        require()
         from importlib.metadata import version
 
         return version("executorch")
 
     def convert(self, model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None) -> Artifact:
         self.check_dtype(dtype)
-        _require()
+        require()
         from .onnxruntime import keras_to_onnx
 
         return Artifact(self.name, dtype, onnx_to_pte(keras_to_onnx(model), dtype))

@@ -8,13 +8,14 @@ modules import nothing heavy at import time so ``nas --help`` stays instant.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from search_spaces.plugins import import_plugin
+
 __all__ = ["main", "COMMAND_MODULES"]
 
-# Modules that add subcommands, in help order. A module that is not there yet is skipped.
+# Modules that add subcommands, in help order. One that fails to import is an error (PluginError).
 COMMAND_MODULES = (
     "nas.cli.run",
     "nas.cli.data",
@@ -43,20 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="show library logs and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        module.register(sub)
+        import_plugin(name, "nas.cli.COMMAND_MODULES").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from search_spaces.errors import FatalError, InputError, NasError
+    from search_spaces.errors import FatalError, InputError, NasError, PluginError
 
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except PluginError as e:  # a broken installation: one line, not a traceback
+        sys.stderr.write(f"nas: error: {e}\n")
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -7,8 +7,9 @@ The verbs live in their own modules (``latency_profile``: import/profile/measure
 from __future__ import annotations
 
 import argparse
-import importlib
 from typing import Any
+
+from search_spaces.plugins import import_plugin
 
 VERB_MODULES = ("nas.cli.latency_profile", "nas.cli.latency_fit", "nas.cli.latency_kit")
 
@@ -17,13 +18,7 @@ def register(sub: Any) -> None:
     parser = sub.add_parser("latency", help="device latency tables and predictors")
     verbs = parser.add_subparsers(dest="latency_command", metavar="VERB", parser_class=type(parser))
     for name in VERB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        module.register(verbs)
+        import_plugin(name, "nas.cli.latency.VERB_MODULES").register(verbs)
     parser.set_defaults(func=lambda args: _help(parser))
 
 

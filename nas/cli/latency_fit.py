@@ -65,10 +65,10 @@ def _strict_arg(p: argparse.ArgumentParser) -> None:
 
 def _table_predictor(args: argparse.Namespace, table_path: str) -> Any:
     """A TablePredictor; the table's ``meta.extra`` may carry space_options, input_shape, num_classes."""
-    from latency_models.predictor import TablePredictor
     from latency_models.table import LatencyTable
     from search_spaces import InputError, TaskShape, get_space
 
+    from ..latency_model import predictor_from_table
     from .space import space_options
 
     table = LatencyTable.load(table_path)
@@ -102,14 +102,14 @@ def _table_predictor(args: argparse.Namespace, table_path: str) -> Any:
 
         classes = DEFAULT_TASKS.get(args.space, ((28, 28, 1), 10))[1]
     task = TaskShape(shape, classes)
-    predictor = TablePredictor(
-        space=space.name,
+    predictor = predictor_from_table(
+        table,
+        space.name,
+        task,
+        options,
         device=getattr(args, "device", None) or table.meta.device,
-        provenance={"table": {"file": str(table_path), "entries": len(table), "device": table.meta.device}},
-        table=table,
-        task=task,
-        space_options=options,
         strict=bool(getattr(args, "strict", False)),
+        provenance={"table": {"file": str(table_path), "entries": len(table), "device": table.meta.device}},
     )
     return predictor, space
 

@@ -86,7 +86,7 @@ def _kit(args: argparse.Namespace) -> int:
         raise InputError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}.")
     if n_cal < 0:
         raise InputError(f"--calibration-models: expected an int >= 0, got {n_cal}.")
-    from latency_models.profile import blocks_to_profile
+    from latency_models.block_sample import blocks_to_profile
 
     blocks, complete = blocks_to_profile(space, task)
     if not complete:
@@ -94,7 +94,7 @@ def _kit(args: argparse.Namespace) -> int:
             f"space {space.name} cannot list every block: the kit holds the {len(blocks)} blocks of its extreme "
             "and random architectures; the table imported from it prices the others by the per-kind model"
         )
-    from nas.run import _calibration_archs
+    from nas.calibration import _calibration_archs
 
     calibration = _calibration_archs(space, n_cal, seed) if n_cal else []
     archs = read_archs(args.archs, space) if args.archs else []

@@ -97,7 +97,7 @@ def _run_job(args: argparse.Namespace) -> int:
 
     from nas.config import load_config
     from nas.guard import check_out_dir, raise_if_stopped
-    from nas.run import run
+    from nas.runner import run
     from search_spaces import InputError
 
     config = load_config(args.config)

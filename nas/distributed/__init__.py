@@ -65,7 +65,7 @@ class ExecutorChoice:
             check_fits(self.ray_address, self.cpus_per_trial, self.gpus_per_trial)
 
     def factory(self, status: Callable[[str], None] | None = None) -> Callable[[Any, Any], Any]:
-        """``executor_factory(setup, data)`` for ``nas.run.run``."""
+        """``executor_factory(setup, data)`` for ``nas.runner.run``."""
 
         def make(setup: Any, data: Any) -> Any:
             if self.ray_address is not None:

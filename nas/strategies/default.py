@@ -380,9 +380,9 @@ def arch_features(space: Any, arch: Hashable) -> list[float]:
     """
     if getattr(space, "name", "") != "nb201":
         return []
-    from search_spaces.nb201 import EDGES, _live
+    from search_spaces.nb201 import EDGES, live_edges
 
-    live = _live(arch)
+    live = live_edges(arch)
     depth = [0, -1, -1, -1]
     paths = [1, 0, 0, 0]
     for e, (dst, src) in enumerate(EDGES):
