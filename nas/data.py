@@ -198,7 +198,7 @@ def _npz_members(path: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
     return out
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     import zipfile
     import zlib
 
@@ -248,10 +248,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         )
     if not np.all(np.isfinite(x)):
         raise InputError(f"{path}: 'x' contains NaN or infinite values.")
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise InputError(
-            f"{path}: 'y' must be 1-D non-negative integer labels, got dtype {y.dtype} shape {y.shape}."
-        )
+    y, names = _labels(y, path)
     classes = np.unique(y)
     if len(classes) < 2:
         raise InputError(f"{path}: 'y' must have at least 2 classes, got {len(classes)}.")
@@ -266,7 +263,31 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     x = x.astype(np.float32)
     if x.ndim == 2:  # (N, features) -> sequence of one channel, so conv spaces apply
         x = x[..., None]
-    return x, y.astype(np.int64)
+    return x, y.astype(np.int64), names
+
+
+def _labels(y: np.ndarray, path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer labels 0..K-1 from what users store: integers; one-hot rows (``keras.utils.
+    to_categorical``: each row 0s and one 1, K = its length); or strings, numbered in sorted
+    order and kept as the class names (``labels.txt``, the report)."""
+    if y.ndim == 2 and len(y) and np.issubdtype(y.dtype, np.number) and y.shape[1] >= 2:
+        ones = y == 1
+        if np.all(ones | (y == 0)) and np.all(ones.sum(axis=1) == 1):
+            return np.argmax(y, axis=1), ()
+        raise InputError(
+            f"{path}: 'y' of shape {y.shape}: expected one-hot rows (0s and one 1 per row) or 1-D labels."
+        )
+    if y.ndim == 1 and y.dtype.kind in "US":
+        names, codes = np.unique(y, return_inverse=True)
+        if any(not str(n).strip() for n in names):
+            raise InputError(f"{path}: 'y' holds an empty class name; expected a name per sample.")
+        return codes, tuple(str(n) for n in names)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise InputError(
+            f"{path}: 'y' must be 1-D non-negative integer labels, one-hot rows or class names, got dtype "
+            f"{y.dtype} shape {y.shape}."
+        )
+    return y, ()
 
 
 def _memory_bound() -> int:
@@ -301,18 +322,28 @@ def load_task(spec: TaskSpec | str | os.PathLike[str] | Mapping[str, Any]) -> Ta
         raise InputError(
             f"task.skip_bad_images: applies to image folders only, got it with task.data {spec.data!r}."
         )
+    names: tuple[str, ...] = ()
     if spec.data in BUNDLED:
         x, y = BUNDLED[spec.data]()
     else:
-        x, y = _load_npz(Path(spec.data))
-    num_classes = int(y.max()) + 1
+        x, y, names = _load_npz(Path(spec.data))
+    num_classes = max(int(y.max()) + 1, len(names))
     rng = np.random.default_rng(spec.seed)
     order = rng.permutation(len(x))
     n_test = int(round(len(x) * spec.test_fraction))
     n_val = int(round(len(x) * spec.val_fraction))
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     data = TaskData(
-        spec.name, x[train], y[train], x[val], y[val], x[test], y[test], num_classes, augment=spec.augment
+        spec.name,
+        x[train],
+        y[train],
+        x[val],
+        y[val],
+        x[test],
+        y[test],
+        num_classes,
+        augment=spec.augment,
+        class_names=names,
     )
     _CACHE[key] = data
     return data
