@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from ..trial_record import State, TrialKey
 from ._base import Prediction, SearchContext
 
 __all__ = ["DefaultSampler", "arch_features", "default_sampler", "feasible_probability", "path_features"]
@@ -184,7 +185,7 @@ class DefaultSampler(optuna.samplers.BaseSampler):
                         arch = self.space.from_params(t.params)
                     except (ValueError, TypeError, KeyError):
                         arch = None
-                canonical = t.user_attrs.get("canonical")
+                canonical = t.user_attrs.get(TrialKey.CANONICAL)
                 if canonical is None and arch is not None:
                     canonical = self._canonical(arch)
                 self._parsed[key] = (arch, None if canonical is None else str(canonical))
@@ -194,7 +195,7 @@ class DefaultSampler(optuna.samplers.BaseSampler):
             if (
                 arch is not None
                 and t.state == optuna.trial.TrialState.COMPLETE
-                and t.user_attrs.get("state", "complete") == "complete"
+                and t.user_attrs.get(TrialKey.STATE, State.COMPLETE) == State.COMPLETE
                 and t.values
                 and math.isfinite(t.values[0])
             ):
