@@ -144,6 +144,33 @@ class SearchSpace(ABC):
         """The representative of ``arch``'s equivalence class (isomorphic cells); identity by default."""
         return arch
 
+    # -- what is known about an architecture before training ------------------------------------
+    def structure_features(self, arch: Hashable) -> list[float]:
+        """Zero-cost structure signals of ``arch``, each in [0, 1] (e.g. depth, live operations),
+        that a strategy may use to tell networks apart before training; none by default."""
+        return []
+
+    def path_features(self, arch: Hashable) -> list[float]:
+        """A cell space's path encoding: counts of the input-output paths by the operations along
+        them, so cells that compute one function look alike where their decisions differ; none by
+        default. A strategy that gets them weighs the one-hot decisions down beside them."""
+        return []
+
+    def live_choices(self, codes: Any, values: Sequence[Sequence[Any]]) -> Any:
+        """Which decisions compute something, for many architectures at once (a runtime folds the
+        others away, so a latency model should not price them).
+
+        ``codes`` is an integer array with one row per architecture: the index of each decision's
+        value in ``values`` (the values of ``choices()``, as a latency model was fitted on). Returns
+        a boolean array of its shape, or ``None`` (the default) when every decision always computes.
+        """
+        return None
+
+    def choice_groups(self) -> tuple[tuple[int, ...], ...]:
+        """Positions in ``choices()`` that share a shape and the same values (e.g. the layers of a
+        stage): a latency model may share what it learns within a group. None by default."""
+        return ()
+
     def sample(self, trial: optuna.trial.BaseTrial) -> Hashable:
         return self.from_params(
             {c.name: trial.suggest_categorical(c.name, list(c.values)) for c in self.choices()}

@@ -41,6 +41,7 @@ def check_space(space: SearchSpace, task: TaskShape = TASK, n: int = 4) -> None:
         assert space.canonical(canonical) == canonical, f"{space.name}: canonical is not idempotent"
         blocks = space.blocks(arch, task)
         assert blocks and all(isinstance(b, Block) for b in blocks), f"{space.name}: blocks"
+        check_what_is_known_before_training(space, arch)
         if all_blocks is not None:
             missing = set(blocks) - set(all_blocks)
             assert not missing, f"{space.name}: all_blocks lacks {sorted(map(str, missing))[:2]}"
@@ -52,6 +53,25 @@ def check_space(space: SearchSpace, task: TaskShape = TASK, n: int = 4) -> None:
     with pytest.raises(InputError) as bad:
         space.parse("not an architecture \x00")
     assert "\n" not in str(bad.value) and len(str(bad.value)) < 250, f"{space.name}: parse error"
+
+
+def check_what_is_known_before_training(space: SearchSpace, arch: Any) -> None:
+    """The optional hooks a strategy and the latency models use instead of the space's name."""
+    import numpy as np
+
+    features = space.structure_features(arch)
+    assert all(0.0 <= float(v) <= 1.0 for v in features), f"{space.name}: structure_features in [0, 1]"
+    assert len(space.structure_features(space.canonical(arch))) == len(features)
+    assert all(float(v) >= 0.0 for v in space.path_features(arch)), f"{space.name}: path_features"
+    choices = space.choices()
+    values = [tuple(c.values) for c in choices]
+    params = space.to_params(arch)
+    codes = np.array([[v.index(params[c.name]) for c, v in zip(choices, values, strict=True)]])
+    live = space.live_choices(codes, values)
+    assert live is None or np.asarray(live).shape == codes.shape, f"{space.name}: live_choices shape"
+    for group in space.choice_groups():
+        assert group and all(0 <= p < len(choices) for p in group), f"{space.name}: choice_groups"
+        assert len({values[p] for p in group}) == 1, f"{space.name}: a choice group mixes values"
 
 
 @pytest.mark.parametrize("name", sorted(SPACES))
