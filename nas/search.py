@@ -112,11 +112,8 @@ def smallest_achievable(
     import random
 
     rng = random.Random(seed)
-    archs: list[Hashable] = []
-    try:
-        archs.append(space.from_params({c.name: min(c.values, key=_cost_key) for c in space.choices()}))
-    except (InputError, TypeError):
-        pass
+    cheapest = space.cheapest()
+    archs: list[Hashable] = [] if cheapest is None else [cheapest]
     archs += [space.random(rng) for _ in range(space.affordable(samples, SAMPLING_SECONDS))]
     preds = screen(archs)
     best = {
@@ -142,15 +139,6 @@ def budget_share(space: SearchSpace, screen: Screen, samples: int = 2000, seed: 
         "infeasible_share": sum(not p.feasible for p in preds) / samples,
         "by_budget": {n: sum(p.violations[i] > 0 for p in preds) / samples for i, n in enumerate(names)},
     }
-
-
-def _cost_key(value: Any) -> Any:
-    order = {"relu6": 0, "hswish": 1, "none": -1, "skip_connect": 0}
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (int, float)):
-        return value
-    return order.get(value, 5)
 
 
 @dataclass
