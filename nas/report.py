@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from .pareto import non_dominated
 from .trial_record import FORMAT_VERSION, REPORT_FORMAT, STATES, State, TrialKey, TrialRecord
 
 __all__ = ["REPORT_FORMAT", "trial_records", "pareto_front", "write_report", "library_versions"]
@@ -77,16 +78,9 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[int]:
     """Trial numbers on the (accuracy up, predicted latency down) front of trained trials."""
-    pts = sorted(
-        (r for r in rows if r["state"] == State.COMPLETE),
-        key=lambda r: (r["predicted_latency_ms"], -r["accuracy"]),
-    )
-    front, best = [], -1.0
-    for r in pts:
-        if r["accuracy"] > best:
-            front.append(r["number"])
-            best = r["accuracy"]
-    return front
+    done = [r for r in rows if r["state"] == State.COMPLETE]
+    front = non_dominated(done, cost=lambda r: r["predicted_latency_ms"], value=lambda r: r["accuracy"])
+    return [r["number"] for r in front]
 
 
 def _plot(
