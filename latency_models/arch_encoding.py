@@ -12,48 +12,19 @@ import numpy as np
 from search_spaces import InputError, SearchSpace
 from search_spaces.safeio import brief
 
-__all__ = ["ArchEncoder", "BASIC_KINDS", "EXTRAS"]
+__all__ = ["ArchEncoder", "BASIC_KINDS", "LIVE_EXTRA"]
 
 # At most this many positions get all pairwise interaction features (nb201: 6 edges).
 _MAX_PAIR_POSITIONS = 8
 
 
-# -- features -----------------------------------------------------------------------------------
-def _nb201_live(codes: np.ndarray, values: Sequence[Sequence[Any]]) -> np.ndarray:
-    """Edges that compute (input not constant zero, output reaches the cell output), vectorised.
-
-    Mirrors ``search_spaces.nb201.live_edges``: some runtimes (TFLite) fold away dead branches.
-    """
-    from search_spaces.nb201 import EDGES
-
-    n = len(codes)
-    not_none = np.stack(
-        [np.asarray([v != "none" for v in values[e]])[codes[:, e]] for e in range(len(EDGES))], axis=1
-    )
-
-    def linked(start: int, nodes: tuple[int, ...], end: int) -> np.ndarray:
-        """Nodes joined to ``start`` by non-``none`` edges, visiting ``nodes`` in order: ``end`` 0
-        follows edges forward (a node from its sources), 1 backward (from its destinations)."""
-        on = np.zeros((n, 4), dtype=bool)
-        on[:, start] = True
-        for j in nodes:
-            for e, ends in enumerate(EDGES):
-                if ends[end] == j:
-                    on[:, j] |= not_none[:, e] & on[:, ends[1 - end]]
-        return on
-
-    nonzero = linked(0, (1, 2, 3), 0)  # a non-zero input reaches the node
-    reaches = linked(3, (2, 1, 0), 1)  # the node reaches the output
-    live = np.zeros((n, len(EDGES)), dtype=bool)
-    for e, (dst, src) in enumerate(EDGES):
-        live[:, e] = not_none[:, e] & nonzero[:, src] & reaches[:, dst] & nonzero[:, dst]
-    return live
-
-
-EXTRAS = {"nb201-live": "nb201"}
+# The extra of a space whose decisions may compute nothing (``SearchSpace.live_choices``), named
+# after the space (``nb201-live`` in saved models): some runtimes (TFLite) fold dead branches away.
+LIVE_EXTRA = "{space}-live"
 # Feature blocks: "count" (how often each value occurs anywhere: the same op costs the same
-# everywhere), "group" (per group of positions, e.g. an fbnet stage), "one" (per position),
-# "pair" (joint value of two positions); nb201-live adds "livecount", "live", "livepair", "dead".
+# everywhere), "group" (per group of positions, ``SearchSpace.choice_groups``, e.g. an fbnet stage),
+# "one" (per position), "pair" (joint value of two positions); the live extra adds "livecount",
+# "live", "livepair", "dead".
 # Ridge on all of them at once is a hierarchical prior: shared costs first, position-specific
 # deviations only where the data ask for them.
 BASIC_KINDS = ("count", "group", "livecount", "dead")
@@ -78,11 +49,14 @@ class ArchEncoder:
 
     def __post_init__(self) -> None:
         for extra in self.extras:
-            if extra not in EXTRAS:
-                raise InputError(f"encoder extras: unknown extra {extra!r}; valid extras: {sorted(EXTRAS)}.")
-            if EXTRAS[extra] != self.space:
+            if not extra.endswith(LIVE_EXTRA.format(space="")):
                 raise InputError(
-                    f"encoder extras: {extra!r} needs space {EXTRAS[extra]!r}, got {self.space!r}."
+                    f"encoder extras: unknown extra {extra!r}; valid extras: [{self._live_extra!r}] "
+                    "(for a space whose decisions may compute nothing)."
+                )
+            if extra != self._live_extra:
+                raise InputError(
+                    f"encoder extras: {extra!r} needs space {extra.removesuffix('-live')!r}, got {self.space!r}."
                 )
         n = len(self.values)
         for i, j in self.pairs:
@@ -99,22 +73,22 @@ class ArchEncoder:
         choices = space.choices()
         n = len(choices)
         pairs = tuple((i, j) for i in range(n) for j in range(i + 1, n)) if n <= _MAX_PAIR_POSITIONS else ()
-        extras = ("nb201-live",) if space.name == "nb201" else ()
-        groups: tuple[tuple[int, ...], ...] = ()
-        if space.name == "fbnet":
-            from search_spaces.fbnet import LAYER_SCHEDULE
-
-            bounds = np.cumsum([0] + [layers for _, layers, _ in LAYER_SCHEDULE])
-            groups = tuple(tuple(range(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+        values = tuple(tuple(c.values) for c in choices)
+        has_live = space.live_choices(np.zeros((0, n), dtype=np.int16), values) is not None
+        extras = (LIVE_EXTRA.format(space=space.name),) if has_live else ()
         return cls(
             space.name,
             dict(options or {}),
             tuple(c.name for c in choices),
-            tuple(tuple(c.values) for c in choices),
+            values,
             pairs,
             extras,
-            groups,
+            space.choice_groups(),
         )
+
+    @property
+    def _live_extra(self) -> str:
+        return LIVE_EXTRA.format(space=self.space)
 
     @property
     def _shared_values(self) -> bool:
@@ -130,7 +104,7 @@ class ArchEncoder:
         out += [("group", g, sizes[g[0]]) for g in self.groups]
         out += [("one", (p,), sizes[p]) for p in range(n)]
         out += [("pair", (i, j), sizes[i] * sizes[j]) for i, j in self.pairs]
-        if "nb201-live" in self.extras:
+        if self._live_extra in self.extras:
             out.append(("livecount", tuple(range(n)), sizes[0]))
             out += [("live", (p,), sizes[p]) for p in range(n)]
             out += [("livepair", (i, j), sizes[i] * sizes[j]) for i, j in self.pairs]
@@ -170,8 +144,8 @@ class ArchEncoder:
         """Per feature block, the column (within the block) each row adds 1 to; -1 adds nothing."""
         live_codes = None
         dead = None
-        if "nb201-live" in self.extras:
-            live = _nb201_live(codes, self.values)
+        if self._live_extra in self.extras:
+            live = _space(self.space, self.space_options).live_choices(codes, self.values)
             none_idx = np.array([list(v).index("none") if "none" in v else 0 for v in self.values])
             live_codes = np.where(live, codes, none_idx[None, :]).astype(np.int64)
             dead = ~live.any(axis=1)
@@ -248,3 +222,18 @@ def _arch_keys(codes: np.ndarray) -> list[str] | None:
         return None
     chars = (codes.astype(np.uint8) + 48).astype(np.uint8)
     return [b.decode("latin-1") for b in chars.view(f"S{codes.shape[1]}").ravel()] if codes.size else []
+
+
+_SPACES: dict[str, SearchSpace] = {}
+
+
+def _space(name: str, options: Mapping[str, Any]) -> SearchSpace:
+    """The space an encoder was made for (built once per process: encoding runs per batch)."""
+    import json
+
+    from search_spaces import get_space
+
+    key = json.dumps([name, dict(options)], sort_keys=True, default=str)
+    if key not in _SPACES:
+        _SPACES[key] = get_space(name, dict(options))
+    return _SPACES[key]

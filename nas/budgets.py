@@ -72,15 +72,6 @@ def _values(preds: list[Any], name: str) -> np.ndarray:
     return np.array([p.memory_bytes or 0.0 for p in preds], dtype=float) / 1024.0
 
 
-def _cheapest(space: SearchSpace) -> Hashable | None:
-    from .search import _cost_key
-
-    try:
-        return space.from_params({c.name: min(c.values, key=_cost_key) for c in space.choices()})
-    except (InputError, TypeError):
-        return None
-
-
 def resolve(
     constraints: Constraints,
     space: SearchSpace,
@@ -99,7 +90,7 @@ def resolve(
 
     samples = space.affordable(samples, SAMPLING_SECONDS)
     archs: list[Hashable] = [space.random(rng) for _ in range(samples)]
-    cheapest = _cheapest(space)
+    cheapest = space.cheapest()
     unconstrained = dataclasses.replace(screen, constraints=Constraints())
     preds = unconstrained(archs)
     extra = unconstrained([cheapest]) if cheapest is not None else []

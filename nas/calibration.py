@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from search_spaces import InputError, SearchSpace
+from search_spaces import SearchSpace
 
 from .search import SAMPLING_SECONDS
 
@@ -26,21 +26,10 @@ if TYPE_CHECKING:  # pragma: no cover
 def _calibration_archs(space: SearchSpace, n: int, seed: int) -> list[Hashable]:
     """The cheapest and the largest choice of every decision, then random ones."""
     rng = random.Random(seed + 1)
-    archs: list[Hashable] = []
-    for pick in (min, max):
-        try:
-            archs.append(space.from_params({c.name: pick(c.values, key=_order) for c in space.choices()}))
-        except (InputError, TypeError):
-            pass
+    archs: list[Hashable] = [a for a in (space.cheapest(), space.largest()) if a is not None]
     while len(archs) < n:
         archs.append(space.random(rng))
     return list(dict.fromkeys(archs))[:n]
-
-
-def _order(value: Any) -> Any:
-    if isinstance(value, (bool, int, float)):
-        return float(value)
-    return {"relu6": 0.0, "hswish": 1.0}.get(str(value), 0.5)
 
 
 # Drift of a cached profile: re-timed calibration models whose median ratio to the cached

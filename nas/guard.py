@@ -23,6 +23,8 @@ from typing import Any
 
 from search_spaces import InputError, NasError
 
+from .trial_record import TrialKey, requeue_interrupted
+
 __all__ = [
     "LOCK_NAME",
     "OUTPUT_NAMES",
@@ -221,16 +223,11 @@ def close_running_trials(study: Any) -> int:
     except Exception:  # noqa: BLE001 - the storage may be what failed
         return 0
     for t in trials:
-        history = t.user_attrs.get("fidelity_history") or []
+        history = t.user_attrs.get(TrialKey.FIDELITY_HISTORY) or []
         if history and history[-1].get("accuracy") is not None:
             continue  # SearchLoop._restore resumes its promotion
         try:
-            storage = study._storage
-            storage.set_trial_user_attr(t._trial_id, "state", "failed")
-            storage.set_trial_user_attr(t._trial_id, "error", "interrupted; re-queued on resume")
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-            if t.params:
-                study.enqueue_trial(t.params, skip_if_exists=False)
+            requeue_interrupted(study, t)
             closed += 1
         except Exception:  # noqa: BLE001
             break

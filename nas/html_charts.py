@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .pareto import non_dominated
+
 _COLORS = {
     "complete": "#4c72b0",
     "infeasible": "#c44e52",
@@ -42,16 +44,6 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     first = math.ceil(lo / step) * step
     return [round(first + i * step, 12) for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def _front(points: Sequence[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
-    """Non-dominated points (x down, y up), in x order."""
-    out, best = [], -math.inf
-    for p in sorted(points, key=lambda p: (p[0], -p[1])):
-        if p[1] > best:
-            out.append(p)
-            best = p[1]
-    return out
 
 
 def _chart(
@@ -137,7 +129,8 @@ def _chart(
             f'<path d="M{x - 3:.1f},{y_floor - 3:.1f}l6,6m0,-6l-6,6" stroke="{_COLORS["infeasible"]}" '
             f'stroke-opacity="0.6"><title>trial {r["number"]} screened out: {_e(_violations(r))}</title></path>'
         )
-    front = _front([(x_of(r), 100 * float(r["accuracy"]), r) for r in done])  # type: ignore[misc]
+    points = [(x_of(r), 100 * float(r["accuracy"]), r) for r in done]
+    front = non_dominated(points, cost=lambda p: p[0], value=lambda p: p[1])  # type: ignore[misc]
     if len(front) > 1:
         pts = []
         for (x0, y0, _), (x1, _y1, _) in zip(front, front[1:], strict=False):

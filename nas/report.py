@@ -10,10 +10,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from .pareto import non_dominated
+from .trial_record import FORMAT_VERSION, REPORT_FORMAT, STATES, State, TrialKey, TrialRecord
+
 __all__ = ["REPORT_FORMAT", "trial_records", "pareto_front", "write_report", "library_versions"]
 
-REPORT_FORMAT = "edge-nas-report"
-REPORT_VERSION = 1
 LIBRARIES = (
     "edge-nas",
     "tensorflow",
@@ -46,28 +47,30 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
     """One plain record per trial, in trial order (``accuracy`` is null when not trained)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
-        state = a.get("state", "failed" if t.state.name == "FAIL" else "running")
-        trained = state in ("complete", "duplicate") and t.values is not None
+        r = TrialRecord.from_attrs(t.user_attrs)
+        # a trial the search never gave a state: failed before it was priced, or still running
+        fallback = State.FAILED if t.state.name == "FAIL" else State.RUNNING
+        state = r.state if TrialKey.STATE in t.user_attrs else fallback
+        trained = state in (State.COMPLETE, State.DUPLICATE) and t.values is not None
         rows.append(
             {
                 "number": t.number,
-                "arch": a.get("arch"),
+                "arch": r.arch,
                 "state": state,
-                "predicted_latency_ms": a.get("predicted_latency_ms"),
-                "size_bytes": a.get("exact_size_bytes") or a.get("predicted_size_bytes"),
-                "size_exact": a.get("exact_size_bytes") is not None,
-                "predicted_memory_bytes": a.get("predicted_memory_bytes"),
+                "predicted_latency_ms": r.predicted_latency_ms,
+                "size_bytes": r.size_bytes,
+                "size_exact": r.exact_size_bytes is not None,
+                "predicted_memory_bytes": r.predicted_memory_bytes,
                 "accuracy": float(t.values[0]) if trained else None,
-                "violations": a.get("violations", {}),
-                "error": a.get("error"),
-                "fidelity_epochs": a.get("fidelity_epochs"),
-                "worker": {"host": a.get("host"), "pid": a.get("pid")} if a.get("pid") else None,
-                "queued_s": a.get("queued_s"),
-                "attempts": a.get("attempts", 1),
-                "retried_after": a.get("retried_after"),
-                "duplicate_of": a.get("duplicate_of"),
-                "run_s": a.get("run_s"),
+                "violations": r.violations,
+                "error": r.error,
+                "fidelity_epochs": r.fidelity_epochs,
+                "worker": {"host": r.host, "pid": r.pid} if r.pid else None,
+                "queued_s": r.queued_s,
+                "attempts": r.attempts,
+                "retried_after": r.retried_after,
+                "duplicate_of": r.duplicate_of,
+                "run_s": r.run_s,
             }
         )
     return rows
@@ -75,16 +78,9 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[int]:
     """Trial numbers on the (accuracy up, predicted latency down) front of trained trials."""
-    pts = sorted(
-        (r for r in rows if r["state"] == "complete"),
-        key=lambda r: (r["predicted_latency_ms"], -r["accuracy"]),
-    )
-    front, best = [], -1.0
-    for r in pts:
-        if r["accuracy"] > best:
-            front.append(r["number"])
-            best = r["accuracy"]
-    return front
+    done = [r for r in rows if r["state"] == State.COMPLETE]
+    front = non_dominated(done, cost=lambda r: r["predicted_latency_ms"], value=lambda r: r["accuracy"])
+    return [r["number"] for r in front]
 
 
 def _plot(
@@ -96,7 +92,7 @@ def _plot(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    done = [r for r in rows if r["state"] == "complete"]
+    done = [r for r in rows if r["state"] == State.COMPLETE]
     ax.scatter(
         [r["predicted_latency_ms"] for r in done],
         [100 * r["accuracy"] for r in done],
@@ -105,7 +101,7 @@ def _plot(
         label=f"trained ({len(done)})",
         zorder=3,
     )
-    infeasible = [r for r in rows if r["state"] == "infeasible"]
+    infeasible = [r for r in rows if r["state"] == State.INFEASIBLE]
     if infeasible:
         lo = min([100 * r["accuracy"] for r in done], default=0.0)
         ax.scatter(
@@ -189,14 +185,12 @@ def write_report(
     if best_trial is not None and exported is not None:
         exported = {k: v for k, v in exported.items() if not k.startswith("_")}
         best = _best(best_trial, exported, space, screen, constraints)
-    counts = {
-        s: sum(r["state"] == s for r in rows) for s in ("complete", "infeasible", "failed", "duplicate")
-    }
+    counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     correction = getattr(latency_model.predictor, "correction", None)
     shipped = exported or {}  # nothing shipped: no export to describe
     report = {
         "format": REPORT_FORMAT,
-        "version": REPORT_VERSION,
+        "version": FORMAT_VERSION,
         "task": {
             "name": config.task.name,
             "input_shape": list(screen.task.input_shape),
@@ -246,7 +240,7 @@ def _best(
 ) -> dict[str, Any]:
     """The shipped model: its search record, the prediction made when the search priced it
     (not re-fitted afterwards on its own measurement), and what its file measured."""
-    winner_arch = space.parse(best_trial.user_attrs["arch"])
+    winner_arch = space.parse(best_trial.user_attrs[TrialKey.ARCH])
     pred = screen([winner_arch])[0]
     predicted_latency = float(exported.get("predicted_latency_ms", pred.latency_ms))
     measured = exported.get("measured_latency_ms")

@@ -266,11 +266,11 @@ def _candidates(study: Study, trials: Sequence[_Trial], dev: Device, pricers: _P
     memory: list[float | None]
     if same:
         # A file verified before shipping was measured: that beats any prediction.
-        latency = [study.measured.get(t.number, float(t.attrs["predicted_latency_ms"])) for t in trials]
-        memory = [t.attrs.get("predicted_memory_bytes") for t in trials]
+        latency = [study.measured.get(t.number, float(t.record.predicted_latency_ms)) for t in trials]
+        memory = [t.record.predicted_memory_bytes for t in trials]
     else:
         pricer = pricers.get(study)
-        archs = [pricer.space.parse(t.attrs["arch"]) for t in trials]
+        archs = [pricer.space.parse(t.record.arch) for t in trials]
         try:
             latency = [float(v) for v in pricer.latency(archs)]
         except InputError as e:  # e.g. a block the device's table lacks
@@ -282,10 +282,10 @@ def _candidates(study: Study, trials: Sequence[_Trial], dev: Device, pricers: _P
             memory = [None] * len(trials)
     return [
         Candidate(
-            arch=str(t.attrs["arch"]),
+            arch=str(t.record.arch),
             accuracy=t.accuracy,
             latency_ms=lat,
-            size_bytes=float(t.attrs["predicted_size_bytes"]),
+            size_bytes=float(t.record.predicted_size_bytes),
             memory_bytes=None if mem is None else float(mem),
             study=str(study.folder),
             study_name=study.name,
@@ -294,7 +294,7 @@ def _candidates(study: Study, trials: Sequence[_Trial], dev: Device, pricers: _P
             space=study.space,
             searched_for=study.device,
             repriced=not same,
-            fidelity_epochs=t.attrs.get("fidelity_epochs"),
+            fidelity_epochs=t.record.fidelity_epochs,
         )
         for t, lat, mem in zip(trials, latency, memory, strict=True)
     ]

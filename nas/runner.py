@@ -24,6 +24,7 @@ from .config import Constraints, RunConfig
 from .data import TaskData, load_task
 from .latency_model import LatencyModel, build_latency_model
 from .shipping import WEIGHTS_DIR, _verify_and_ship, finish_winner
+from .trial_record import FORMAT_VERSION, State, StudyKey, TrialKey
 
 if TYPE_CHECKING:  # pragma: no cover
     from .guard import RunGuard
@@ -41,7 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("nas")
-REPORT_VERSION = 1
 
 
 def study_name(config: RunConfig) -> str:
@@ -103,9 +103,9 @@ def _open_study(config: RunConfig, out_dir: Path, storage: str | None, resume: b
     with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5; it is what we want
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["accuracy", "latency_ms"])
-    if not study.user_attrs.get("config"):
-        study.set_user_attr("config", config.as_dict())
-        study.set_user_attr("format_version", REPORT_VERSION)
+    if not study.user_attrs.get(StudyKey.CONFIG):
+        study.set_user_attr(StudyKey.CONFIG, config.as_dict())
+        study.set_user_attr(StudyKey.FORMAT_VERSION, FORMAT_VERSION)
     return study
 
 
@@ -170,10 +170,12 @@ def exact_size_fn(
 def select_best(study: Any) -> Any:
     """The most accurate trained, feasible trial at the most epochs trained (multi-fidelity
     search: the candidates promoted to full fidelity); ties: lower predicted latency."""
-    done = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("state") == "complete"]
+    done = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(TrialKey.STATE) == State.COMPLETE]
     if not done:
         return None
-    return max(done, key=lambda t: (t.user_attrs.get("fidelity_epochs") or 0, t.values[0], -t.values[1]))
+    return max(
+        done, key=lambda t: (t.user_attrs.get(TrialKey.FIDELITY_EPOCHS) or 0, t.values[0], -t.values[1])
+    )
 
 
 def _stored(config: RunConfig, out: Path, storage: str | None, resume: bool) -> dict[str, Any]:
@@ -192,7 +194,7 @@ def _stored(config: RunConfig, out: Path, storage: str | None, resume: bool) -> 
         attrs = optuna.load_study(study_name=study_name(config), storage=url).user_attrs
     except Exception:  # noqa: BLE001 - _open_study names a storage that cannot be opened
         return {}
-    return {"budgets": attrs.get("budgets"), "verified": attrs.get("verified") or []}
+    return {"budgets": attrs.get(StudyKey.BUDGETS), "verified": attrs.get(StudyKey.VERIFIED) or []}
 
 
 def prepare_budgets(
@@ -319,8 +321,8 @@ def _run_in_folder(
     )
     sampler = make_strategy(config.search.strategy, context)
     study = _open_study(config, out, storage, resume, sampler)
-    if not study.user_attrs.get("budgets"):
-        study.set_user_attr("budgets", {**budgets.as_dict(), "latency_guard": latency_guard})
+    if not study.user_attrs.get(StudyKey.BUDGETS):
+        study.set_user_attr(StudyKey.BUDGETS, {**budgets.as_dict(), "latency_guard": latency_guard})
     if study.trials:
         # A seeded sampler would replay the proposals it made before the interruption.
         study.sampler = make_strategy(

@@ -20,6 +20,7 @@ from search_spaces import FatalError, InputError, SearchSpace, TaskShape
 from .config import Constraints, FidelityConfig
 from .executors import Executor, JobResult, TrainJob
 from .strategies._base import Prediction
+from .trial_record import State, TrialKey, TrialRecord, requeue_interrupted, screened_attrs
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -28,9 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from latency_models.size import SizeModel
     from latency_models.table import LatencyTable
 
-__all__ = ["Screen", "SearchLoop", "SearchStats", "STATES", "smallest_achievable"]
-
-STATES = ("complete", "infeasible", "failed", "duplicate")
+__all__ = ["Screen", "SearchLoop", "SearchStats", "smallest_achievable"]
 
 
 @dataclass(frozen=True)
@@ -113,11 +112,8 @@ def smallest_achievable(
     import random
 
     rng = random.Random(seed)
-    archs: list[Hashable] = []
-    try:
-        archs.append(space.from_params({c.name: min(c.values, key=_cost_key) for c in space.choices()}))
-    except (InputError, TypeError):
-        pass
+    cheapest = space.cheapest()
+    archs: list[Hashable] = [] if cheapest is None else [cheapest]
     archs += [space.random(rng) for _ in range(space.affordable(samples, SAMPLING_SECONDS))]
     preds = screen(archs)
     best = {
@@ -143,15 +139,6 @@ def budget_share(space: SearchSpace, screen: Screen, samples: int = 2000, seed: 
         "infeasible_share": sum(not p.feasible for p in preds) / samples,
         "by_budget": {n: sum(p.violations[i] > 0 for p in preds) / samples for i, n in enumerate(names)},
     }
-
-
-def _cost_key(value: Any) -> Any:
-    order = {"relu6": 0, "hswish": 1, "none": -1, "skip_connect": 0}
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (int, float)):
-        return value
-    return order.get(value, 5)
 
 
 @dataclass
@@ -228,25 +215,14 @@ class SearchLoop:
         self.stats.rungs = self.rungs
 
     # -- resume --------------------------------------------------------------------------------
-    def _history(self, t: optuna.trial.FrozenTrial) -> list[tuple[int, float | None]]:
-        """(epochs, accuracy) of every training a trial got (studies written before
-        ``fidelity_history`` existed: its one training at ``fidelity_epochs``)."""
-        if "fidelity_history" in t.user_attrs:
-            return [(int(h["epochs"]), h["accuracy"]) for h in t.user_attrs["fidelity_history"]]
-        if t.user_attrs.get("state") in ("complete", "failed") and "interrupted" not in str(
-            t.user_attrs.get("error", "")
-        ):
-            accuracy = t.values[0] if t.values else None
-            return [(int(t.user_attrs.get("fidelity_epochs") or self.epochs), accuracy)]
-        return []
-
     def _restore(self) -> None:
         """Count what the study already holds; re-queue what a killed driver left running."""
         import optuna
 
         for t in self.study.get_trials(deepcopy=False):
-            state = t.user_attrs.get("state")
-            history = self._history(t)
+            record = TrialRecord.from_attrs(t.user_attrs)
+            state = record.state
+            history = record.trainings(t.values[0] if t.values else None, self.epochs)
             for epochs, accuracy in history:
                 self.stats.count(epochs)
                 if accuracy is not None:
@@ -260,23 +236,17 @@ class SearchLoop:
                     continue
                 # A driver killed mid-training: the result never arrived. Close the trial and
                 # ask for the same architecture again.
-                self.study._storage.set_trial_user_attr(t._trial_id, "state", "failed")
-                self.study._storage.set_trial_user_attr(
-                    t._trial_id, "error", "interrupted; re-queued on resume"
-                )
-                self.study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-                if t.params:
-                    self.study.enqueue_trial(t.params, skip_if_exists=False)
+                requeue_interrupted(self.study, t)
                 continue
-            if state == "complete" and t.values is not None:
-                epochs = int(t.user_attrs.get("fidelity_epochs") or self.epochs)
-                self._trained[t.user_attrs["canonical"]] = (t.values[0], t.values[1], epochs)
+            if state == State.COMPLETE and t.values is not None:
+                epochs = int(record.fidelity_epochs or self.epochs)
+                self._trained[t.user_attrs[TrialKey.CANONICAL]] = (t.values[0], t.values[1], epochs)
                 self._note_best(t.values[0], epochs)
-            elif state == "failed" and history:
+            elif state == State.FAILED and history:
                 self.stats.failed += 1
-            elif state == "infeasible":
+            elif state == State.INFEASIBLE:
                 self.stats.infeasible += 1
-            elif state == "duplicate":
+            elif state == State.DUPLICATE:
                 self.stats.duplicates += 1
             self.stats.asked += 1
 
@@ -284,7 +254,7 @@ class SearchLoop:
         import optuna
 
         trial = optuna.trial.Trial(self.study, t._trial_id)
-        self._in_flight[t.user_attrs["canonical"]] = t.number
+        self._in_flight[t.user_attrs[TrialKey.CANONICAL]] = t.number
         higher = [r for r in self.rungs if r > last[0]]
         if higher:
             self._promotions.append((trial, higher[0]))
@@ -324,20 +294,22 @@ class SearchLoop:
         return self.stats.epochs_spent + in_flight + epochs <= self.stats.budget_epochs
 
     def _submit(self, trial: optuna.trial.Trial, epochs: int) -> None:
-        trial.set_user_attr("fidelity_epochs", epochs)
+        trial.set_user_attr(TrialKey.FIDELITY_EPOCHS, epochs)
         self._pending[trial.number] = (trial, epochs)
-        self.executor.submit(TrainJob(trial.number, trial.user_attrs["arch"], self.seed, epochs))
+        self.executor.submit(TrainJob(trial.number, trial.user_attrs[TrialKey.ARCH], self.seed, epochs))
 
     def _promote(self, trial: optuna.trial.Trial, epochs: int) -> None:
-        history = trial.user_attrs["fidelity_history"]
+        history = trial.user_attrs[TrialKey.FIDELITY_HISTORY]
         if not self._fits(epochs):
             # The budget ends before this longer training: the trial keeps what it got.
-            trial.set_user_attr("promotion_skipped", f"{epochs} epochs do not fit the remaining budget")
+            trial.set_user_attr(
+                TrialKey.PROMOTION_SKIPPED, f"{epochs} epochs do not fit the remaining budget"
+            )
             self._finish(trial, float(history[-1]["accuracy"]), int(history[-1]["epochs"]))
             return
         self.stats.promoted += 1
         self._submit(trial, epochs)
-        self._emit("promoted", {"arch": trial.user_attrs["arch"], "epochs": epochs})
+        self._emit("promoted", {"arch": trial.user_attrs[TrialKey.ARCH], "epochs": epochs})
 
     def _promotable(self, accuracy: float, epochs: int) -> bool:
         """In the top 1/eta of the trainings finished at this rung so far (the best one while
@@ -355,37 +327,37 @@ class SearchLoop:
         try:
             arch = self.space.sample(trial)
         except InputError as e:
-            trial.set_user_attr("state", "failed")
-            trial.set_user_attr("error", str(e))
+            trial.set_user_attr(TrialKey.STATE, State.FAILED)
+            trial.set_user_attr(TrialKey.ERROR, str(e))
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             self.stats.failed += 1
             return
         canonical = str(self.space.canonical(arch))
         predicted = self.screen([arch])[0]
         pred, exact_size = self.screen.verify(arch, predicted) if predicted.feasible else (predicted, None)
-        attrs = {
-            "arch": str(arch),
-            "canonical": canonical,
-            "predicted_latency_ms": pred.latency_ms,
-            "predicted_size_bytes": predicted.size_bytes,
-            "exact_size_bytes": exact_size,
-            "predicted_memory_bytes": pred.memory_bytes,
-            "violations": dict(zip(self.screen.names, pred.violations, strict=True)),
-        }
+        attrs = screened_attrs(
+            arch,
+            canonical,
+            pred.latency_ms,
+            predicted.size_bytes,
+            exact_size,
+            pred.memory_bytes,
+            dict(zip(self.screen.names, pred.violations, strict=True)),
+        )
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         for name, value in zip(self.screen.names, pred.violations, strict=True):
             trial.set_constraint(name, value)  # Optuna's convention: > 0 means violated
         if not pred.feasible:
-            trial.set_user_attr("state", "infeasible")
+            trial.set_user_attr(TrialKey.STATE, State.INFEASIBLE)
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             self.stats.infeasible += 1
             self._emit("infeasible", attrs)
             return
         if canonical in self._trained:
             accuracy, latency, epochs = self._trained[canonical]
-            trial.set_user_attr("state", "duplicate")
-            trial.set_user_attr("fidelity_epochs", epochs)
+            trial.set_user_attr(TrialKey.STATE, State.DUPLICATE)
+            trial.set_user_attr(TrialKey.FIDELITY_EPOCHS, epochs)
             self.study.tell(trial, [accuracy, latency])
             self.stats.duplicates += 1
             self._emit("duplicate", attrs)
@@ -394,8 +366,8 @@ class SearchLoop:
             # The same network is training right now (another worker): wait for its result
             # instead of training it twice.
             original = self._in_flight[canonical]
-            trial.set_user_attr("state", "duplicate")
-            trial.set_user_attr("duplicate_of", original)
+            trial.set_user_attr(TrialKey.STATE, State.DUPLICATE)
+            trial.set_user_attr(TrialKey.DUPLICATE_OF, original)
             self._parked.setdefault(original, []).append(trial)
             self.stats.duplicates += 1
             self._emit("duplicate", attrs)
@@ -412,17 +384,17 @@ class SearchLoop:
             trial.set_user_attr(key, value)
         ok = result.ok and result.accuracy is not None and math.isfinite(result.accuracy)
         history = [
-            *trial.user_attrs.get("fidelity_history", []),
+            *trial.user_attrs.get(TrialKey.FIDELITY_HISTORY, []),
             {"epochs": epochs, "accuracy": result.accuracy if ok else None},
         ]
-        trial.set_user_attr("fidelity_history", history)
+        trial.set_user_attr(TrialKey.FIDELITY_HISTORY, history)
         self.stats.count(epochs)
         if not ok:
-            trial.set_user_attr("state", "failed")
+            trial.set_user_attr(TrialKey.STATE, State.FAILED)
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            self._in_flight.pop(trial.user_attrs["canonical"], None)
+            self._in_flight.pop(trial.user_attrs[TrialKey.CANONICAL], None)
             for twin in self._parked.pop(trial.number, []):
-                twin.set_user_attr("error", f"duplicate of trial {trial.number}, which failed")
+                twin.set_user_attr(TrialKey.ERROR, f"duplicate of trial {trial.number}, which failed")
                 self.study.tell(twin, state=optuna.trial.TrialState.FAIL)
             self.stats.failed += 1
             self._failures_in_row += 1
@@ -446,18 +418,20 @@ class SearchLoop:
 
     def _finish(self, trial: optuna.trial.Trial, accuracy: float, epochs: int) -> None:
         """Tell the trial (and twins waiting for it) its accuracy at the epochs it got."""
-        latency = trial.user_attrs["predicted_latency_ms"]
-        trial.set_user_attr("fidelity_epochs", epochs)
-        trial.set_user_attr("state", "complete")
+        latency = trial.user_attrs[TrialKey.PREDICTED_LATENCY_MS]
+        trial.set_user_attr(TrialKey.FIDELITY_EPOCHS, epochs)
+        trial.set_user_attr(TrialKey.STATE, State.COMPLETE)
         self.study.tell(trial, [accuracy, latency])
-        canonical = trial.user_attrs["canonical"]
+        canonical = trial.user_attrs[TrialKey.CANONICAL]
         self._in_flight.pop(canonical, None)
         self._trained[canonical] = (accuracy, latency, epochs)
         for twin in self._parked.pop(trial.number, []):
-            twin.set_user_attr("fidelity_epochs", epochs)
+            twin.set_user_attr(TrialKey.FIDELITY_EPOCHS, epochs)
             self.study.tell(twin, [accuracy, latency])
         self._note_best(accuracy, epochs)
-        self._emit("complete", {"arch": trial.user_attrs["arch"], "accuracy": accuracy, "epochs": epochs})
+        self._emit(
+            "complete", {"arch": trial.user_attrs[TrialKey.ARCH], "accuracy": accuracy, "epochs": epochs}
+        )
 
     def _note_best(self, accuracy: float, epochs: int) -> None:
         if epochs >= self.epochs and (

@@ -16,9 +16,12 @@ from typing import Any
 from search_spaces import InputError
 from search_spaces.safeio import load_json
 
+from .trial_record import FORMAT_VERSION, REPORT_FORMAT, State, StudyKey, TrialKey, TrialRecord
+
 __all__ = ["FORMAT_VERSION", "Study", "find_studies"]
 
-FORMAT_VERSION = 1  # the study user attr ``format_version`` written by ``nas run``
+# The study attributes retrieval reads (one query for all of them).
+_STUDY_KEYS = (StudyKey.CONFIG, StudyKey.FORMAT_VERSION, StudyKey.BUDGETS, StudyKey.VERIFIED)
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,8 @@ def find_studies(runs: str | os.PathLike[str], skipped: list[str] | None = None)
                 rows = con.execute(
                     "SELECT s.study_id, s.study_name, a.key, a.value_json FROM studies s "
                     "LEFT JOIN study_user_attributes a ON a.study_id = s.study_id "
-                    "AND a.key IN ('config', 'format_version', 'budgets', 'verified')"
+                    f"AND a.key IN ({', '.join('?' * len(_STUDY_KEYS))})",
+                    _STUDY_KEYS,
                 ).fetchall()
             by_study: dict[int, dict[str, Any]] = {}
             names: dict[int, str] = {}
@@ -106,8 +110,8 @@ def find_studies(runs: str | os.PathLike[str], skipped: list[str] | None = None)
             skipped.append(str(error))
             continue
         for study_id, attrs in by_study.items():
-            version = attrs.get("format_version")
-            if version != FORMAT_VERSION or not isinstance(attrs.get("config"), Mapping):
+            version = attrs.get(StudyKey.FORMAT_VERSION)
+            if version != FORMAT_VERSION or not isinstance(attrs.get(StudyKey.CONFIG), Mapping):
                 raise InputError(
                     f"{path}: study {names[study_id]!r} has edge-nas format version {version!r}; expected "
                     f"{FORMAT_VERSION} (rerun it with this edge-nas, or move it out of --runs)."
@@ -117,9 +121,9 @@ def find_studies(runs: str | os.PathLike[str], skipped: list[str] | None = None)
                     path,
                     names[study_id],
                     study_id,
-                    attrs["config"],
-                    attrs.get("budgets") if isinstance(attrs.get("budgets"), Mapping) else None,
-                    _measured_latencies(attrs.get("verified")),
+                    attrs[StudyKey.CONFIG],
+                    attrs.get(StudyKey.BUDGETS) if isinstance(attrs.get(StudyKey.BUDGETS), Mapping) else None,
+                    _measured_latencies(attrs.get(StudyKey.VERIFIED)),
                 )
             )
     if not studies and errors:
@@ -143,7 +147,7 @@ def _measured_latencies(records: Any) -> dict[int, float]:
 class _Trial:
     number: int
     accuracy: float
-    attrs: Mapping[str, Any]
+    record: TrialRecord
 
 
 def _trained_trials(study: Study) -> list[_Trial]:
@@ -175,18 +179,16 @@ def _read_trials(study: Study) -> list[_Trial]:
         attrs.setdefault(tid, {})[key] = json.loads(value)
     out: dict[str, _Trial] = {}
     for tid, a in attrs.items():
-        if a.get("state") != "complete" or accuracy.get(tid) is None:
+        if a.get(TrialKey.STATE) != State.COMPLETE or accuracy.get(tid) is None:
             continue
-        key = str(a.get("canonical", a.get("arch")))
-        trial = _Trial(numbers[tid], float(accuracy[tid]), a)
+        key = str(a.get(TrialKey.CANONICAL, a.get(TrialKey.ARCH)))
+        trial = _Trial(numbers[tid], float(accuracy[tid]), TrialRecord.from_attrs(a))
         if key not in out or trial.accuracy > out[key].accuracy:
             out[key] = trial
     return sorted(out.values(), key=lambda t: t.number)
 
 
 # -- a study's report.json ------------------------------------------------------------------------
-REPORT_FORMAT = "edge-nas-report"
-
 _REPORTS: dict[str, dict[str, Any] | None] = {}
 
 

@@ -19,7 +19,7 @@ from search_spaces import SearchSpace, TrialFailedError
 from .config import TrainConfig
 from .data import TaskData
 
-__all__ = ["TrainResult", "recalibrate_batchnorm", "train_model", "train_candidate"]
+__all__ = ["TrainResult", "train_model", "train_candidate"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,15 @@ def train_model(model: Any, data: TaskData, config: TrainConfig, epochs: int, se
     losses = history.history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
         raise TrialFailedError(f"training diverged (loss {losses[-1] if losses else 'missing'})")
-    recalibrate_batchnorm(model, data.inputs(x[:RECALIBRATION_SAMPLES]))
+    from compress.training import recalibrate_batchnorm
+
+    recalibrate_batchnorm(
+        model,
+        data.inputs(x[:RECALIBRATION_SAMPLES]),
+        batch_size=RECALIBRATION_CHUNK,
+        max_batches=RECALIBRATION_SAMPLES // RECALIBRATION_CHUNK,
+        shuffle_seed=None,  # the first samples, in order
+    )
     if data.scale == 1.0:
         loss, accuracy = model.evaluate(data.x_val, data.y_val, batch_size=256, verbose=0)
     else:
@@ -160,33 +168,10 @@ def _user_optimizer(k: Any, user: Any) -> Any:
 
 
 # Training samples whose statistics replace each BatchNorm layer's moving averages after training
-# (in chunks, so a large input does not need one huge batch).
+# (``compress.training.recalibrate_batchnorm``, in chunks, so a large input does not need one huge
+# batch).
 RECALIBRATION_SAMPLES = 1000
 RECALIBRATION_CHUNK = 200
-
-
-def recalibrate_batchnorm(model: Any, x: np.ndarray) -> None:
-    """Set every BatchNorm layer's moving mean and variance to the statistics of the trained
-    network on (up to) ``RECALIBRATION_SAMPLES`` training samples.
-
-    After a short training the moving averages still mix in the early, very different weights:
-    inference-mode accuracy of a 1-epoch mnist5k training measured 0.13-0.19 (train 0.61-0.73)
-    and 0.77-0.90 once recalibrated, which is what makes short trainings a usable fidelity.
-    """
-    from search_spaces.backend import keras
-
-    bns = [m for m in model.submodules if isinstance(m, keras().layers.BatchNormalization)]
-    if not bns:
-        return
-    momenta = [bn.momentum for bn in bns]
-    try:
-        for i, start in enumerate(range(0, min(len(x), RECALIBRATION_SAMPLES), RECALIBRATION_CHUNK)):
-            for bn in bns:
-                bn.momentum = i / (i + 1)  # the running mean of the chunks' statistics
-            model(x[start : start + RECALIBRATION_CHUNK], training=True)
-    finally:
-        for bn, momentum in zip(bns, momenta, strict=True):
-            bn.momentum = momentum
 
 
 def train_candidate(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -101,6 +101,10 @@ class TaskShape:
             raise InputError(f"num_classes: expected an int >= 2, got {self.num_classes!r}.")
 
 
+# ``SearchSpace.value_cost`` of the decision values known by name (every other name ranks 5).
+_NAMED_COSTS = {"none": -1, "skip_connect": 0, "relu6": 0, "hswish": 1}
+
+
 @dataclass(frozen=True)
 class SearchSpace(ABC):
     """A family of networks. Subclasses are frozen dataclasses whose fields are the space's options.
@@ -143,6 +147,62 @@ class SearchSpace(ABC):
     def canonical(self, arch: Hashable) -> Hashable:
         """The representative of ``arch``'s equivalence class (isomorphic cells); identity by default."""
         return arch
+
+    # -- the cheapest and the largest network -------------------------------------------------
+    def value_cost(self, value: Any) -> Any:
+        """A decision value's rank by cost, the one ordering of a choice's values (``cheapest``,
+        ``largest``): numbers by value (a bool as 0 or 1); among names ``none`` (nothing) first,
+        then ``skip_connect`` and ``relu6``, then ``hswish``, then any other name. A space whose
+        values this misranks overrides it."""
+        if isinstance(value, bool):
+            return int(value)
+        if isinstance(value, (int, float)):
+            return value
+        return _NAMED_COSTS.get(value, 5)
+
+    def cheapest(self) -> Hashable | None:
+        """The cheapest value of every decision (``value_cost``), or None when that combination
+        is not an architecture of the space (budgets, calibration and the smallest achievable
+        value start from it)."""
+        return self._extreme(min)
+
+    def largest(self) -> Hashable | None:
+        """The costliest value of every decision (``value_cost``), or None when that combination
+        is not an architecture of the space."""
+        return self._extreme(max)
+
+    def _extreme(self, pick: Callable[..., Any]) -> Hashable | None:
+        try:
+            return self.from_params({c.name: pick(c.values, key=self.value_cost) for c in self.choices()})
+        except (InputError, TypeError):  # TypeError: values that do not order (mixed kinds)
+            return None
+
+    # -- what is known about an architecture before training ------------------------------------
+    def structure_features(self, arch: Hashable) -> list[float]:
+        """Zero-cost structure signals of ``arch``, each in [0, 1] (e.g. depth, live operations),
+        that a strategy may use to tell networks apart before training; none by default."""
+        return []
+
+    def path_features(self, arch: Hashable) -> list[float]:
+        """A cell space's path encoding: counts of the input-output paths by the operations along
+        them, so cells that compute one function look alike where their decisions differ; none by
+        default. A strategy that gets them weighs the one-hot decisions down beside them."""
+        return []
+
+    def live_choices(self, codes: Any, values: Sequence[Sequence[Any]]) -> Any:
+        """Which decisions compute something, for many architectures at once (a runtime folds the
+        others away, so a latency model should not price them).
+
+        ``codes`` is an integer array with one row per architecture: the index of each decision's
+        value in ``values`` (the values of ``choices()``, as a latency model was fitted on). Returns
+        a boolean array of its shape, or ``None`` (the default) when every decision always computes.
+        """
+        return None
+
+    def choice_groups(self) -> tuple[tuple[int, ...], ...]:
+        """Positions in ``choices()`` that share a shape and the same values (e.g. the layers of a
+        stage): a latency model may share what it learns within a group. None by default."""
+        return ()
 
     def sample(self, trial: optuna.trial.BaseTrial) -> Hashable:
         return self.from_params(

@@ -6,6 +6,7 @@ format of HELP's FBNet latency data); the macro skeleton follows the FBNet paper
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,11 @@ class FbnetSpace(SearchSpace):
     # -- decisions -----------------------------------------------------------------------------
     def choices(self) -> tuple[Choice, ...]:
         return tuple(Choice(name, self.ops) for name in _LAYER_NAMES)
+
+    def choice_groups(self) -> tuple[tuple[int, ...], ...]:
+        """The layers of each stage (they share a shape)."""
+        bounds = list(itertools.accumulate((n for _, n, _ in LAYER_SCHEDULE), initial=0))
+        return tuple(tuple(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
 
     def from_params(self, params: Mapping[str, Any]) -> FbnetArch:
         ops = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -114,6 +114,14 @@ def functional_string(arch: Nb201Arch) -> str:
     return nodes[3]
 
 
+_PATH_OPS = ("nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3")
+# Every sequence of up to three computing operations (40): a path's key.
+_PATH_KEYS = {
+    seq: i
+    for i, seq in enumerate(s for n in range(4) for s in itertools.product(range(len(_PATH_OPS)), repeat=n))
+}
+
+
 @dataclass(frozen=True)
 class Nb201Space(SearchSpace):
     """The NAS-Bench-201 macro skeleton: stem, 3 stages of ``cells_per_stage`` cells joined by
@@ -216,6 +224,72 @@ class Nb201Space(SearchSpace):
 
     def size(self) -> int:
         return len(self.ops) ** len(EDGES)
+
+    # -- what is known before training ---------------------------------------------------------
+    def structure_features(self, arch: Nb201Arch) -> list[float]:
+        """Convolutions on the longest input-output path, input-output paths, and live
+        convolutions/pools/skips (dead edges compute nothing)."""
+        live = live_edges(arch)
+        depth = [0, -1, -1, -1]
+        paths = [1, 0, 0, 0]
+        for e, (dst, src) in enumerate(EDGES):
+            if live[e]:
+                depth[dst] = max(depth[dst], depth[src] + int("conv" in arch.ops[e]))
+                paths[dst] += paths[src]
+        counts = [
+            sum(1 for on, op in zip(live, arch.ops, strict=True) if on and op == name) / 6
+            for name in ("nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3", "skip_connect")
+        ]
+        return [max(depth[3], 0) / 3, paths[3] / 6, *counts]
+
+    def path_features(self, arch: Nb201Arch) -> list[float]:
+        """The cell's input-to-output paths counted by the operations along them (the path
+        encoding of BANANAS, White et al. 2021).
+
+        Skips are identities and drop out of a path, and a path through ``none`` computes nothing,
+        so cells that compute the same function (e.g. ``conv(conv(x)) + x`` wired through another
+        node) get the same counts although their one-hot encodings differ.
+        """
+        paths: dict[int, list[tuple[int, ...]]] = {0: [()]}
+        for node in (1, 2, 3):
+            paths[node] = [
+                p + (() if op == "skip_connect" else (_PATH_OPS.index(op),))
+                for (dst, src), op in zip(EDGES, arch.ops, strict=True)
+                if dst == node and op != "none"
+                for p in paths[src]
+            ]
+        counts = [0.0] * len(_PATH_KEYS)
+        for p in paths[3]:
+            counts[_PATH_KEYS[p]] += 1.0
+        return counts
+
+    def live_choices(self, codes: Any, values: Sequence[Sequence[Any]]) -> Any:
+        """``live_edges`` for many cells at once (some runtimes, TFLite, fold away dead branches):
+        edges whose input is not constant zero and whose output reaches the cell output."""
+        import numpy as np
+
+        n = len(codes)
+        not_none = np.stack(
+            [np.asarray([v != "none" for v in values[e]])[codes[:, e]] for e in range(len(EDGES))], axis=1
+        )
+
+        def linked(start: int, nodes: tuple[int, ...], end: int) -> Any:
+            """Nodes joined to ``start`` by non-``none`` edges, visiting ``nodes`` in order: ``end``
+            0 follows edges forward (a node from its sources), 1 backward (from its destinations)."""
+            on = np.zeros((n, 4), dtype=bool)
+            on[:, start] = True
+            for j in nodes:
+                for e, ends in enumerate(EDGES):
+                    if ends[end] == j:
+                        on[:, j] |= not_none[:, e] & on[:, ends[1 - end]]
+            return on
+
+        nonzero = linked(0, (1, 2, 3), 0)  # a non-zero input reaches the node
+        reaches = linked(3, (2, 1, 0), 1)  # the node reaches the output
+        live = np.zeros((n, len(EDGES)), dtype=bool)
+        for e, (dst, src) in enumerate(EDGES):
+            live[:, e] = not_none[:, e] & nonzero[:, src] & reaches[:, dst] & nonzero[:, dst]
+        return live
 
     # -- networks ------------------------------------------------------------------------------
     def blocks(self, arch: Nb201Arch, task: TaskShape) -> list[Block]:

@@ -41,9 +41,12 @@ def check_space(space: SearchSpace, task: TaskShape = TASK, n: int = 4) -> None:
         assert space.canonical(canonical) == canonical, f"{space.name}: canonical is not idempotent"
         blocks = space.blocks(arch, task)
         assert blocks and all(isinstance(b, Block) for b in blocks), f"{space.name}: blocks"
+        check_what_is_known_before_training(space, arch)
         if all_blocks is not None:
             missing = set(blocks) - set(all_blocks)
             assert not missing, f"{space.name}: all_blocks lacks {sorted(map(str, missing))[:2]}"
+    for extreme in (space.cheapest(), space.largest()):
+        assert extreme is None or space.parse(str(extreme)) == extreme, f"{space.name}: cheapest/largest"
     # Building is the slow part (seconds for the larger spaces): one network.
     model = space.build(arch, task)
     assert tuple(model.inputs[0].shape[1:]) == task.input_shape, f"{space.name}: input shape"
@@ -54,9 +57,42 @@ def check_space(space: SearchSpace, task: TaskShape = TASK, n: int = 4) -> None:
     assert "\n" not in str(bad.value) and len(str(bad.value)) < 250, f"{space.name}: parse error"
 
 
+def check_what_is_known_before_training(space: SearchSpace, arch: Any) -> None:
+    """The optional hooks a strategy and the latency models use instead of the space's name."""
+    import numpy as np
+
+    features = space.structure_features(arch)
+    assert all(0.0 <= float(v) <= 1.0 for v in features), f"{space.name}: structure_features in [0, 1]"
+    assert len(space.structure_features(space.canonical(arch))) == len(features)
+    assert all(float(v) >= 0.0 for v in space.path_features(arch)), f"{space.name}: path_features"
+    choices = space.choices()
+    values = [tuple(c.values) for c in choices]
+    params = space.to_params(arch)
+    codes = np.array([[v.index(params[c.name]) for c, v in zip(choices, values, strict=True)]])
+    live = space.live_choices(codes, values)
+    assert live is None or np.asarray(live).shape == codes.shape, f"{space.name}: live_choices shape"
+    for group in space.choice_groups():
+        assert group and all(0 <= p < len(choices) for p in group), f"{space.name}: choice_groups"
+        assert len({values[p] for p in group}) == 1, f"{space.name}: a choice group mixes values"
+
+
 @pytest.mark.parametrize("name", sorted(SPACES))
 def test_every_registered_space_keeps_the_contract(name: str) -> None:
     check_space(get_space(name, REQUIRED_OPTIONS.get(name)))
+
+
+def test_one_cost_order_gives_the_cheapest_and_the_largest_network() -> None:
+    """``SearchSpace.value_cost`` is the one ordering behind the budgets' smallest achievable value
+    and the calibration networks: numbers by value, ``none`` < ``skip_connect`` < other ops."""
+    nb201 = get_space("nb201")
+    assert str(nb201.cheapest()) == "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+    assert set(nb201.to_params(nb201.largest()).values()) == {"nor_conv_1x1"}
+    mbconv = get_space("mbconv")
+    cheap, large = mbconv.to_params(mbconv.cheapest()), mbconv.to_params(mbconv.largest())
+    for c in mbconv.choices():
+        assert cheap[c.name] == min(c.values, key=mbconv.value_cost), c.name
+        assert large[c.name] == max(c.values, key=mbconv.value_cost), c.name
+    assert {v for k, v in cheap.items() if k.endswith("_act")} <= {"relu6"}
 
 
 @dataclass(frozen=True)

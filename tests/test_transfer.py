@@ -71,13 +71,12 @@ def test_gather_prediction_equals_the_feature_matrix(data: tuple) -> None:
 
 
 def test_vectorised_nb201_liveness_matches_the_space() -> None:
-    from latency_models.arch_encoding import _nb201_live
-
     space = get_space("nb201")
     enc = ArchEncoder.for_space(space)
+    assert enc.extras == ("nb201-live",)  # the name saved latency models carry
     rng = random.Random(1)
     archs = [space.random(rng) for _ in range(500)]
-    live = _nb201_live(enc.codes(archs, space), enc.values)
+    live = space.live_choices(enc.codes(archs, space), enc.values)
     assert live.tolist() == [list(live_edges(a)) for a in archs]
 
 

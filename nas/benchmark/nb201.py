@@ -22,6 +22,7 @@ import numpy as np
 from search_spaces import InputError
 from search_spaces.errors import check
 
+from ..pareto import non_dominated
 from .nb201_data import (
     DATASETS,
     LookupPredictor,
@@ -240,12 +241,7 @@ def _fitted_latency(config: BenchmarkConfig, seed: int) -> tuple[_LatencyOracle,
 # -- one run -------------------------------------------------------------------------------------
 def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
     """Non-dominated (accuracy up, latency down) archs, by latency."""
-    front, best = [], -math.inf
-    for arch, acc, _lat in sorted(points, key=lambda p: (p[2], -p[1])):
-        if acc > best:
-            front.append(arch)
-            best = acc
-    return front
+    return [arch for arch, _, _ in non_dominated(points, cost=lambda p: p[2], value=lambda p: p[1])]
 
 
 def run_one(config: BenchmarkConfig, strategy: str, seed: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from ..trial_record import State, TrialKey
 from ._base import Prediction, SearchContext
 
 __all__ = ["DefaultSampler", "arch_features", "default_sampler", "feasible_probability", "path_features"]
@@ -52,9 +53,10 @@ LATENCY_ERROR_OPTION = "latency_error"
 # Feature weights in the GP's kernel (one-hot decisions weigh 1 each).
 EXTRA_WEIGHT = 1.5
 COST_WEIGHT = 2.0
-# NAS-Bench-201: the one-hot edges at this weight next to the cell's path counts (``path_features``),
-# so cells that compute the same function look alike to the GP. The 45 table-known rows of
-# benchmarks/search_nb201.py (20 seeds, with the seeded tie-break below): mean regret 0.089 -> 0.063.
+# A space with a path encoding (``SearchSpace.path_features``): the one-hot decisions at this
+# weight next to the path counts, so cells that compute the same function look alike to the GP.
+# NAS-Bench-201, the 45 table-known rows of benchmarks/search_nb201.py (20 seeds, with the seeded
+# tie-break below): mean regret 0.089 -> 0.063.
 ONEHOT_WEIGHT_WITH_PATHS = 0.5
 PATH_WEIGHT = 0.5
 # Seed stream of the tie-break between encodings of one network predicted equally cheap.
@@ -184,7 +186,7 @@ class DefaultSampler(optuna.samplers.BaseSampler):
                         arch = self.space.from_params(t.params)
                     except (ValueError, TypeError, KeyError):
                         arch = None
-                canonical = t.user_attrs.get("canonical")
+                canonical = t.user_attrs.get(TrialKey.CANONICAL)
                 if canonical is None and arch is not None:
                     canonical = self._canonical(arch)
                 self._parsed[key] = (arch, None if canonical is None else str(canonical))
@@ -194,7 +196,7 @@ class DefaultSampler(optuna.samplers.BaseSampler):
             if (
                 arch is not None
                 and t.state == optuna.trial.TrialState.COMPLETE
-                and t.user_attrs.get("state", "complete") == "complete"
+                and t.user_attrs.get(TrialKey.STATE, State.COMPLETE) == State.COMPLETE
                 and t.values
                 and math.isfinite(t.values[0])
             ):
@@ -373,61 +375,15 @@ def _enumerated(space: Any) -> tuple[list[Hashable], list[str], np.ndarray]:
 
 
 def arch_features(space: Any, arch: Hashable) -> list[float]:
-    """Zero-cost structure signals a space can give (in [0, 1]); none for spaces without any.
-
-    For NAS-Bench-201 cells: convolutions on the longest input-output path, input-output paths,
-    and live convolutions/pools/skips (dead edges compute nothing).
-    """
-    if getattr(space, "name", "") != "nb201":
-        return []
-    from search_spaces.nb201 import EDGES, live_edges
-
-    live = live_edges(arch)
-    depth = [0, -1, -1, -1]
-    paths = [1, 0, 0, 0]
-    for e, (dst, src) in enumerate(EDGES):
-        if live[e]:
-            depth[dst] = max(depth[dst], depth[src] + int("conv" in arch.ops[e]))
-            paths[dst] += paths[src]
-    counts = [
-        sum(1 for on, op in zip(live, arch.ops, strict=True) if on and op == name) / 6
-        for name in ("nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3", "skip_connect")
-    ]
-    return [max(depth[3], 0) / 3, paths[3] / 6, *counts]
-
-
-_PATH_OPS = ("nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3")
-# Every sequence of up to three computing operations (40): a path's key.
-_PATH_KEYS = {
-    seq: i
-    for i, seq in enumerate(s for n in range(4) for s in itertools.product(range(len(_PATH_OPS)), repeat=n))
-}
+    """Zero-cost structure signals the space gives (``SearchSpace.structure_features``, in
+    [0, 1]); none for spaces without any."""
+    return list(space.structure_features(arch))
 
 
 def path_features(space: Any, arch: Hashable) -> list[float]:
-    """The input-to-output paths of a NAS-Bench-201 cell, counted by the operations along them
-    (the path encoding of BANANAS, White et al. 2021); none for other spaces.
-
-    Skips are identities and drop out of a path, and a path through ``none`` computes nothing,
-    so cells that compute the same function (e.g. ``conv(conv(x)) + x`` wired through another
-    node) get the same counts although their one-hot encodings differ.
-    """
-    if getattr(space, "name", "") != "nb201":
-        return []
-    from search_spaces.nb201 import EDGES
-
-    paths: dict[int, list[tuple[int, ...]]] = {0: [()]}
-    for node in (1, 2, 3):
-        paths[node] = [
-            p + (() if op == "skip_connect" else (_PATH_OPS.index(op),))
-            for (dst, src), op in zip(EDGES, arch.ops, strict=True)
-            if dst == node and op != "none"
-            for p in paths[src]
-        ]
-    counts = [0.0] * len(_PATH_KEYS)
-    for p in paths[3]:
-        counts[_PATH_KEYS[p]] += 1.0
-    return counts
+    """The space's path encoding (``SearchSpace.path_features``: input-output paths counted by
+    the operations along them); none for spaces without one."""
+    return list(space.path_features(arch))
 
 
 def feasible_probability(latency_ms: np.ndarray, budget_ms: float, error: float) -> np.ndarray:
