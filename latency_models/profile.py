@@ -22,6 +22,7 @@ __all__ = [
     "BLOCK_TIMING",
     "MODEL_TIMING",
     "convert_runnable",
+    "load_runnable",
     "cache_dir",
     "convert_blocks",
     "host_table",
@@ -233,14 +234,23 @@ def convert_runnable(
 ) -> Any:
     """``rt.convert`` (``rt.convert_for_profiling`` with ``profiling``: a file only timed) of the
     model ``make_model(attempt)`` builds with random weights, checked by preparing it in the
-    runtime; a file the runtime refuses (``ModelNotRunnable``) is made again from
-    ``make_model(attempt + 1)`` (other weights, same network), at most ``tries`` times."""
+    runtime (``load_runnable``)."""
     convert = rt.convert_for_profiling if profiling else rt.convert
+    return load_runnable(
+        rt, lambda attempt: convert(make_model(attempt), dtype, representative), tries=tries
+    )[0]
+
+
+def load_runnable(
+    rt: Runtime, make: Callable[[int], Any], threads: int = 1, tries: int = RUNNABLE_TRIES
+) -> tuple[Any, Any]:
+    """(the file ``make(attempt)`` returns, its loaded session): a file the runtime refuses
+    (``ModelNotRunnable``) is made again by ``make(attempt + 1)`` (other random weights, the same
+    network), at most ``tries`` times in all."""
     for attempt in range(tries):
-        artifact = convert(make_model(attempt), dtype, representative)
+        artifact = make(attempt)
         try:
-            rt.load(artifact, threads=1)
-            return artifact
+            return artifact, rt.load(artifact, threads=threads)
         except ModelNotRunnable as e:
             if attempt == tries - 1:
                 raise ModelNotRunnable(f"{e} (the same with {tries} sets of random weights)") from None
@@ -314,14 +324,13 @@ def _profile(
             samples = random_representative(_input_shape_of(artifact, space, block))
         else:
             artifact, samples = _convert_block(space, block, rt, dtype)
-        for attempt in range(RUNNABLE_TRIES):
-            try:
-                session = rt.load(artifact, threads=threads)
-                break
-            except ModelNotRunnable:
-                if attempt == RUNNABLE_TRIES - 1:
-                    raise
-                artifact, samples = _convert_block(space, block, rt, dtype, fresh=True)  # other weights
+        artifact, session = load_runnable(
+            rt,
+            lambda attempt, first=artifact, block=block: (
+                first if attempt == 0 else _convert_block(space, block, rt, dtype, fresh=True)[0]
+            ),
+            threads=threads,
+        )
         t = time_session(session, samples[0], timing, threads)
         use = _arena_use(rt, artifact)
         if use is not None:
