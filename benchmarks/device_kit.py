@@ -17,6 +17,10 @@ Stages (each merges its section into ``benchmarks/results/device_kit.{json,md}``
 * ``search``: ``nas run`` of the quickstart config with ``latency.table`` = the imported table;
   the shipped model.tflite timed here (the host was the device); floor: within 10% of its
   prediction.
+* ``recheck``: the kit's runner run again, imported, and the shipped file timed right away.
+* ``archs``: ``--archs`` random networks timed here with the kit's calibration files against the
+  imported table's prediction (the search floor's question on many networks, drift reported).
+* ``ceiling``: the host's own table on the shipped file, corrected the same way.
 
 Run: ``.venv/bin/python benchmarks/device_kit.py [--stages loo,device,host,subset,search]
 [--venv /tmp/kitvenv] [--work /tmp/device_kit]``. The machine is shared: timings are medians,
@@ -407,10 +411,8 @@ def stage_recheck(args: argparse.Namespace) -> dict:
     """The shipped file against a table measured just before: the kit's runner run again in the
     minimal venv (fresh results), imported, the same correction fitted, then the shipped file and
     the calibration files timed right away: the floor's question without 10+ minutes of drift."""
-    from latency_models.predictor import TablePredictor
     from latency_models.profile import time_interleaved
     from latency_models.runtimes.litert import load_file
-    from search_spaces import TaskShape, get_space
 
     work = Path(args.work)
     report = json.loads((work / "run" / "report.json").read_text())
@@ -438,15 +440,7 @@ def stage_recheck(args: argparse.Namespace) -> dict:
         "--out",
         str(fresh / "t.json"),
     )
-    table = LatencyTable.load(fresh / "t.json")
-    extra = table.meta.extra
-    space = get_space(extra["space"], extra["space_options"])
-    task = TaskShape(tuple(extra["input_shape"]), extra["num_classes"])
-    cal = extra["calibration"]
-    p = TablePredictor(
-        space=space.name, device="kit", table=table, task=task, space_options=extra["space_options"]
-    )
-    p = p.with_correction([space.parse(c["arch"]) for c in cal], [c["latency_ms"] for c in cal])
+    space, _, p = _kit_predictor(LatencyTable.load(fresh / "t.json"))
     predicted = float(p.predict([space.parse(arch_text)])[0])
     sessions = [load_file(work / "run" / "model.tflite")]
     pairs = [(s, np.zeros(tuple(int(d) for d in s.input["shape"][1:]), np.float32)) for s in sessions]
@@ -511,9 +505,90 @@ def stage_ceiling(args: argparse.Namespace) -> dict:
     return out
 
 
+def _kit_predictor(table: LatencyTable):
+    """The imported table's predictor with its correction fitted on the table's calibration
+    models, as ``nas run`` fits it: (space, task, predictor)."""
+    from latency_models.predictor import TablePredictor
+    from search_spaces import TaskShape, get_space
+
+    extra = table.meta.extra
+    space = get_space(extra["space"], extra["space_options"])
+    task = TaskShape(tuple(extra["input_shape"]), extra["num_classes"])
+    cal = extra["calibration"]
+    p = TablePredictor(
+        space=space.name, device="kit", table=table, task=task, space_options=extra["space_options"]
+    )
+    return (
+        space,
+        task,
+        p.with_correction([space.parse(c["arch"]) for c in cal], [c["latency_ms"] for c in cal]),
+    )
+
+
+def stage_archs(args: argparse.Namespace) -> dict:
+    """The search floor's question on many networks instead of one shipped file: ``--archs``
+    random quickstart networks (weights that look trained, converted as calibration files are),
+    timed here interleaved with the kit's calibration files, against the imported table's
+    corrected prediction; the calibration files' speed now against the runner's gives the drift
+    of the machine between the two, reported and also divided out."""
+    from latency_models.profile import convert_runnable, time_interleaved
+    from latency_models.runtimes import get_runtime
+    from latency_models.runtimes.litert import load_file
+    from nas.data import load_task
+    from search_spaces.weights import like_trained
+
+    work = Path(args.work)
+    table = LatencyTable.load(work / "device.json")
+    space, task, predictor = _kit_predictor(table)
+    rng = random.Random(args.seed)
+    archs = list(dict.fromkeys(space.random(rng) for _ in range(args.archs * 2)))[: args.archs]
+    folder = work / "archs"
+    folder.mkdir(exist_ok=True)
+    rt = get_runtime("litert")
+    data = load_task(_quickstart()[0].task)
+    rep = list(data.inputs(data.x_train[:64]))
+    t0 = time.time()
+    for i, arch in enumerate(archs):
+        path = folder / f"{i:03d}-{arch}.tflite"
+        if not path.is_file():
+            art = convert_runnable(rt, like_trained(space, arch, task, seed=i), "int8", rep, profiling=True)
+            write_atomic(path, art.data)
+    convert_s = time.time() - t0
+    results = json.loads((work / "device" / "results.json").read_text())
+    manifest = json.loads((work / "kit" / "manifest.json").read_text())
+    cal_files = [f["file"] for f in manifest["files"] if f["role"] == "calibration"]
+    then = [float(np.median(results["models"][f]["repeats_ms"])) for f in cal_files]
+    files = [folder / f"{i:03d}-{a}.tflite" for i, a in enumerate(archs)] + [
+        work / "kit" / f for f in cal_files
+    ]
+    load = _load_avg()
+    sessions = [load_file(f) for f in files]
+    timings = time_interleaved([(s, rep[0]) for s in sessions], repeats=args.repeats)
+    measured = np.array([t.median_ms for t in timings[: len(archs)]])
+    speed = float(np.median([t.median_ms / m for t, m in zip(timings[len(archs) :], then, strict=True)]))
+    predicted = predictor.predict(archs)
+    err = measured / predicted - 1
+    err_drift = measured / (predicted * speed) - 1
+    return {
+        "archs": len(archs),
+        "convert_s": convert_s,
+        "load_average": load,
+        "calibration_speed_now_vs_runner": speed,
+        "errors": [float(e) for e in err],
+        "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
+        "median_abs_error": float(np.median(np.abs(err))),
+        "max_abs_error": float(np.max(np.abs(err))),
+        "within_10pct_drift_removed": float(np.mean(np.abs(err_drift) <= 0.10)),
+        "median_abs_error_drift_removed": float(np.median(np.abs(err_drift))),
+        "max_abs_error_drift_removed": float(np.max(np.abs(err_drift))),
+        "floor_ok": bool(np.mean(np.abs(err) <= 0.10) >= 0.9),
+    }
+
+
 STAGES = {
     "ceiling": stage_ceiling,
     "recheck": stage_recheck,
+    "archs": stage_archs,
     "loo": stage_loo,
     "device": stage_device,
     "host": stage_host,
@@ -654,6 +729,20 @@ def write_md(result: dict) -> None:
             f"{r['predicted_by_search_table_ms'] * 1000:.1f}), measured {r['measured_ms'] * 1000:.1f} us "
             f"(+-{r['spread_ms'] * 1000:.1f}), error {r['error']:+.1%}. Within 10%: {'yes' if r['floor_ok'] else 'NO'}.",
         ]
+    a = result.get("archs")
+    if a:
+        md += [
+            "",
+            "## Many networks against the imported table",
+            "",
+            f"{a['archs']} random quickstart networks (weights that look trained, int8), timed here with "
+            f"the kit's calibration files ({args_repeats(a)}), against the imported table's corrected "
+            f"prediction: {a['within_10pct']:.0%} within 10% (median |error| {a['median_abs_error']:.1%}, "
+            f"max {a['max_abs_error']:.1%}). The calibration files ran {a['calibration_speed_now_vs_runner'] - 1:+.1%} "
+            f"against the runner's timings of them (the machine's drift since); with that divided out: "
+            f"{a['within_10pct_drift_removed']:.0%} within 10% (median {a['median_abs_error_drift_removed']:.1%}, "
+            f"max {a['max_abs_error_drift_removed']:.1%}).",
+        ]
     c = result.get("ceiling")
     if c:
         md += [
@@ -689,7 +778,10 @@ def main() -> int:
     parser.add_argument(
         "--reuse-run", action="store_true", help="search: time the existing run's model again"
     )
-    parser.add_argument("--repeats", type=int, default=15, help="search: interleaved rounds of the check")
+    parser.add_argument(
+        "--repeats", type=int, default=15, help="search, archs: interleaved rounds of the check"
+    )
+    parser.add_argument("--archs", type=int, default=60, help="archs: random networks timed")
     args = parser.parse_args()
     path = RESULTS / "device_kit.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
