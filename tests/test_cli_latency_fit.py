@@ -210,3 +210,39 @@ def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path)
     )
     assert len(r.stderr.strip().splitlines()) == 1
     assert not o.exists()
+
+
+def test_predict_refuses_a_guessed_input_the_table_holds_nothing_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A table measured at 8x8 that does not record its input, priced without --input-shape: the
+    space's usual 28x28 input holds none of its blocks, so every price would be a guess (exit 2,
+    nothing written); with the table's own input it prices exactly, with another one it
+    extrapolates as asked."""
+    import random
+
+    from latency_models.table import Entry, LatencyTable, TableMeta
+    from search_spaces import TaskShape, get_space
+
+    options = {"strides": [1, 2], "widths": [[8, 16], [16, 24]], "depths": [1], "kernels": [3]}
+    space = get_space("mbconv", options)
+    blocks = space.all_blocks(TaskShape((8, 8, 1), 10))
+    meta = TableMeta(
+        "phone", "litert", "2.3", "int8", 1, "test", {"space": "mbconv", "space_options": options}
+    )
+    table = tmp_path / "t.json"
+    table.write_text(
+        LatencyTable(meta, {b: Entry(0.01 + 0.001 * i, 0.0, 10) for i, b in enumerate(blocks)}).to_json()
+    )
+    archs = tmp_path / "a.csv"
+    archs.write_text("arch\n" + "\n".join(str(space.random(random.Random(i))) for i in range(4)) + "\n")
+    base = ["latency", "predict", "--table", str(table), "--archs", str(archs), "--out"]
+    capsys.readouterr()
+    assert main([*base, str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds none of the blocks" in err[0] and "--input-shape" in err[0]
+    assert not (tmp_path / "p.csv").exists()
+    assert main([*base, str(tmp_path / "q.csv"), "--input-shape", "8,8,1"]) == 0
+    assert all(r["extrapolated_blocks"] == "0" for r in _read(tmp_path / "q.csv"))
+    assert main([*base, str(tmp_path / "r.csv"), "--input-shape", "16,16,1"]) == 0
+    assert all(int(r["extrapolated_blocks"]) > 0 for r in _read(tmp_path / "r.csv"))

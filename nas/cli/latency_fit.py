@@ -211,11 +211,27 @@ def _predict(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         predictor = replace(predictor, strict=True)
-    pred = predictor.predict(list(archs.archs))
     if not hasattr(predictor, "extrapolated"):
-        write_latencies(args.out, archs.texts, pred)
+        write_latencies(args.out, archs.texts, predictor.predict(list(archs.archs)))
         return 0
     counts = predictor.extrapolated(list(archs.archs))
+    guessed = (
+        args.table is not None and not args.input_shape and "input_shape" not in predictor.table.meta.extra
+    )
+    if guessed and all(
+        c == len(space.blocks(a, predictor.task)) for a, c in zip(archs.archs, counts, strict=True)
+    ):
+        # The input was the space's usual one, not the table's, and not one block of any network
+        # is in the table: every price would be the cost model's guess for an input nobody chose.
+        from search_spaces import InputError
+
+        task = predictor.task
+        raise InputError(
+            f"{args.table}: holds none of the blocks of these architectures for the space's usual input "
+            f"{','.join(map(str, task.input_shape))} ({task.num_classes} classes) and does not record its own; "
+            "pass the --input-shape and --num-classes it was measured for."
+        )
+    pred = predictor.predict(list(archs.archs))
     write_latencies(args.out, archs.texts, pred, {"extrapolated_blocks": counts})
     n = sum(1 for c in counts if c)
     print(
