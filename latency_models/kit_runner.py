@@ -4,6 +4,7 @@ every kit as ``measure.py``).
 
     python3 measure.py --threads 4 --out results.json          # a Raspberry Pi, any Linux board
     python3 measure.py --adb --benchmark-model ./benchmark_model --out results.json   # Android
+    python3 measure.py --model model.tflite      # time a shipped file the same way (any mode)
 
 Needs only Python 3.9+, numpy and one TFLite interpreter (``ai_edge_litert``, ``tflite_runtime``
 or ``tensorflow``); with ``--adb`` only ``adb`` and TFLite's ``benchmark_model`` binary.
@@ -474,11 +475,45 @@ def measure(kit_dir, out, timer, threads, mode, checked=None):
     return results, progress.measured
 
 
+def time_models(paths, timer, timing, repeats):
+    """``paths`` (local .tflite files) timed in ``repeats`` interleaved rounds with the kit's
+    whole-model protocol: one row per file (file, median_ms, repeats_ms)."""
+    import shutil
+
+    names = [f"model{i}.tflite" for i in range(len(paths))]  # unique, and plain for adb push
+    rounds = {name: [] for name in names}
+    with tempfile.TemporaryDirectory() as folder:
+        for i, path in enumerate(paths):
+            shutil.copyfile(path, Path(folder) / names[i])
+        timer.kit_dir = Path(folder)
+        for _ in range(repeats):
+            for i, path in enumerate(paths):
+                try:
+                    rounds[names[i]].append(timer.time(names[i], timing)["median_ms"])
+                except KitError:
+                    raise
+                except Exception as e:  # the interpreter's own refusal of a file
+                    raise KitError(
+                        f"--model: {path}: the interpreter cannot run it: {_tail(str(e))}"
+                    ) from None
+    return [
+        {"file": str(path), "median_ms": statistics.median(rounds[names[i]]), "repeats_ms": rounds[names[i]]}
+        for i, path in enumerate(paths)
+    ]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Measure a device kit's models on this device.")
     parser.add_argument("--kit", default=None, help="kit folder (default: the folder of this file)")
     parser.add_argument("--threads", type=int, default=1, help="pinned interpreter threads (default 1)")
-    parser.add_argument("--out", default="results.json", help="results file (default results.json)")
+    parser.add_argument("--out", default=None, help="results file (default results.json)")
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="time these .tflite files (e.g. a run's model.tflite) with the kit's protocol instead of the kit",
+    )
     parser.add_argument("--adb", action="store_true", help="time on an Android device over adb")
     parser.add_argument("--serial", default=None, help="adb device serial (with --adb)")
     parser.add_argument(
@@ -491,10 +526,17 @@ def main(argv=None):
         if args.threads < 1:
             raise KitError(f"--threads: expected an int >= 1, got {args.threads}.")
         kit_dir = Path(args.kit) if args.kit else Path(__file__).resolve().parent
-        out = Path(args.out)
+        out = Path(args.out or "results.json")
         # The kit first (a damaged copy is found before any device is touched), then the device.
         checked = load_manifest(kit_dir)
-        check_files(kit_dir, checked[0])
+        if args.model:
+            if args.out:
+                raise KitError("--model prints its timings; --out is for measuring the kit.")
+            for m in args.model:
+                if not Path(m).is_file():
+                    raise KitError(f"--model: {m}: no such file.")
+        else:
+            check_files(kit_dir, checked[0])
         if args.adb:
             if not args.benchmark_model:
                 raise KitError(
@@ -508,6 +550,26 @@ def main(argv=None):
             timer = LocalTimer(kit_dir, args.threads)
             mode = "local"
         start = time.time()
+        if args.model:
+            timing = checked[0]["timing"]
+            rows = time_models(
+                [Path(m) for m in args.model], timer, tuple(timing["repeat"]), int(timing["repeats"])
+            )
+            where = timer.describe()
+            for r in rows:
+                print(
+                    "{}: {:.4g} ms (median of {} interleaved repeats, {:.4g}-{:.4g} ms; {} thread(s), {} {})".format(
+                        r["file"],
+                        r["median_ms"],
+                        len(r["repeats_ms"]),
+                        min(r["repeats_ms"]),
+                        max(r["repeats_ms"]),
+                        args.threads,
+                        where.get("interpreter"),
+                        where.get("interpreter_version"),
+                    )
+                )
+            return 0
         results, measured = measure(kit_dir, out, timer, args.threads, mode, checked)
     except KitError as e:
         sys.stderr.write(f"measure.py: error: {e}\n")

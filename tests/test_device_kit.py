@@ -590,3 +590,23 @@ def test_runner_is_standalone_python_3_9() -> None:
     assert not imported & {"latency_models", "nas", "search_spaces", "compress", "tensorflow"}
     top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     assert "numpy" not in top  # imported where used: --help and bad arguments need no numpy
+
+
+def test_runner_times_a_shipped_file_with_the_kit_protocol(tiny_kit: Path, tmp_path: Path) -> None:
+    """``measure.py --model FILE``: any .tflite (a run's model.tflite) timed on the device the way
+    the kit's whole models are; a missing or broken file is one line, exit 2."""
+    model = tmp_path / "model.tflite"
+    shutil.copy(tiny_kit / "arc000.tflite", model)
+    runner = [sys.executable, str(tiny_kit / "measure.py"), "--model"]
+    done = subprocess.run([*runner, str(model)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    repeats = json.loads((tiny_kit / "manifest.json").read_text())["timing"]["repeats"]
+    line = done.stdout.strip()
+    assert line.startswith(f"{model}: ") and f"median of {repeats} interleaved repeats" in line
+    assert float(line.split(": ")[1].split(" ms")[0]) > 0
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"not a flatbuffer")
+    for args, says in (([str(broken)], "cannot run it"), ([str(tmp_path / "none.tflite")], "no such file")):
+        done = subprocess.run([*runner, *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert says in done.stderr.strip().splitlines()[-1]
