@@ -142,7 +142,8 @@ def _run_job(args: argparse.Namespace) -> int:
     latency = (
         f"latency {measured:.4f} ms measured / {best['predicted_latency_ms']:.4f} ms predicted"
         if measured is not None
-        else f"latency {best['predicted_latency_ms']:.4f} ms predicted (not measurable here)"
+        else f"latency {best['predicted_latency_ms']:.4f} ms predicted (time it on the device: the kit's "
+        f"measure.py --model {args.out}/{best['file']})"
     )
     budget = report["constraints"].get("max_latency_ms")
     print(
