@@ -130,12 +130,7 @@ class KerasTunerSpace(SearchSpace):
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> KerasTunerSpace:
-        known = {"build", "float_points"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InputError(
-                f"space keras-tuner: unknown option {unknown[0]!r}; valid options: {sorted(known)}."
-            )
+        cls._check_options(options, {"build", "float_points"})
         if "build" not in options:
             raise InputError("space keras-tuner: `build` expected 'module:function', got none.")
         return cls(build_fn=options["build"], float_points=options.get("float_points", 5))
