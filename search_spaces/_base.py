@@ -204,6 +204,17 @@ class SearchSpace(ABC):
         default. A strategy that gets them weighs the one-hot decisions down beside them."""
         return []
 
+    @classmethod
+    def layer_blocks(
+        cls, options: Mapping[str, Any], width_mult: float | None = None
+    ) -> dict[tuple[int, Any], Block | None] | None:
+        """For a space whose every decision is one layer of the network: the block that each
+        value prices at each decision's position (``(position, value) -> block``, None where the
+        value computes nothing), in the space with ``options`` (at channel width ``width_mult``
+        when given) on the task its layers are defined for. A latency model's physics prior is
+        built on them. None (the default) when the decisions are not layers of their own."""
+        return None
+
     def live_choices(self, codes: Any, values: Sequence[Sequence[Any]]) -> Any:
         """Which decisions compute something, for many architectures at once (a runtime folds the
         others away, so a latency model should not price them).

@@ -7,6 +7,7 @@ format of HELP's FBNet latency data); the macro skeleton follows the FBNet paper
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,9 @@ STEM_CHANNELS = 16
 HEAD_CHANNELS = 1984
 NUM_LAYERS = sum(n for _, n, _ in LAYER_SCHEDULE)
 _LAYER_NAMES = tuple(f"layer_{i}" for i in range(NUM_LAYERS))
+# FBNet's own ImageNet task, the one its layers are defined for (``layer_blocks``): exact halvings
+# down to 7x7, so the ratios between layers are not distorted by rounding.
+REFERENCE_TASK = TaskShape((224, 224, 3), 1000)
 
 
 def op_spec(op: str) -> tuple[int, int, int]:
@@ -112,6 +116,36 @@ class FbnetSpace(OpSequenceSpace):
                     f"arch {brief(text)}: layer {i}: unknown block {op!r}; valid blocks: {list(self.ops)}."
                 )
         return FbnetArch(tuple(ops))
+
+    @classmethod
+    def layer_blocks(
+        cls, options: Mapping[str, Any], width_mult: float | None = None
+    ) -> dict[tuple[int, Any], Block | None]:
+        options = dict(options)
+        if width_mult is not None:
+            options["width_mult"] = width_mult
+        space = cls.from_options(options)
+        names, values = _LAYER_NAMES, space.ops
+        out: dict[tuple[int, Any], Block | None] = {}
+        for value in values:
+            if value != "skip":
+                # Every layer is a block: layer p is block 1 + p (after the stem).
+                blocks = space.blocks(space.from_params(dict.fromkeys(names, value)), REFERENCE_TASK)
+                for p in range(len(names)):
+                    out[p, value] = blocks[1 + p]
+                continue
+            # A skip is free unless it changes shape: then the space prices a projection block.
+            filler = next(x for x in values if x != "skip")
+            for p in range(len(names)):
+                params = dict.fromkeys(names, filler)
+                params[names[p]] = value
+                proj = [
+                    b
+                    for b in space.blocks(space.from_params(params), REFERENCE_TASK)
+                    if b.kind == "skip_proj"
+                ]
+                out[p, value] = proj[0] if proj else None
+        return out
 
     # -- networks ------------------------------------------------------------------------------
     def layer_plan(self) -> list[tuple[int, int]]:
