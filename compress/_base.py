@@ -157,11 +157,12 @@ def check_fraction(stage: Stage, arg: str) -> None:
 
 class Stage(ABC):
     """One compression step. Subclasses are frozen dataclasses whose fields are the stage's
-    arguments (checked in ``__post_init__``), so a pipeline is a plain list of values.
+    arguments (checked when the stage is made: ``rules``, then any ``__post_init__`` of the
+    stage's own), so a pipeline is a plain list of values.
 
     ``apply`` returns a new model and never changes the one it gets (the original is the
     baseline every row is compared with). Stages that only choose how the exporters quantize
-    return the model as it is and set ``quantization``.
+    (``ExportOnly``) return the model as it is and set ``quantization``.
     """
 
     name: ClassVar[str]
