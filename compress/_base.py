@@ -157,8 +157,8 @@ def check_fraction(stage: Stage, arg: str) -> None:
 
 class Stage(ABC):
     """One compression step. Subclasses are frozen dataclasses whose fields are the stage's
-    arguments (checked when the stage is made: ``rules``, then any ``__post_init__`` of the
-    stage's own), so a pipeline is a plain list of values.
+    arguments (checked when the stage is made: ``Stage.__post_init__`` applies ``rules``), so a
+    pipeline is a plain list of values.
 
     ``apply`` returns a new model and never changes the one it gets (the original is the
     baseline every row is compared with). Stages that only choose how the exporters quantize
@@ -169,7 +169,8 @@ class Stage(ABC):
     #: the argument a bare ``STAGE:VALUE`` sets
     main_arg: ClassVar[str | None] = None
     #: argument -> its rule (``check_count``, ``check_positive``, ...), checked in this order when
-    #: the stage is made; a stage with rules across arguments adds them in its ``__post_init__``
+    #: the stage is made; a stage with rules across arguments checks them in its own
+    #: ``__post_init__`` (calling ``super().__post_init__()`` first if it also has ``rules``)
     rules: ClassVar[Mapping[str, Callable[[Stage, str], None]]] = {}
 
     def __post_init__(self) -> None:
