@@ -3,7 +3,7 @@ and exporters whose files are re-loaded and re-measured with their own runtimes.
 
 from __future__ import annotations
 
-from typing import Any
+from search_spaces.plugins import lazy_attributes
 
 from ._base import CompressData, Quantization, Stage, StageError
 from .registry import STAGES, build_pipeline, parse_stage
@@ -26,14 +26,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The pipeline and exporters pull in numpy-heavy helpers; load them on first use.
-    if name in ("compress_and_export", "CompressReport", "ExportFailed", "ReportRow"):
-        from . import pipeline
-
-        return getattr(pipeline, name)
-    if name == "EXPORTERS":
-        from .exporters import EXPORTERS
-
-        return EXPORTERS
-    raise AttributeError(f"module 'compress' has no attribute {name!r}")
+# The pipeline and exporters pull in numpy-heavy helpers; load them on first use.
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "compress_and_export": "pipeline",
+        "CompressReport": "pipeline",
+        "ExportFailed": "pipeline",
+        "ReportRow": "pipeline",
+        "EXPORTERS": "exporters",
+    },
+)

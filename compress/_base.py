@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -12,7 +13,19 @@ import numpy as np
 
 from search_spaces import InputError, NasError
 
-__all__ = ["CompressData", "Quantization", "Stage", "StageError", "check_model_task", "stage_check"]
+__all__ = [
+    "CompressData",
+    "ExportOnly",
+    "Quantization",
+    "Stage",
+    "StageError",
+    "check_count",
+    "check_fraction",
+    "check_model_task",
+    "check_non_negative",
+    "check_positive",
+    "stage_check",
+]
 
 
 class StageError(NasError):
@@ -117,18 +130,52 @@ def stage_check(ok: bool, stage: str, rule: str, got: object) -> None:
         raise InputError(f"stage {stage}: {rule}, got {got!r}.")
 
 
+# The argument rules several stages share, each stated once (``stage_check``'s template).
+def check_count(stage: Stage, arg: str, low: int = 1) -> None:
+    """``stage.<arg>`` is an int >= ``low`` (epochs, rounds, calibration samples)."""
+    value = getattr(stage, arg)
+    stage_check(isinstance(value, int) and value >= low, stage.name, f"{arg} must be an int >= {low}", value)
+
+
+def check_positive(stage: Stage, arg: str) -> None:
+    """``stage.<arg>`` is a finite number > 0 (learning rates, temperatures)."""
+    value = getattr(stage, arg)
+    stage_check(math.isfinite(value) and value > 0, stage.name, f"{arg} must be a number > 0", value)
+
+
+def check_non_negative(stage: Stage, arg: str) -> None:
+    """``stage.<arg>`` is >= 0 (a count that may be zero: a minimum number of weights)."""
+    value = getattr(stage, arg)
+    stage_check(value >= 0, stage.name, f"{arg} must be an int >= 0", value)
+
+
+def check_fraction(stage: Stage, arg: str) -> None:
+    """``stage.<arg>`` is a float in (0, 1) (sparsity, pruning ratio)."""
+    value = getattr(stage, arg)
+    stage_check(isinstance(value, float) and 0.0 < value < 1.0, stage.name, f"{arg} must be in (0, 1)", value)
+
+
 class Stage(ABC):
     """One compression step. Subclasses are frozen dataclasses whose fields are the stage's
-    arguments (checked in ``__post_init__``), so a pipeline is a plain list of values.
+    arguments (checked when the stage is made: ``Stage.__post_init__`` applies ``rules``), so a
+    pipeline is a plain list of values.
 
     ``apply`` returns a new model and never changes the one it gets (the original is the
     baseline every row is compared with). Stages that only choose how the exporters quantize
-    return the model as it is and set ``quantization``.
+    (``ExportOnly``) return the model as it is and set ``quantization``.
     """
 
     name: ClassVar[str]
     #: the argument a bare ``STAGE:VALUE`` sets
     main_arg: ClassVar[str | None] = None
+    #: argument -> its rule (``check_count``, ``check_positive``, ...), checked in this order when
+    #: the stage is made; a stage with rules across arguments checks them in its own
+    #: ``__post_init__`` (calling ``super().__post_init__()`` first if it also has ``rules``)
+    rules: ClassVar[Mapping[str, Callable[[Stage, str], None]]] = {}
+
+    def __post_init__(self) -> None:
+        for arg, rule in self.rules.items():
+            rule(self, arg)
 
     @abstractmethod
     def apply(self, model: Any, data: CompressData) -> Any:
@@ -174,3 +221,11 @@ def check_model_task(model: Any, data: CompressData, what: str = "model") -> Non
         raise InputError(f"{what}: expected one output of shape (batch, classes), got {out}.")
     if int(out[1]) < data.num_classes:
         raise InputError(f"{what}: expected {data.num_classes} classes (the task's), got {out[1]}.")
+
+
+class ExportOnly(Stage):
+    """A stage that leaves the model as it is and only changes what the exporters write (a
+    post-training quantization, stripping strings)."""
+
+    def apply(self, model: Any, data: CompressData) -> Any:
+        return model

@@ -3,11 +3,10 @@ temperature) mixed with the true labels; plain fine-tuning is the same stage wit
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ._base import CompressData, Stage, stage_check
+from ._base import CompressData, Stage, check_count, check_positive, stage_check
 from .training import Trainer
 
 __all__ = ["Distill", "FineTune"]
@@ -29,25 +28,10 @@ class Distill(Stage):
     trainer: Trainer = field(default_factory=Trainer, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        stage_check(
-            isinstance(self.epochs, int) and self.epochs >= 1,
-            self.name,
-            "epochs must be an int >= 1",
-            self.epochs,
-        )
-        stage_check(
-            math.isfinite(self.temperature) and self.temperature > 0,
-            self.name,
-            "temperature must be a number > 0",
-            self.temperature,
-        )
+        check_count(self, "epochs")
+        check_positive(self, "temperature")
         stage_check(0.0 <= self.alpha <= 1.0, self.name, "alpha must be in [0, 1]", self.alpha)
-        stage_check(
-            math.isfinite(self.learning_rate) and self.learning_rate > 0,
-            self.name,
-            "learning_rate must be a number > 0",
-            self.learning_rate,
-        )
+        check_positive(self, "learning_rate")
         stage_check(self.trainer.teacher is not None, self.name, "needs a teacher model (--teacher)", None)
 
     def apply(self, model: Any, data: CompressData) -> Any:
@@ -71,20 +55,7 @@ class FineTune(Stage):
     epochs: int = 1
     learning_rate: float = 1e-3
     trainer: Trainer = field(default_factory=Trainer, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        stage_check(
-            isinstance(self.epochs, int) and self.epochs >= 1,
-            self.name,
-            "epochs must be an int >= 1",
-            self.epochs,
-        )
-        stage_check(
-            math.isfinite(self.learning_rate) and self.learning_rate > 0,
-            self.name,
-            "learning_rate must be a number > 0",
-            self.learning_rate,
-        )
+    rules: ClassVar = {"epochs": check_count, "learning_rate": check_positive}
 
     def apply(self, model: Any, data: CompressData) -> Any:
         from dataclasses import replace

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._base import CompressData, Stage, StageError, stage_check
+from ._base import CompressData, Stage, StageError, check_count, stage_check
 from .graph import rebuild
 from .training import Trainer, recalibrate_batchnorm
 
@@ -55,12 +55,7 @@ class LowRank(Stage):
             )
         if self.energy is not None:
             stage_check(0.0 < self.energy <= 1.0, self.name, "energy must be in (0, 1]", self.energy)
-        stage_check(
-            isinstance(self.epochs, int) and self.epochs >= 0,
-            self.name,
-            "epochs must be an int >= 0",
-            self.epochs,
-        )
+        check_count(self, "epochs", low=0)
 
     def apply(self, model: Any, data: CompressData) -> Any:
         from search_spaces.backend import keras

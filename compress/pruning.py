@@ -9,7 +9,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._base import CompressData, Stage, StageError, stage_check
+from ._base import (
+    CompressData,
+    Stage,
+    StageError,
+    check_count,
+    check_fraction,
+    check_non_negative,
+)
 from .graph import ChannelGroup, channel_groups, model_nodes, rebuild
 from .training import Trainer, recalibrate_batchnorm
 
@@ -31,11 +38,6 @@ def weight_sparsity(model: Any) -> float:
     return zeros / total if total else 0.0
 
 
-def _check_common(stage: str, epochs: int, rounds: int) -> None:
-    stage_check(isinstance(epochs, int) and epochs >= 1, stage, "epochs must be an int >= 1", epochs)
-    stage_check(isinstance(rounds, int) and rounds >= 1, stage, "rounds must be an int >= 1", rounds)
-
-
 @dataclass(frozen=True)
 class MagnitudePrune(Stage):
     """Zero the smallest-magnitude weights of every Conv2D/Dense kernel (``min_weights`` or more),
@@ -50,16 +52,12 @@ class MagnitudePrune(Stage):
     rounds: int = 4
     min_weights: int = 512
     trainer: Trainer = field(default_factory=Trainer, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        stage_check(
-            isinstance(self.sparsity, float) and 0.0 < self.sparsity < 1.0,
-            self.name,
-            "sparsity must be in (0, 1)",
-            self.sparsity,
-        )
-        stage_check(self.min_weights >= 0, self.name, "min_weights must be an int >= 0", self.min_weights)
-        _check_common(self.name, self.epochs, self.rounds)
+    rules: ClassVar = {
+        "sparsity": check_fraction,
+        "min_weights": check_non_negative,
+        "epochs": check_count,
+        "rounds": check_count,
+    }
 
     def apply(self, model: Any, data: CompressData) -> Any:
         from search_spaces.backend import keras
@@ -119,15 +117,7 @@ class StructuredPrune(Stage):
     epochs: int = 2
     rounds: int = 1
     trainer: Trainer = field(default_factory=Trainer, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        stage_check(
-            isinstance(self.ratio, float) and 0.0 < self.ratio < 1.0,
-            self.name,
-            "ratio must be in (0, 1)",
-            self.ratio,
-        )
-        _check_common(self.name, self.epochs, self.rounds)
+    rules: ClassVar = {"ratio": check_fraction, "epochs": check_count, "rounds": check_count}
 
     def apply(self, model: Any, data: CompressData) -> Any:
         current = model

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._base import CompressData, Quantization, Stage, StageError, stage_check
+from ._base import CompressData, ExportOnly, Quantization, Stage, StageError, check_count, stage_check
 from .training import Trainer
 
 __all__ = [
@@ -25,36 +25,30 @@ __all__ = [
 ]
 
 
+class _PostTraining(ExportOnly):
+    """A post-training quantization without arguments: the exporters' dtype is the stage's name."""
+
+    @property
+    def quantization(self) -> Quantization:
+        return Quantization(self.name)
+
+
 @dataclass(frozen=True)
-class DynamicRange(Stage):
+class DynamicRange(_PostTraining):
     """Post-training dynamic range quantization: int8 weights, float activations."""
 
     name: ClassVar[str] = "dynamic"
 
-    def apply(self, model: Any, data: CompressData) -> Any:
-        return model
-
-    @property
-    def quantization(self) -> Quantization:
-        return Quantization("dynamic")
-
 
 @dataclass(frozen=True)
-class Float16(Stage):
+class Float16(_PostTraining):
     """Post-training float16 weights (half the size, float compute)."""
 
     name: ClassVar[str] = "fp16"
 
-    def apply(self, model: Any, data: CompressData) -> Any:
-        return model
-
-    @property
-    def quantization(self) -> Quantization:
-        return Quantization("fp16")
-
 
 @dataclass(frozen=True)
-class Int8(Stage):
+class Int8(ExportOnly):
     """Post-training full-integer int8 (int8 input and output) calibrated on ``calibration``
     training samples; ``per_channel=0`` uses one weight scale per tensor instead of one per
     output channel (smaller file, some accuracy risk)."""
@@ -66,16 +60,8 @@ class Int8(Stage):
     per_channel: int = 1
 
     def __post_init__(self) -> None:
-        stage_check(
-            isinstance(self.calibration, int) and self.calibration >= 1,
-            self.name,
-            "calibration must be an int >= 1",
-            self.calibration,
-        )
+        check_count(self, "calibration")
         stage_check(self.per_channel in (0, 1), self.name, "per_channel must be 0 or 1", self.per_channel)
-
-    def apply(self, model: Any, data: CompressData) -> Any:
-        return model
 
     @property
     def quantization(self) -> Quantization:
@@ -103,7 +89,7 @@ def convert_int8_per_tensor(model: Any, calibration: np.ndarray) -> bytes:
 
 
 @dataclass(frozen=True)
-class MixedInt8(Stage):
+class MixedInt8(ExportOnly):
     """int8, except layers whose int8 output error (RMSE in units of the quantization scale,
     measured by the TFLite quantization debugger) is above ``max_error``: they stay float and the
     report lists them."""
@@ -121,15 +107,7 @@ class MixedInt8(Stage):
             "max_error must be a number > 0",
             self.max_error,
         )
-        stage_check(
-            isinstance(self.calibration, int) and self.calibration >= 1,
-            self.name,
-            "calibration must be an int >= 1",
-            self.calibration,
-        )
-
-    def apply(self, model: Any, data: CompressData) -> Any:
-        return model
+        check_count(self, "calibration")
 
     @property
     def quantization(self) -> Quantization:
@@ -150,20 +128,7 @@ class QuantizationAware(Stage):
     epochs: int = 1
     calibration: int = 200
     trainer: Trainer = field(default_factory=Trainer, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        stage_check(
-            isinstance(self.epochs, int) and self.epochs >= 1,
-            self.name,
-            "epochs must be an int >= 1",
-            self.epochs,
-        )
-        stage_check(
-            isinstance(self.calibration, int) and self.calibration >= 1,
-            self.name,
-            "calibration must be an int >= 1",
-            self.calibration,
-        )
+    rules: ClassVar = {"epochs": check_count, "calibration": check_count}
 
     def apply(self, model: Any, data: CompressData) -> Any:
         from search_spaces.backend import keras

@@ -3,12 +3,12 @@ checked stage values (``prune:0.5``, ``structured:ratio=0.3:epochs=2``, ``int8:5
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
 from search_spaces import InputError
+from search_spaces.plugins import load_registered
 
 from ._base import Stage
 from .training import Trainer
@@ -32,10 +32,7 @@ STAGES: dict[str, str] = {
 
 
 def stage_class(name: str) -> type[Stage]:
-    if name not in STAGES:
-        raise InputError(f"stage: unknown stage {name!r}; valid stages: {sorted(STAGES)}.")
-    module_name, cls_name = STAGES[name].split(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+    return load_registered(STAGES, name, "stage", "stages")
 
 
 def _convert(stage: str, key: str, text: str, annotation: str) -> Any:

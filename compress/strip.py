@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from ._base import CompressData, Quantization, Stage, StageError, stage_check
+from ._base import ExportOnly, Quantization, StageError, stage_check
 
 __all__ = ["STRIP_NOTE", "Strip", "buffer_offsets", "strip_tflite"]
 
@@ -81,7 +81,7 @@ def buffer_offsets(data: bytes) -> list[int]:
 
 
 @dataclass(frozen=True)
-class Strip(Stage):
+class Strip(ExportOnly):
     """Export option: ``strip`` (= ``strip:drop``) removes the strings from every .tflite and
     TFLite Micro file exported after it (float ones too); ``strip:keep`` keeps them, also in int8
     and ``tflm`` files (stripped by default). The model itself is unchanged."""
@@ -95,9 +95,6 @@ class Strip(Stage):
         stage_check(
             self.strings in ("drop", "keep"), self.name, "strings must be 'drop' or 'keep'", self.strings
         )
-
-    def apply(self, model: Any, data: CompressData) -> Any:
-        return model
 
     def next_quantization(self, current: Quantization) -> Quantization:
         return replace(current, strip=self.strings == "drop")

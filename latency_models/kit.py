@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces import Block, InputError, SearchSpace, TaskShape
-from search_spaces.safeio import MAX_JSON_BYTES, brief, loads_json, read_bounded
+from search_spaces.safeio import MAX_JSON_BYTES, brief, check_format, loads_json, read_bounded
 
 from .table import CALIBRATION_KEY, INVOKE_KEY, Entry, LatencyTable, TableMeta
 
@@ -226,12 +226,7 @@ def _runs(value: Any, where: str) -> int:
 def _check_manifest(kit: Path) -> tuple[dict[str, Any], str]:
     manifest_path = kit / "manifest.json"
     manifest, raw = _load_doc(manifest_path, "kit manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != KIT_FORMAT:
-        raise InputError(f'{manifest_path}: expected a JSON object with "format": "{KIT_FORMAT}".')
-    if manifest.get("version") != KIT_VERSION:
-        raise InputError(
-            f"{manifest_path}: kit format version {brief(manifest.get('version'))} is not supported (expected {KIT_VERSION})."
-        )
+    manifest = check_format(manifest, str(manifest_path), KIT_FORMAT, KIT_VERSION, "kit")
     timing = manifest.get("timing")
     ok = isinstance(timing, dict) and all(
         isinstance(timing.get(k), list)

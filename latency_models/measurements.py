@@ -11,10 +11,10 @@ import hashlib
 import io
 import math
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -32,6 +32,8 @@ __all__ = [
     "write_latencies",
 ]
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class ArchList:
@@ -46,20 +48,14 @@ class ArchList:
 
 
 @dataclass(frozen=True)
-class Measurements:
+class Measurements(ArchList):
     """One end-to-end latency (ms) per distinct architecture, in file order."""
 
-    path: str
-    texts: tuple[str, ...]
-    archs: tuple[Hashable, ...]
     latency_ms: np.ndarray
 
     def __post_init__(self) -> None:
         if len(self.archs) != len(self.latency_ms) or len(self.texts) != len(self.archs):
             raise InputError(f"{self.path}: expected one latency per arch, got {len(self.archs)} archs.")
-
-    def __len__(self) -> int:
-        return len(self.archs)
 
 
 @dataclass(frozen=True)
@@ -185,16 +181,23 @@ def read_arch_list(path: str | os.PathLike[str], space: SearchSpace) -> ArchList
     return ArchList(where, tuple(texts), tuple(archs))
 
 
-def read_measurements(path: str | os.PathLike[str], space: SearchSpace) -> Measurements:
-    """``arch,latency_ms`` rows; repeated archs must agree (they are kept once)."""
-    where, header, rows = _open_rows(path)
-    col_a = _column(where, header, "arch", "arch,latency_ms")
-    col_l = _column(where, header, "latency_ms", "arch,latency_ms")
+def _distinct_rows(
+    where: str,
+    header: list[str],
+    rows: Sequence[tuple[int, list[str]]],
+    col_a: int,
+    space: SearchSpace,
+    read: Callable[[int, list[str]], T],
+    agree: Callable[[T, T], bool],
+    differs: Callable[[int, str, int, T, T], str],
+) -> tuple[list[str], list[Hashable], list[T]]:
+    """Rows of an arch and its latencies (``read``), one per distinct arch in file order: a
+    repeated arch must ``agree`` with its first row, or ``differs`` says how it does not."""
     parse = _Parser(space, where)
-    seen: dict[Hashable, tuple[int, float]] = {}
+    seen: dict[Hashable, tuple[int, T]] = {}
     texts: list[str] = []
     archs: list[Hashable] = []
-    values: list[float] = []
+    values: list[T] = []
     for line, row in rows:
         if len(row) != len(header):
             raise InputError(f"{where}: line {line}: expected {len(header)} fields, got {len(row)}.")
@@ -202,19 +205,37 @@ def read_measurements(path: str | os.PathLike[str], space: SearchSpace) -> Measu
         if not text:
             raise InputError(f"{where}: line {line}: expected an arch string, got an empty cell.")
         arch = parse(text, line)
-        value = _latency(where, line, "latency_ms", row[col_l])
+        value = read(line, row)
         if arch in seen:
             first_line, first = seen[arch]
-            if not _agree(first, value):
-                raise InputError(
-                    f"{where}: line {line}: arch {brief(text)} was measured at {first} ms on line {first_line}, "
-                    f"expected the same latency, got {value}."
-                )
+            if not agree(first, value):
+                raise InputError(f"{where}: line {line}: {differs(line, text, first_line, first, value)}")
             continue
         seen[arch] = (line, value)
         texts.append(text)
         archs.append(arch)
         values.append(value)
+    return texts, archs, values
+
+
+def read_measurements(path: str | os.PathLike[str], space: SearchSpace) -> Measurements:
+    """``arch,latency_ms`` rows; repeated archs must agree (they are kept once)."""
+    where, header, rows = _open_rows(path)
+    col_a = _column(where, header, "arch", "arch,latency_ms")
+    col_l = _column(where, header, "latency_ms", "arch,latency_ms")
+    texts, archs, values = _distinct_rows(
+        where,
+        header,
+        rows,
+        col_a,
+        space,
+        lambda line, row: _latency(where, line, "latency_ms", row[col_l]),
+        _agree,
+        lambda line, text, first_line, first, value: (
+            f"arch {brief(text)} was measured at {first} ms on line {first_line}, "
+            f"expected the same latency, got {value}."
+        ),
+    )
     if not archs:
         raise InputError(f"{where}: expected at least one measurement after the header, got none.")
     return Measurements(where, tuple(texts), tuple(archs), np.asarray(values, dtype=float))
@@ -233,30 +254,18 @@ def read_reference(path: str | os.PathLike[str], space: SearchSpace) -> Referenc
         if devices.count(d) > 1:
             raise InputError(f"{where}: line 1: device {d!r} appears more than once.")
     dev_cols = [i for i in range(len(header)) if i != col_a]
-    parse = _Parser(space, where)
-    seen: dict[Hashable, tuple[int, list[float]]] = {}
-    texts: list[str] = []
-    archs: list[Hashable] = []
-    matrix: list[list[float]] = []
-    for line, row in rows:
-        if len(row) != len(header):
-            raise InputError(f"{where}: line {line}: expected {len(header)} fields, got {len(row)}.")
-        text = row[col_a].strip()
-        if not text:
-            raise InputError(f"{where}: line {line}: expected an arch string, got an empty cell.")
-        arch = parse(text, line)
-        values = [_latency(where, line, header[i], row[i]) for i in dev_cols]
-        if arch in seen:
-            first_line, first = seen[arch]
-            if not all(_agree(a, b) for a, b in zip(first, values, strict=True)):
-                raise InputError(
-                    f"{where}: line {line}: arch {brief(text)} repeats line {first_line} with different latencies."
-                )
-            continue
-        seen[arch] = (line, values)
-        texts.append(text)
-        archs.append(arch)
-        matrix.append(values)
+    texts, archs, matrix = _distinct_rows(
+        where,
+        header,
+        rows,
+        col_a,
+        space,
+        lambda line, row: [_latency(where, line, header[i], row[i]) for i in dev_cols],
+        lambda first, values: all(_agree(a, b) for a, b in zip(first, values, strict=True)),
+        lambda line, text, first_line, first, value: (
+            f"arch {brief(text)} repeats line {first_line} with different latencies."
+        ),
+    )
     if not archs:
         raise InputError(f"{where}: expected at least one architecture after the header, got none.")
     return Reference(where, tuple(devices), tuple(texts), tuple(archs), np.asarray(matrix, dtype=float))

@@ -20,7 +20,7 @@ from typing import Any
 from search_spaces import Block, InputError
 from search_spaces.safeio import brief
 
-from .table import Entry, LatencyTable, TableMeta
+from .table import Entry, LatencyTable, TableMeta, add_entry
 
 __all__ = ["OfaKey", "block_for_key", "load_ofa_yaml", "parse_key", "vendored"]
 
@@ -208,11 +208,10 @@ def load_ofa_yaml(path: str | os.PathLike[str], device: str | None = None) -> La
             entry = _entry(value, str(key))
         except InputError as e:
             raise InputError(f"{at}: {e}") from None
-        if block in entries and entries[block] != entry:
+        if not add_entry(entries, block, entry):
             raise InputError(
                 f"{at}: key {key!r} is the same block as {source_keys[block]!r} with a different value."
             )
-        entries[block] = entry
         source_keys[block] = str(key)
     stems = [k for k in keys.values() if k.layer == "Conv"]
     logits = [k for k in keys.values() if k.layer == "Logits"]

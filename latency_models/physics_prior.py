@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import get_space
+from search_spaces import space_class
 
 from .arch_encoding import ArchEncoder
 
@@ -36,12 +36,11 @@ PHYSICS_TERMS = (
     *(f"roofline{r:g}" for r in _ROOFLINE_RATIOS),
 )
 _STAGE_TERMS = ("mac_pw", "mac_dw3", "mac_dw5", "mac_dw7", "act_mid", "ops", "grouped")
-# FBNet's own ImageNet resolution: exact halvings down to 7x7, so per-layer ratios are not distorted
-# by rounding; the fitted weights absorb the overall scale.
-_PHYSICS_TASK = ((224, 224, 3), 1000)
-# Channel width the physics terms describe by default: FBNet's full-width nets, the ones HELP's
-# FBNet latencies were measured on (the space's own default, 0.25, rounds small channel counts
+# Channel width the physics terms describe by default: full-width nets (for FBNet, the ones HELP's
+# FBNet latencies were measured on; the space's own default, 0.25, rounds small channel counts
 # up to multiples of 8 and distorts the ratios between layers). ``None`` = the space's own width.
+# The layers are priced on the task the space defines them for (``layer_blocks``); the fitted
+# weights absorb the overall scale.
 PHYSICS_WIDTH_MULT = 1.0
 _GLOBAL_WEIGHT = 3.0
 
@@ -88,7 +87,8 @@ def _block_terms(block: Any) -> dict[str, float]:
 
 
 def physics_basis(encoder: ArchEncoder, width_mult: float | None = PHYSICS_WIDTH_MULT) -> np.ndarray | None:
-    """Map from the encoder's features to physical cost features, or None for spaces without one.
+    """Map from the encoder's features to physical cost features, or None for a space whose
+    decisions are not layers of their own (``SearchSpace.layer_blocks``).
 
     Returns B (n_features x n_terms) with ``features(codes) @ B`` = per arch, the sum over its
     layers of each layer's physical terms (globally, then per stage), computed from the space's
@@ -96,31 +96,16 @@ def physics_basis(encoder: ArchEncoder, width_mult: float | None = PHYSICS_WIDTH
     per-position one-hot block is non-zero, so a model fitted on these terms collapses back into
     per-position costs: the saved file and its pricing do not change.
     """
-    if encoder.space != "fbnet":
+    layers = space_class(encoder.space).layer_blocks(encoder.space_options, width_mult)
+    if layers is None:
         return None
-    from search_spaces import TaskShape
-
-    options = dict(encoder.space_options)
-    if width_mult is not None:
-        options["width_mult"] = width_mult
-    space = get_space(encoder.space, options)
-    task = TaskShape(*_PHYSICS_TASK)
     n = len(encoder.values)
-    # (position, value) -> terms; a layer is block 1 + position when every layer is a block.
+    # (position, value) -> terms of the block the value prices there (none: nothing computed)
     terms: dict[tuple[int, int], dict[str, float]] = {}
     for v, value in enumerate(encoder.values[0]):
-        if value != "skip":
-            blocks = space.blocks(space.from_params(dict.fromkeys(encoder.names, value)), task)
-            for p in range(n):
-                terms[p, v] = _block_terms(blocks[1 + p])
-            continue
-        # A skip is free unless it changes shape: then the space prices a projection block.
-        filler = next(x for x in encoder.values[0] if x != "skip")
         for p in range(n):
-            params = dict.fromkeys(encoder.names, filler)
-            params[encoder.names[p]] = value
-            proj = [b for b in space.blocks(space.from_params(params), task) if b.kind == "skip_proj"]
-            terms[p, v] = _block_terms(proj[0]) if proj else {}
+            block = layers[p, value]
+            terms[p, v] = _block_terms(block) if block is not None else {}
     stages = encoder.groups or (tuple(range(n)),)
     n_global = len(PHYSICS_TERMS)
     basis = np.zeros((encoder.n_features, n_global + len(stages) * len(_STAGE_TERMS)))

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from search_spaces import InputError, SearchSpace, TaskShape, get_space
-from search_spaces.safeio import brief, finite_number, load_json, unknown_key
+from search_spaces.safeio import brief, check_format, finite_number, load_json, unknown_key
 
 from .table import LatencyTable, write_atomic
 
@@ -268,12 +268,7 @@ def load_predictor(path: str | os.PathLike[str]) -> LatencyPredictor:
     if not path.is_file():
         raise InputError(f"{path}: predictor file not found.")
     doc = load_json(path, "predictor")
-    if not isinstance(doc, dict) or doc.get("format") != PREDICTOR_FORMAT:
-        raise InputError(f'{path}: expected a JSON object with "format": "{PREDICTOR_FORMAT}".')
-    if doc.get("version") != PREDICTOR_VERSION:
-        raise InputError(
-            f"{path}: predictor format version {brief(doc.get('version'))} is not supported (expected {PREDICTOR_VERSION})."
-        )
+    doc = check_format(doc, str(path), PREDICTOR_FORMAT, PREDICTOR_VERSION, "predictor")
     kind = doc.get("kind")
     if not isinstance(kind, str):
         raise InputError(f"{path}: kind: expected one of {sorted(PREDICTORS)}, got {brief(kind)}.")

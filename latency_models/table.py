@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import Block, InputError
-from search_spaces.safeio import MAX_JSON_BYTES, brief, loads_json, read_bounded
+from search_spaces.safeio import MAX_JSON_BYTES, brief, check_format, loads_json, read_bounded
 
 __all__ = [
     "CALIBRATION_KEY",
@@ -29,6 +29,7 @@ __all__ = [
     "LatencyTable",
     "MissingEntryError",
     "TableMeta",
+    "add_entry",
     "write_atomic",
 ]
 
@@ -338,12 +339,7 @@ class LatencyTable:
     @classmethod
     def _from_doc(cls, doc: Any, where: str) -> LatencyTable:
         """A table from its parsed JSON document (also embedded in predictor files)."""
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise InputError(f'{where}: expected a JSON object with "format": "{FORMAT}".')
-        if doc.get("version") != VERSION:
-            raise InputError(
-                f"{where}: table format version {brief(doc.get('version'))} is not supported (expected {VERSION})."
-            )
+        doc = check_format(doc, where, FORMAT, VERSION, "table")
         meta = _meta(doc, where)
         rows = doc.get("entries")
         if not isinstance(rows, list) or not rows:
@@ -502,12 +498,20 @@ def _entries(rows: list[Any], where: str, unit: str, first_line: int = 0) -> dic
             )
         except InputError as e:
             raise InputError(f"{at}: {str(e).rstrip('.')}.") from None
-        if block in entries and entries[block] != entry:
+        if not add_entry(entries, block, entry):
             raise InputError(
                 f"{at}: duplicate block {block.key} with a different value ({entries[block].mean_ms} ms before)."
             )
-        entries[block] = entry
     return entries
+
+
+def add_entry(entries: dict[Block, Entry], block: Block, entry: Entry) -> bool:
+    """Add a row read from a file to ``entries``; False (and nothing added) when the block is
+    there already with another value, which the reader reports (a block has one value)."""
+    if block in entries and entries[block] != entry:
+        return False
+    entries[block] = entry
+    return True
 
 
 def _meta_text(value: Any) -> str:

@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from search_spaces import InputError, SearchSpace
 
 from .arch_encoding import ArchEncoder, _arch_keys
-from .arch_model import TARGETS, FewShotPredictor, FitReport, LearnedPredictor, LinearArchModel
+from .arch_model import (
+    TARGETS,
+    FewShotPredictor,
+    FitReport,
+    LearnedPredictor,
+    LinearArchModel,
+    _ArchModelPredictor,
+)
 from .measurements import Measurements, Reference
 from .physics_prior import PHYSICS_WIDTH_MULT, physics_basis
 from .ridge import (
@@ -48,6 +55,8 @@ __all__ = [
     "PHYSICS_WIDTH_MULT",
     "physics_basis",
 ]
+
+P = TypeVar("P", bound=_ArchModelPredictor)
 
 # Ridge penalties tried by leave-one-out (features are 0/1, the target log-ms or relative ms).
 _LAMBDAS = tuple(10.0**e for e in np.arange(-4.0, 4.01, 0.5))
@@ -134,13 +143,7 @@ def fit_learned(
         params["physics_weight"] = design.weight
         params["physics_width_mult"] = physics_width_mult
     fit = FitReport("ridge", best["target"], best["err"], params)
-    return LearnedPredictor(
-        space=space.name,
-        device=device,
-        provenance=_provenance(measurements, None, {}),
-        model=model,
-        fit=fit,
-    )
+    return _fitted(LearnedPredictor, space, device, measurements, None, model, fit)
 
 
 def _smooth(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
@@ -499,7 +502,20 @@ def fit_transfer(
     params["top_reference_weights"] = {reference.devices[i]: float(best["wz"][i]) for i in top}
     err = best["err"] if math.isfinite(best["err"]) else -1.0
     fit = FitReport(best["method"], best["target"], err, params)
-    return FewShotPredictor(
+    return _fitted(FewShotPredictor, space, device, measurements, reference, model, fit)
+
+
+def _fitted(
+    kind: type[P],
+    space: SearchSpace,
+    device: str,
+    measurements: Measurements,
+    reference: Reference | None,
+    model: LinearArchModel,
+    fit: FitReport,
+) -> P:
+    """A fitted predictor of ``kind`` whose provenance names the files it was fitted on."""
+    return kind(
         space=space.name,
         device=device,
         provenance=_provenance(measurements, reference, {}),

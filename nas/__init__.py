@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
-    from .retrieve import Answer
+
+from search_spaces.plugins import lazy_attributes
 
 from . import run as _run_module  # noqa: F401 - before the function takes the name (see above)
 
@@ -61,34 +62,8 @@ def run(
     return run_job(base, out, resume=resume, storage=storage, status=status, on_event=on_event)
 
 
-def best(
-    runs: str | os.PathLike[str],
-    *,
-    device: str = "host",
-    task: str | None = None,
-    max_latency_ms: float | None = None,
-    max_size_kb: float | None = None,
-    max_memory_kb: float | None = None,
-    top: int = 5,
-    export: str | os.PathLike[str] | None = None,
-    status: Callable[[str], None] | None = None,
-) -> Answer:
-    """The most accurate trained models under ``runs`` meeting the budgets on ``device``
-    (``answer.candidates``, best first; ``answer.as_dict()`` is what ``nas best --json`` prints).
-    With ``export=OUT`` the winner is retrained, compressed, exported and reported in OUT."""
-    from .retrieve import best as _best
-
-    return _best(
-        runs,
-        device=device,
-        task=task,
-        max_latency_ms=max_latency_ms,
-        max_size_kb=max_size_kb,
-        max_memory_kb=max_memory_kb,
-        top=top,
-        export=export,
-        status=status,
-    )
+# ``nas.best`` is ``nas.retrieve.best`` itself, imported on first use (``import nas`` stays light).
+__getattr__ = lazy_attributes(__name__, {"best": "retrieve"})
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:

@@ -131,25 +131,32 @@ def _measure_models(
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """Each of ``archs`` built with trained-looking weights (seeds from ``first_seed``), converted
     for the run's runtime (a file the runtime refuses is made again from other weights:
-    ``convert_runnable``) and the files timed interleaved on ``sample`` (None: the first
+    ``load_runnable``) and the files timed interleaved on ``sample`` (None: the first
     representative input). Returns one record per architecture (arch, latency_ms, spread_ms,
     size_bytes) and the converted files. ``timed_only`` files are converted as profiled blocks
     are (``convert_for_profiling``: timed the same, 8x faster to make, but without the shipped
     file's signature), so their ``size_bytes`` is None: no size model is fitted on them."""
-    from latency_models.profile import convert_runnable, time_interleaved
+    from latency_models.profile import load_runnable, time_interleaved
     from latency_models.runtimes import get_runtime
     from search_spaces.weights import like_trained
 
     lat = config.latency
     rt = get_runtime(lat.runtime)
     rep = list(data.inputs(data.x_train[:64]))
-    artifacts = []
+    convert = rt.convert_for_profiling if timed_only else rt.convert
+    rep_or_none = rep if lat.dtype == "int8" else None
+    loaded = []
     for i, arch in enumerate(archs):
         before_each(i)
         make = like_trained(space, arch, data.shape, seed=first_seed + i)
-        rep_or_none = rep if lat.dtype == "int8" else None
-        artifacts.append(convert_runnable(rt, make, lat.dtype, rep_or_none, profiling=timed_only))
-    sessions = [(rt.load(a, threads=lat.threads), rep[0] if sample is None else sample) for a in artifacts]
+        loaded.append(
+            load_runnable(rt, lambda attempt, make=make: convert(make(attempt), lat.dtype, rep_or_none))
+        )
+    artifacts = [a for a, _ in loaded]
+    # ``load_runnable`` checked each file in a session at one thread: timed as it is when the run
+    # times at one thread too, else the file is loaded again at the run's thread count.
+    x = rep[0] if sample is None else sample
+    sessions = [(s if lat.threads == 1 else rt.load(a, threads=lat.threads), x) for a, s in loaded]
     timings = time_interleaved(sessions, CALIBRATION_REPEATS, threads=lat.threads)
     records = [
         {

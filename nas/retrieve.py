@@ -199,7 +199,10 @@ def best(
     status: Callable[[str], None] | None = None,
 ) -> Answer:
     """The ``top`` most accurate trained candidates under ``runs`` that meet the budgets on
-    ``device``. With ``export``, also retrain, compress and export the winner there like ``nas run``."""
+    ``device`` (``answer.candidates``, best first; ``answer.as_dict()`` is what ``nas best --json``
+    prints). With ``export``, also retrain, compress and export the winner there like ``nas run``.
+
+    This is ``nas.best``."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InputError(f"--top: expected an int >= 1, got {top!r}.")
     budgets = Budgets(max_latency_ms, max_size_kb, max_memory_kb)

@@ -14,6 +14,8 @@ import numpy as np
 
 from search_spaces import InputError, SearchSpace, TrialFailedError
 
+from .trial_record import State, StudyKey, TrialKey
+
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Constraints, RunConfig
     from .data import TaskData
@@ -31,12 +33,12 @@ WEIGHTS_DIR = ".weights"
 
 def _predicted_to_fit(trial: Any, space: SearchSpace, screen: Any, model: LatencyModel) -> bool:
     """Whether ``trial``'s network fits the budgets by ``model``'s (possibly re-fitted) latency."""
-    if trial.user_attrs.get("state") != "complete":
+    if trial.user_attrs.get(TrialKey.STATE) != State.COMPLETE:
         return False
     budget = screen.constraints.max_latency_ms
     if budget is None:
         return True
-    predicted = float(model.predictor.predict([space.parse(trial.user_attrs["arch"])])[0])
+    predicted = float(model.predictor.predict([space.parse(trial.user_attrs[TrialKey.ARCH])])[0])
     return predicted <= budget * (1.0 - screen.latency_guard)
 
 
@@ -75,7 +77,7 @@ def _verify_and_ship(
         )
         timed = [(v.arch, v.measured_latency_ms) for v in verified if v.measured_latency_ms is not None]
         model = model.refined(timed, space)
-        study.set_user_attr("verified", [v.as_dict() for v in verified])
+        study.set_user_attr(StudyKey.VERIFIED, [v.as_dict() for v in verified])
         if any(v.fits for v in verified):
             break
         say("no verified file fits; re-fitted the latency correction on their measurements")
@@ -88,7 +90,7 @@ def _verify_and_ship(
             finals.append(
                 replace(v, stage="final", fits=False, reasons=(f"its file could not be made: {e}",))
             )
-            study.set_user_attr("verified", [x.as_dict() for x in (*verified, *finals)])
+            study.set_user_attr(StudyKey.VERIFIED, [x.as_dict() for x in (*verified, *finals)])
             say(f"the retrained file of trial {v.trial} could not be made ({e}); trying the next candidate")
             _set_aside(out, v.trial)
             continue
@@ -110,7 +112,7 @@ def _verify_and_ship(
             epochs=config.training.final_epochs,
         )
         finals.append(final)
-        study.set_user_attr("verified", [x.as_dict() for x in (*verified, *finals)])
+        study.set_user_attr(StudyKey.VERIFIED, [x.as_dict() for x in (*verified, *finals)])
         if fits:
             return (final, exported), [*verified, *finals], model
         say(

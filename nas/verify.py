@@ -24,6 +24,7 @@ from compress import StageError
 from search_spaces import SearchSpace, TrialFailedError
 
 from .config import Constraints
+from .trial_record import State, TrialKey
 
 __all__ = [
     "NEAR_BUDGET",
@@ -101,19 +102,19 @@ def pick(
     """The trials to verify: the ``k`` most accurate complete ones at the top fidelity (ties:
     lower predicted latency), one more for each whose prediction sits within ``near`` of a
     budget, at most ``limit``. One trial per distinct network."""
-    done = [t for t in trials if t.user_attrs.get("state") == "complete" and t.values is not None]
+    done = [t for t in trials if t.user_attrs.get(TrialKey.STATE) == State.COMPLETE and t.values is not None]
     if not done:
         return []
-    top = max(int(t.user_attrs.get("fidelity_epochs") or 0) for t in done)
+    top = max(int(t.user_attrs.get(TrialKey.FIDELITY_EPOCHS) or 0) for t in done)
     ranked = sorted(
-        (t for t in done if int(t.user_attrs.get("fidelity_epochs") or 0) == top),
-        key=lambda t: (-t.values[0], t.user_attrs.get("predicted_latency_ms", 0.0)),
+        (t for t in done if int(t.user_attrs.get(TrialKey.FIDELITY_EPOCHS) or 0) == top),
+        key=lambda t: (-t.values[0], t.user_attrs.get(TrialKey.PREDICTED_LATENCY_MS, 0.0)),
     )
     seen: set[str] = set()
     out: list[Any] = []
     want = k
     for t in ranked:
-        canonical = t.user_attrs.get("canonical", t.user_attrs.get("arch"))
+        canonical = t.user_attrs.get(TrialKey.CANONICAL, t.user_attrs.get(TrialKey.ARCH))
         if canonical in seen:
             continue
         seen.add(canonical)
@@ -129,9 +130,9 @@ def _near(t: Any, budgets: Constraints, near: float) -> bool:
     a = t.user_attrs
     lat, size = budgets.max_latency_ms, budgets.max_size_kb
     # An exact size (the converted file's, checked during the search) cannot miss; a predicted one can.
-    size_bytes = 0.0 if a.get("exact_size_bytes") else a.get("predicted_size_bytes") or 0.0
+    size_bytes = 0.0 if a.get(TrialKey.EXACT_SIZE_BYTES) else a.get(TrialKey.PREDICTED_SIZE_BYTES) or 0.0
     return bool(
-        (lat is not None and a.get("predicted_latency_ms", 0.0) >= (1 - near) * lat)
+        (lat is not None and a.get(TrialKey.PREDICTED_LATENCY_MS, 0.0) >= (1 - near) * lat)
         or (size is not None and size_bytes >= (1 - near) * size * 1024)
     )
 
@@ -202,8 +203,8 @@ def verify_candidates(
     made: list[tuple[Any, Any, Path, int]] = []  # (trial, exported, file path, epochs)
     unmade: list[Verified] = []
     for i, t in enumerate(trials):
-        arch = space.parse(t.user_attrs["arch"])
-        epochs = int(t.user_attrs.get("fidelity_epochs") or config.training.epochs)
+        arch = space.parse(t.user_attrs[TrialKey.ARCH])
+        epochs = int(t.user_attrs.get(TrialKey.FIDELITY_EPOCHS) or config.training.epochs)
         model, how = _trained(config, space, arch, data, t.number, epochs, weights)
         say(f"verifying candidate {i + 1}/{len(trials)}: {arch} ({how}, compressing)")
         target = folder / f"trial-{t.number}"
@@ -239,7 +240,7 @@ def verify_candidates(
     for i, ((t, e, path, epochs), timing) in enumerate(zip(made, timings, strict=True)):
         tflite = path if e.format == "tflite" else path.parent / _tflite_name(path.parent)
         size = tflite.stat().st_size
-        fits, reasons = check(timing, size, budgets, t.user_attrs.get("predicted_memory_bytes"))
+        fits, reasons = check(timing, size, budgets, t.user_attrs.get(TrialKey.PREDICTED_MEMORY_BYTES))
         if i in refused:
             kept = tuple(r for r in reasons if not r.startswith("latency not measured"))
             fits, reasons = False, (f"{config.latency.runtime} refused the file: {refused[i]}", *kept)
@@ -266,11 +267,13 @@ def _record(t: Any, epochs: int, **measured: Any) -> Verified:
     """A verification record of trial ``t`` with what was ``measured`` of its file."""
     return Verified(
         trial=t.number,
-        arch=str(t.user_attrs["arch"]),
+        arch=str(t.user_attrs[TrialKey.ARCH]),
         search_accuracy=float(t.values[0]),
-        predicted_latency_ms=float(t.user_attrs.get("predicted_latency_ms", float("nan"))),
+        predicted_latency_ms=float(t.user_attrs.get(TrialKey.PREDICTED_LATENCY_MS, float("nan"))),
         predicted_size_bytes=float(
-            t.user_attrs.get("exact_size_bytes") or t.user_attrs.get("predicted_size_bytes") or 0.0
+            t.user_attrs.get(TrialKey.EXACT_SIZE_BYTES)
+            or t.user_attrs.get(TrialKey.PREDICTED_SIZE_BYTES)
+            or 0.0
         ),
         stage="verify",
         epochs=epochs,

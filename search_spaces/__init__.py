@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
 from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape
 from .errors import FatalError, InputError, NasError, TrialFailedError
+from .plugins import load_registered
 
 __all__ = [
     "Block",
@@ -21,6 +21,7 @@ __all__ = [
     "TaskShape",
     "TrialFailedError",
     "get_space",
+    "space_class",
 ]
 
 # name -> "module:Class"; modules are imported only when their space is asked for.
@@ -34,12 +35,14 @@ SPACES: dict[str, str] = {
 }
 
 
+def space_class(name: str) -> type[SearchSpace]:
+    """The class of the space called ``name`` (its module imported, no space made)."""
+    return load_registered(SPACES, name, "space", "spaces")
+
+
 def get_space(name: str, options: Mapping[str, Any] | None = None) -> SearchSpace:
     """The space called ``name`` with its options (a mapping from the config)."""
-    if name not in SPACES:
-        raise InputError(f"space: unknown space {name!r}; valid spaces: {sorted(SPACES)}.")
-    module_name, cls_name = SPACES[name].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    cls = space_class(name)
     options = dict(options or {})
     if not hasattr(cls, "from_options"):
         if options:

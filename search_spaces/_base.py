@@ -16,7 +16,7 @@ from .safeio import brief
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-__all__ = ["Block", "Choice", "SearchSpace", "SizeTerms", "TaskShape"]
+__all__ = ["Block", "Choice", "OpSequenceSpace", "SearchSpace", "SizeTerms", "TaskShape"]
 
 
 @dataclass(frozen=True, order=True)
@@ -127,6 +127,21 @@ class SearchSpace(ABC):
     # runs repeat.
     pricing_ms: ClassVar[float] = 0.1
 
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> SearchSpace:
+        """The space for config values: its dataclass fields by name (lists become tuples;
+        unknown keys are an error). A space whose options need more than that overrides it."""
+        cls._check_options(options, set(cls.__dataclass_fields__))
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+
+    @classmethod
+    def _check_options(cls, options: Mapping[str, Any], known: set[str]) -> None:
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InputError(
+                f"space {cls.name}: unknown option {unknown[0]!r}; valid options: {sorted(known)}."
+            )
+
     # -- decisions -----------------------------------------------------------------------------
     @abstractmethod
     def choices(self) -> tuple[Choice, ...]:
@@ -189,6 +204,17 @@ class SearchSpace(ABC):
         default. A strategy that gets them weighs the one-hot decisions down beside them."""
         return []
 
+    @classmethod
+    def layer_blocks(
+        cls, options: Mapping[str, Any], width_mult: float | None = None
+    ) -> dict[tuple[int, Any], Block | None] | None:
+        """For a space whose every decision is one layer of the network: the block that each
+        value prices at each decision's position (``(position, value) -> block``, None where the
+        value computes nothing), in the space with ``options`` (at channel width ``width_mult``
+        when given) on the task its layers are defined for. A latency model's physics prior is
+        built on them. None (the default) when the decisions are not layers of their own."""
+        return None
+
     def live_choices(self, codes: Any, values: Sequence[Sequence[Any]]) -> Any:
         """Which decisions compute something, for many architectures at once (a runtime folds the
         others away, so a latency model should not price them).
@@ -250,9 +276,46 @@ class SearchSpace(ABC):
             f"space {self.name}: needs image input (H, W) or (H, W, C), got input_shape {shape!r}."
         )
 
+    def _image_input(self, task: TaskShape) -> tuple[Any, Any, Any]:
+        """The keras module, a network's input for ``task``, and that input as an (H, W, C) image."""
+        from .backend import keras
+
+        k = keras()
+        h, w, c = self._image_shape(task)
+        inputs = k.Input(shape=tuple(task.input_shape), name="input")
+        x = inputs if len(task.input_shape) == 3 else k.layers.Reshape((h, w, c))(inputs)
+        return k, inputs, x
+
+    def _classifier(self, k: Any, inputs: Any, x: Any, num_classes: int, dropout: float = 0.0) -> Any:
+        """The end of a network (pooling, dropout when any, a softmax classifier): the model."""
+        x = k.layers.GlobalAveragePooling2D(name="pool")(x)
+        if dropout:
+            x = k.layers.Dropout(dropout, name="dropout")(x)
+        outputs = k.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+        return k.Model(inputs, outputs, name=self.name)
+
     def block_model(self, block: Block) -> Any:
         """A tf_keras model of ``block`` alone (input of the block's shape), for profiling."""
         raise NotImplementedError(f"space {self.name} cannot build single blocks for profiling")
+
+    def _block_model(self, block: Block, kinds: Mapping[str, Callable[[Any, Any], Any]]) -> Any:
+        """``block_model`` from a table: each block kind's layers on an input (``layers, x -> y``);
+        ``pool_dense``, the classifier, is the same in every space that has one."""
+        from .backend import keras
+
+        k = keras()
+        inputs = k.Input(shape=(block.in_h, block.in_w, block.in_c), batch_size=1, name="input")
+
+        def pool_dense(layers: Any, x: Any) -> Any:
+            x = layers.GlobalAveragePooling2D(name="pool")(x)
+            return layers.Dense(block.out_c, activation="softmax", name="classifier")(x)
+
+        kinds = {**kinds, "pool_dense": pool_dense}
+        if block.kind not in kinds:
+            raise InputError(
+                f"space {self.name}: unknown block kind {block.kind!r}; valid kinds: {sorted(kinds)}."
+            )
+        return k.Model(inputs, kinds[block.kind](k.layers, inputs), name=block.key.replace(".", "_"))
 
     def size_terms(self, arch: Hashable, task: TaskShape) -> SizeTerms:
         """What an exported file's size grows with; spaces override with a closed form."""
@@ -266,6 +329,38 @@ class SearchSpace(ABC):
                 else:
                     weights += int(w.size)
         return SizeTerms(weights, biases, tensors)
+
+
+@dataclass(frozen=True)
+class OpSequenceSpace(SearchSpace):
+    """A space whose architecture is one operation per position (``fbnet``'s layers, ``nb201``'s
+    edges): decision ``decision_names[i]`` picks one of the space's ``ops`` (a dataclass field of
+    the subclass), and ``arch_class(ops)`` is the architecture, holding them as ``arch.ops``."""
+
+    decision_names: ClassVar[tuple[str, ...]]
+    arch_class: ClassVar[Callable[[tuple[str, ...]], Any]]
+    if TYPE_CHECKING:  # pragma: no cover - a field of every subclass, not of this base
+        ops: tuple[str, ...]
+
+    def choices(self) -> tuple[Choice, ...]:
+        return tuple(Choice(name, self.ops) for name in self.decision_names)
+
+    def from_params(self, params: Mapping[str, Any]) -> Any:
+        ops = []
+        for key in self.decision_names:
+            if key not in params:
+                raise InputError(f"space {self.name}: missing parameter {key!r}.")
+            ops.append(str(params[key]))
+        arch = self.arch_class(tuple(ops))
+        self.validate(arch)
+        return arch
+
+    def to_params(self, arch: Any) -> dict[str, Any]:
+        return dict(zip(self.decision_names, arch.ops, strict=True))
+
+    @abstractmethod
+    def validate(self, arch: Any) -> None:
+        """Raise ``InputError`` naming the first operation of ``arch`` the space does not allow."""
 
 
 def parse_int(text: str, where: str) -> int:

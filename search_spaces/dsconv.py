@@ -80,15 +80,6 @@ class DsconvSpace(SearchSpace):
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise InputError(f"{where}: `dropout` expected a number in [0, 1), got {self.dropout!r}.")
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> DsconvSpace:
-        """Build from config values (lists become tuples; unknown keys are an error)."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InputError(f"space dsconv: unknown option {unknown[0]!r}; valid options: {sorted(known)}.")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
-
     # -- decisions -----------------------------------------------------------------------------
     def choices(self) -> tuple[Choice, ...]:
         out: list[Choice] = []
@@ -191,39 +182,24 @@ class DsconvSpace(SearchSpace):
         return total
 
     def block_model(self, block: Block) -> Any:
-        from .backend import keras
-
-        k = keras()
-        inputs = k.Input(shape=(block.in_h, block.in_w, block.in_c), batch_size=1, name="input")
-        if block.kind == "conv":
-            x = _conv_bn(k.layers, inputs, block.out_c, block.kernel, block.stride, "conv")
-        elif block.kind == "dsconv":
-            x = _dsconv(k.layers, inputs, DsBlock(block.out_c, block.kernel, block.stride), "b")
-        elif block.kind == "pool_dense":
-            x = k.layers.GlobalAveragePooling2D(name="pool")(inputs)
-            x = k.layers.Dense(block.out_c, activation="softmax", name="classifier")(x)
-        else:
-            raise InputError(
-                f"space dsconv: unknown block kind {block.kind!r}; valid kinds: ['conv', 'dsconv', 'pool_dense']."
-            )
-        return k.Model(inputs, x, name=block.key.replace(".", "_"))
+        return self._block_model(
+            block,
+            {
+                "conv": lambda layers, x: _conv_bn(
+                    layers, x, block.out_c, block.kernel, block.stride, "conv"
+                ),
+                "dsconv": lambda layers, x: _dsconv(
+                    layers, x, DsBlock(block.out_c, block.kernel, block.stride), "b"
+                ),
+            },
+        )
 
     def build(self, arch: DsconvArch, task: TaskShape) -> Any:
-        from .backend import keras
-
-        k = keras()
-        layers = k.layers
-        h, w, c = self._image_shape(task)
-        inputs = k.Input(shape=tuple(task.input_shape), name="input")
-        x = inputs if len(task.input_shape) == 3 else layers.Reshape((h, w, c))(inputs)
-        x = _conv_bn(layers, x, self.stem_width, 3, self.stem_stride, "stem")
+        k, inputs, x = self._image_input(task)
+        x = _conv_bn(k.layers, x, self.stem_width, 3, self.stem_stride, "stem")
         for i, b in enumerate(arch.blocks):
-            x = _dsconv(layers, x, b, f"b{i}")
-        x = layers.GlobalAveragePooling2D(name="pool")(x)
-        if self.dropout:
-            x = layers.Dropout(self.dropout, name="dropout")(x)
-        outputs = layers.Dense(task.num_classes, activation="softmax", name="classifier")(x)
-        return k.Model(inputs, outputs, name="dsconv")
+            x = _dsconv(k.layers, x, b, f"b{i}")
+        return self._classifier(k, inputs, x, task.num_classes, self.dropout)
 
 
 def _conv_bn(layers: Any, x: Any, filters: int, kernel: int, stride: int, name: str) -> Any:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape
+from ._base import Block, OpSequenceSpace, SizeTerms, TaskShape
 from .errors import InputError
 from .safeio import brief
 
@@ -24,6 +24,9 @@ STEM_CHANNELS = 16
 HEAD_CHANNELS = 1984
 NUM_LAYERS = sum(n for _, n, _ in LAYER_SCHEDULE)
 _LAYER_NAMES = tuple(f"layer_{i}" for i in range(NUM_LAYERS))
+# FBNet's own ImageNet task, the one its layers are defined for (``layer_blocks``): exact halvings
+# down to 7x7, so the ratios between layers are not distorted by rounding.
+REFERENCE_TASK = TaskShape((224, 224, 3), 1000)
 
 
 def op_spec(op: str) -> tuple[int, int, int]:
@@ -50,7 +53,7 @@ def _divisible(value: float, divisor: int = 8) -> int:
 
 
 @dataclass(frozen=True)
-class FbnetSpace(SearchSpace):
+class FbnetSpace(OpSequenceSpace):
     """FBNet's macro skeleton (stem, 7 stages of TBS layers, 1x1 head, pooling, classifier).
 
     ``width_mult`` scales every channel count (the paper's 1.0 is far too big for 28x28 digits on
@@ -58,6 +61,8 @@ class FbnetSpace(SearchSpace):
     """
 
     name = "fbnet"
+    decision_names = _LAYER_NAMES
+    arch_class = FbnetArch
 
     width_mult: float = 0.25
     stem_stride: int = 2
@@ -82,36 +87,11 @@ class FbnetSpace(SearchSpace):
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"{where}: `dropout` expected a number in [0, 1), got {self.dropout!r}.")
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> FbnetSpace:
-        """Build from config values (lists become tuples; unknown keys are an error)."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InputError(f"space fbnet: unknown option {unknown[0]!r}; valid options: {sorted(known)}.")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
-
     # -- decisions -----------------------------------------------------------------------------
-    def choices(self) -> tuple[Choice, ...]:
-        return tuple(Choice(name, self.ops) for name in _LAYER_NAMES)
-
     def choice_groups(self) -> tuple[tuple[int, ...], ...]:
         """The layers of each stage (they share a shape)."""
         bounds = list(itertools.accumulate((n for _, n, _ in LAYER_SCHEDULE), initial=0))
         return tuple(tuple(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
-
-    def from_params(self, params: Mapping[str, Any]) -> FbnetArch:
-        ops = []
-        for i in range(NUM_LAYERS):
-            if f"layer_{i}" not in params:
-                raise InputError(f"space fbnet: missing parameter 'layer_{i}'.")
-            ops.append(str(params[f"layer_{i}"]))
-        arch = FbnetArch(tuple(ops))
-        self.validate(arch)
-        return arch
-
-    def to_params(self, arch: Any) -> dict[str, Any]:
-        return dict(zip(_LAYER_NAMES, arch.ops, strict=True))
 
     def validate(self, arch: FbnetArch) -> None:
         if len(arch.ops) != NUM_LAYERS:
@@ -136,6 +116,36 @@ class FbnetSpace(SearchSpace):
                     f"arch {brief(text)}: layer {i}: unknown block {op!r}; valid blocks: {list(self.ops)}."
                 )
         return FbnetArch(tuple(ops))
+
+    @classmethod
+    def layer_blocks(
+        cls, options: Mapping[str, Any], width_mult: float | None = None
+    ) -> dict[tuple[int, Any], Block | None]:
+        options = dict(options)
+        if width_mult is not None:
+            options["width_mult"] = width_mult
+        space = cls.from_options(options)
+        names, values = _LAYER_NAMES, space.ops
+        out: dict[tuple[int, Any], Block | None] = {}
+        for value in values:
+            if value != "skip":
+                # Every layer is a block: layer p is block 1 + p (after the stem).
+                blocks = space.blocks(space.from_params(dict.fromkeys(names, value)), REFERENCE_TASK)
+                for p in range(len(names)):
+                    out[p, value] = blocks[1 + p]
+                continue
+            # A skip is free unless it changes shape: then the space prices a projection block.
+            filler = next(x for x in values if x != "skip")
+            for p in range(len(names)):
+                params = dict.fromkeys(names, filler)
+                params[names[p]] = value
+                proj = [
+                    b
+                    for b in space.blocks(space.from_params(params), REFERENCE_TASK)
+                    if b.kind == "skip_proj"
+                ]
+                out[p, value] = proj[0] if proj else None
+        return out
 
     # -- networks ------------------------------------------------------------------------------
     def layer_plan(self) -> list[tuple[int, int]]:
@@ -188,22 +198,13 @@ class FbnetSpace(SearchSpace):
         return total
 
     def build(self, arch: FbnetArch, task: TaskShape) -> Any:
-        from .backend import keras
-
-        k = keras()
+        k, inputs, x = self._image_input(task)
         layers = k.layers
-        h, w, c = self._image_shape(task)
-        inputs = k.Input(shape=tuple(task.input_shape), name="input")
-        x = inputs if len(task.input_shape) == 3 else layers.Reshape((h, w, c))(inputs)
         x = _conv_bn(layers, x, self.stem_channels(), 3, self.stem_stride, True, "stem")
         for i, (op, (out_c, stride)) in enumerate(zip(arch.ops, self.layer_plan(), strict=True)):
             x = _tbs(layers, x, op, out_c, stride, f"l{i}")
         x = _conv_bn(layers, x, self.head_channels(), 1, 1, True, "head")
-        x = layers.GlobalAveragePooling2D(name="pool")(x)
-        if self.dropout:
-            x = layers.Dropout(self.dropout, name="dropout")(x)
-        outputs = layers.Dense(task.num_classes, activation="softmax", name="classifier")(x)
-        return k.Model(inputs, outputs, name="fbnet")
+        return self._classifier(k, inputs, x, task.num_classes, self.dropout)
 
 
 def _conv_bn(

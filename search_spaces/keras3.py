@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import TrialFailedError
+from .user_code import build_on_input
 
 __all__ = ["ATOL", "RTOL", "is_keras3", "to_tf_keras"]
 
@@ -132,13 +133,12 @@ def to_tf_keras(
     k = tf_keras()
     shape = tuple(int(d) for d in input_shape)
     if not model.built or not getattr(model, "inputs", None):
-        try:
-            model.build((None, *shape))
-        except Exception as e:
-            raise TrialFailedError(
-                f"{where}: the Keras 3 model does not build on the input shape {shape}: {type(e).__name__}: "
-                f"{str(e).splitlines()[0][:160] if str(e) else ''}"
-            ) from None
+        build_on_input(
+            model,
+            shape,
+            lambda: f"{where}: the Keras 3 model does not build on the input shape",
+            lambda e: str(e).splitlines()[0][:160] if str(e) else "",
+        )
     graph = getattr(model, "_functional", None) or model
     if not hasattr(graph, "_run_through_graph") or not getattr(graph, "inputs", None):
         raise TrialFailedError(

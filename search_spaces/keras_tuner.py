@@ -26,7 +26,7 @@ from .errors import InputError, TrialFailedError
 from .keras3 import is_keras3
 from .keras_layers import PRICED_LAYERS, read_built, read_unbuilt
 from .safeio import brief
-from .user_code import first_line, load_build, user_frame
+from .user_code import build_on_input, first_line, load_build, user_frame
 
 # first_line, load_build and user_frame live in search_spaces.user_code; re-exported for their users.
 __all__ = ["KtArch", "KerasTunerSpace", "UserCompile", "first_line", "load_build", "user_frame"]
@@ -130,12 +130,7 @@ class KerasTunerSpace(SearchSpace):
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> KerasTunerSpace:
-        known = {"build", "float_points"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InputError(
-                f"space keras-tuner: unknown option {unknown[0]!r}; valid options: {sorted(known)}."
-            )
+        cls._check_options(options, {"build", "float_points"})
         if "build" not in options:
             raise InputError("space keras-tuner: `build` expected 'module:function', got none.")
         return cls(build_fn=options["build"], float_points=options.get("float_points", 5))
@@ -386,13 +381,13 @@ class KerasTunerSpace(SearchSpace):
 
             model = to_tf_keras(model, shape, where=f"{user_frame(Exception(), func)}: build(hp)")
         elif not model.built or getattr(model, "inputs", None) is None:
-            try:
-                model.build((None, *shape))
-            except Exception as e:
-                raise TrialFailedError(
-                    f"{user_frame(Exception(), func)}: build(hp)'s model does not build on the task's input "
-                    f"shape {shape}: {type(e).__name__}: {first_line(e)}"
-                ) from None
+            build_on_input(
+                model,
+                shape,
+                lambda: (
+                    f"{user_frame(Exception(), func)}: build(hp)'s model does not build on the task's input shape"
+                ),
+            )
         got = tuple(int(d) for d in model.input_shape[1:] if d is not None)
         if got != shape:
             raise TrialFailedError(

@@ -102,10 +102,7 @@ class MbconvSpace(SearchSpace):
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> MbconvSpace:
         """Build from config values (lists become tuples; unknown keys are an error)."""
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InputError(f"space mbconv: unknown option {unknown[0]!r}; valid options: {sorted(known)}.")
+        cls._check_options(options, set(cls.__dataclass_fields__))
         kwargs: dict[str, Any] = {}
         for key, value in options.items():
             if key == "widths":
@@ -284,43 +281,30 @@ class MbconvSpace(SearchSpace):
         return total
 
     def block_model(self, block: Block) -> Any:
-        from .backend import keras
-
-        k = keras()
-        inputs = k.Input(shape=(block.in_h, block.in_w, block.in_c), batch_size=1, name="input")
-        if block.kind == "conv":
-            x = _conv_bn_act(k.layers, inputs, block.out_c, block.kernel, block.stride, block.act, "conv")
-        elif block.kind == "mbconv":
+        def mbconv(layers: Any, x: Any) -> Any:
             stage = MbconvStage(1, block.kernel, int(block.expand), block.out_c, block.se, block.act)
-            x = _mbconv(k.layers, inputs, stage, block.stride, "b")
-        elif block.kind == "pool_dense":
-            x = k.layers.GlobalAveragePooling2D(name="pool")(inputs)
-            x = k.layers.Dense(block.out_c, activation="softmax", name="classifier")(x)
-        else:
-            raise InputError(
-                f"space mbconv: unknown block kind {block.kind!r}; valid kinds: ['conv', 'mbconv', 'pool_dense']."
-            )
-        return k.Model(inputs, x, name=block.key.replace(".", "_"))
+            return _mbconv(layers, x, stage, block.stride, "b")
+
+        return self._block_model(
+            block,
+            {
+                "conv": lambda layers, x: _conv_bn_act(
+                    layers, x, block.out_c, block.kernel, block.stride, block.act, "conv"
+                ),
+                "mbconv": mbconv,
+            },
+        )
 
     def build(self, arch: MbconvArch, task: TaskShape) -> Any:
-        from .backend import keras
-
-        k = keras()
+        k, inputs, x = self._image_input(task)
         layers = k.layers
-        h, w, c = self._image_shape(task)
-        inputs = k.Input(shape=tuple(task.input_shape), name="input")
-        x = inputs if len(task.input_shape) == 3 else layers.Reshape((h, w, c))(inputs)
         x = _conv_bn_act(layers, x, self.stem_width, 3, self.stem_stride, "relu6", "stem")
         for i, (stage, stride) in enumerate(zip(arch.stages, self.strides, strict=True)):
             for j in range(stage.depth):
                 x = _mbconv(layers, x, stage, stride if j == 0 else 1, f"s{i}b{j}")
         if self.head_width:
             x = _conv_bn_act(layers, x, self.head_width, 1, 1, "relu6", "head")
-        x = layers.GlobalAveragePooling2D(name="pool")(x)
-        if self.dropout:
-            x = layers.Dropout(self.dropout, name="dropout")(x)
-        outputs = layers.Dense(task.num_classes, activation="softmax", name="classifier")(x)
-        return k.Model(inputs, outputs, name="mbconv")
+        return self._classifier(k, inputs, x, task.num_classes, self.dropout)
 
 
 def _act(layers: Any, x: Any, act: str, name: str) -> Any:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from ._base import Block, Choice, SearchSpace, SizeTerms, TaskShape
+from ._base import Block, OpSequenceSpace, SizeTerms, TaskShape
 from .errors import InputError
 from .safeio import brief
 
@@ -123,7 +123,7 @@ _PATH_KEYS = {
 
 
 @dataclass(frozen=True)
-class Nb201Space(SearchSpace):
+class Nb201Space(OpSequenceSpace):
     """The NAS-Bench-201 macro skeleton: stem, 3 stages of ``cells_per_stage`` cells joined by
     residual reduction blocks (channels double, resolution halves), BN-ReLU, pooling, classifier.
 
@@ -132,6 +132,8 @@ class Nb201Space(SearchSpace):
     """
 
     name = "nb201"
+    decision_names = _EDGE_NAMES
+    arch_class = Nb201Arch
 
     channels: int = 8
     cells_per_stage: int = 1
@@ -150,32 +152,7 @@ class Nb201Space(SearchSpace):
                 f"{where}: `ops` expected a non-empty subset of {list(OPS)}, got {list(self.ops)}."
             )
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> Nb201Space:
-        """Build from config values (lists become tuples; unknown keys are an error)."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InputError(f"space nb201: unknown option {unknown[0]!r}; valid options: {sorted(known)}.")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
-
     # -- decisions -----------------------------------------------------------------------------
-    def choices(self) -> tuple[Choice, ...]:
-        return tuple(Choice(name, self.ops) for name in _EDGE_NAMES)
-
-    def from_params(self, params: Mapping[str, Any]) -> Nb201Arch:
-        ops = []
-        for key in _EDGE_NAMES:
-            if key not in params:
-                raise InputError(f"space nb201: missing parameter {key!r}.")
-            ops.append(str(params[key]))
-        arch = Nb201Arch(tuple(ops))
-        self.validate(arch)
-        return arch
-
-    def to_params(self, arch: Any) -> dict[str, Any]:
-        return dict(zip(_EDGE_NAMES, arch.ops, strict=True))
-
     def validate(self, arch: Nb201Arch) -> None:
         for (dst, src), op in zip(EDGES, arch.ops, strict=True):
             if op not in self.ops:
@@ -326,13 +303,8 @@ class Nb201Space(SearchSpace):
         return total
 
     def build(self, arch: Nb201Arch, task: TaskShape) -> Any:
-        from .backend import keras
-
-        k = keras()
+        k, inputs, x = self._image_input(task)
         layers = k.layers
-        h, w, c = self._image_shape(task)
-        inputs = k.Input(shape=tuple(task.input_shape), name="input")
-        x = inputs if len(task.input_shape) == 3 else layers.Reshape((h, w, c))(inputs)
         ch = self.channels
         x = layers.Conv2D(ch, 3, padding="same", use_bias=False, name="stem_conv")(x)
         x = layers.BatchNormalization(name="stem_bn")(x)
@@ -345,9 +317,7 @@ class Nb201Space(SearchSpace):
                 x = _cell(layers, x, arch, live, f"s{stage}c{cell}")
         x = layers.BatchNormalization(name="last_bn")(x)
         x = layers.ReLU(name="last_relu")(x)
-        x = layers.GlobalAveragePooling2D(name="pool")(x)
-        outputs = layers.Dense(task.num_classes, activation="softmax", name="classifier")(x)
-        return k.Model(inputs, outputs, name="nb201")
+        return self._classifier(k, inputs, x, task.num_classes)
 
 
 def _relu_conv_bn(layers: Any, x: Any, filters: int, kernel: int, stride: int, name: str) -> Any:

@@ -85,17 +85,6 @@ class OfaMbv3Space(SearchSpace):
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"{where}: `dropout` must be in [0, 1), got {self.dropout!r}.")
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> OfaMbv3Space:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InputError(
-                f"space ofa-mbv3: unknown option {unknown[0]!r}; valid options: {sorted(known)}."
-            )
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        return cls(**kwargs)
-
     # -- widths --------------------------------------------------------------------------------
     @property
     def widths(self) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_JSON_BYTES",
     "MAX_YAML_BYTES",
     "brief",
+    "check_format",
     "finite_number",
     "load_json",
     "load_yaml",
@@ -56,6 +57,18 @@ def brief(value: Any) -> str:
     except (RecursionError, ValueError):
         return f"<{type(value).__name__}>"
     return text if len(text) <= 100 else f"{text[:60]}...{text[-30:]}"
+
+
+def check_format(doc: Any, where: str, fmt: str, version: int, what: str) -> dict[str, Any]:
+    """``doc`` (a parsed file) as a JSON object of our format ``fmt`` at ``version``: the one
+    check every reader of our files makes first (``what`` names the format in the message)."""
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise InputError(f'{where}: expected a JSON object with "format": "{fmt}".')
+    if doc.get("version") != version:
+        raise InputError(
+            f"{where}: {what} format version {brief(doc.get('version'))} is not supported (expected {version})."
+        )
+    return doc
 
 
 def unknown_key(where: str, key: Any, valid: Iterable[str]) -> InputError:

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, TrialFailedError
 
-__all__ = ["first_line", "load_build", "user_frame"]
+__all__ = ["build_on_input", "first_line", "load_build", "user_frame"]
 
 
 def first_line(e: BaseException) -> str:
@@ -25,6 +25,20 @@ def first_line(e: BaseException) -> str:
         raised = [t for t in text if re.match(r"^[\w.]+(Error|Exception): ", t)]
         line = raised[-1].split(": ", 1)[1] if raised else text[-1]
     return (line[:200] + "...") if len(line) > 200 else line
+
+
+def build_on_input(
+    model: Any,
+    shape: tuple[int, ...],
+    fails: Callable[[], str],
+    detail: Callable[[BaseException], str] = first_line,
+) -> None:
+    """Build a user's model on inputs of ``shape`` (a batch axis in front). A model that does not
+    build fails the trial: ``{fails()} {shape}: {error type}: {detail(error)}``."""
+    try:
+        model.build((None, *shape))
+    except Exception as e:
+        raise TrialFailedError(f"{fails()} {shape}: {type(e).__name__}: {detail(e)}") from None
 
 
 def _library_dirs() -> tuple[str, ...]:

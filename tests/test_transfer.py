@@ -232,20 +232,19 @@ def test_physics_basis_sums_each_layers_terms_from_the_space_blocks() -> None:
     """``features @ basis`` is, up to a scale per term, the sum of the blocks' own cost terms
     (so every position, including skips that need a projection, is aligned with its block)."""
     from latency_models.physics_prior import (
-        _PHYSICS_TASK,
         PHYSICS_TERMS,
         PHYSICS_WIDTH_MULT,
         _block_terms,
         physics_basis,
     )
-    from search_spaces import TaskShape
+    from search_spaces.fbnet import REFERENCE_TASK
 
     space = get_space("fbnet")
     enc = ArchEncoder.for_space(space)
     rng = random.Random(4)
     archs = [space.random(rng) for _ in range(200)]
     assert physics_basis(ArchEncoder.for_space(get_space("nb201"))) is None
-    task = TaskShape(*_PHYSICS_TASK)
+    task = REFERENCE_TASK  # the task fbnet's layers are priced on (``layer_blocks``)
     # By default the terms describe full-width nets; None keeps the space's own width (0.25).
     for width, terms_space in (
         (PHYSICS_WIDTH_MULT, get_space("fbnet", {"width_mult": PHYSICS_WIDTH_MULT})),

@@ -8,17 +8,19 @@ all go through these, so a number always comes from the file a runtime really ex
 
 from __future__ import annotations
 
-import importlib
+import os
 import statistics
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from search_spaces import InputError, TrialFailedError
+from search_spaces.plugins import load_registered
 
 __all__ = [
     "RUNTIMES",
@@ -30,6 +32,9 @@ __all__ = [
     "Session",
     "Timing",
     "get_runtime",
+    "input_sample",
+    "read_model_file",
+    "run_in_chunks",
     "time_calls",
 ]
 
@@ -166,6 +171,25 @@ class Artifact:
         return len(self.data) + sum(len(b) for _, b in self.parts)
 
 
+def input_sample(x: np.ndarray | None, shape: tuple[int, ...] | list[int]) -> np.ndarray:
+    """``x`` as one float32 input of ``shape`` (what ``Session.prepare`` sets), zeros when None."""
+    return np.zeros(shape, np.float32) if x is None else np.asarray(x, np.float32).reshape(shape)
+
+
+def run_in_chunks(x: np.ndarray, batch: int, run_chunk: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``run_chunk`` over ``x`` (as float32) in slices of at most ``batch`` samples, joined."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.concatenate([run_chunk(x[start : start + batch]) for start in range(0, len(x), batch)], axis=0)
+
+
+def read_model_file(path: str | os.PathLike[str], what: str = "model file") -> bytes:
+    """The bytes of a model file on disk (each runtime's ``load_file``), or one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found.")
+    return path.read_bytes()
+
+
 class Session(ABC):
     """A loaded model ready to run. Inputs and outputs are float arrays; quantization of int8
     inputs and outputs happens inside, with the scales stored in the file."""
@@ -201,10 +225,13 @@ class Session(ABC):
 
 
 class Runtime(ABC):
-    """A runtime installed here. ``convert`` makes its artifact, ``load`` opens it."""
+    """A runtime installed here. ``convert`` makes its artifact, ``load`` opens it (by default
+    ``session_class(artifact.data, threads)``; a runtime whose files have several parts, or whose
+    sessions take other arguments, overrides ``load``)."""
 
     name: ClassVar[str]
     dtypes: ClassVar[tuple[str, ...]]
+    session_class: ClassVar[Callable[[bytes, int], Session]]
 
     @abstractmethod
     def version(self) -> str: ...
@@ -221,8 +248,8 @@ class Runtime(ABC):
         file needs. A first profile converts hundreds of blocks, so this is where it gets fast."""
         return self.convert(model, dtype, representative)
 
-    @abstractmethod
-    def load(self, artifact: Artifact, threads: int = 1) -> Session: ...
+    def load(self, artifact: Artifact, threads: int = 1) -> Session:
+        return self.session_class(artifact.data, threads)
 
     def check_dtype(self, dtype: str) -> None:
         if dtype not in self.dtypes:
@@ -241,11 +268,8 @@ RUNTIMES: dict[str, str] = {
 
 
 def get_runtime(name: str) -> Runtime:
-    if name not in RUNTIMES:
-        raise InputError(f"runtime: unknown runtime {name!r}; valid runtimes: {sorted(RUNTIMES)}.")
-    module_name, cls_name = RUNTIMES[name].split(":")
     try:
-        module = importlib.import_module(module_name)
+        cls = load_registered(RUNTIMES, name, "runtime", "runtimes")
     except ModuleNotFoundError as e:
         raise InputError(f"runtime {name}: not available here ({e.name} is not installed).") from None
-    return getattr(module, cls_name)()
+    return cls()

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from search_spaces import InputError
 
-from . import Artifact, ConversionError, Runtime, Session
+from . import Artifact, ConversionError, Runtime, Session, input_sample, read_model_file
 from .onnx_torch import onnx_to_torch
 
 __all__ = ["ExecuTorch", "ExecuTorchSession", "load_file", "onnx_to_pte", "require"]
@@ -148,8 +147,7 @@ class ExecuTorchSession(Session):
         return np.concatenate(outs, axis=0).astype(np.float32)
 
     def prepare(self, x: np.ndarray | None) -> None:
-        sample = np.zeros(self.in_shape, np.float32) if x is None else np.asarray(x, np.float32)
-        self._x = [self._torch.from_numpy(sample.reshape(self.in_shape).copy())]
+        self._x = [self._torch.from_numpy(input_sample(x, self.in_shape).copy())]
 
     def invoke_once(self) -> None:
         self.method.execute(self._x)
@@ -158,6 +156,7 @@ class ExecuTorchSession(Session):
 class ExecuTorch(Runtime):
     name = "executorch"
     dtypes = ("fp32",)  # int8 blocks do not load in XNNPACK (module docstring)
+    session_class = ExecuTorchSession
 
     def version(self) -> str:
         require()
@@ -172,13 +171,7 @@ class ExecuTorch(Runtime):
 
         return Artifact(self.name, dtype, onnx_to_pte(keras_to_onnx(model), dtype))
 
-    def load(self, artifact: Artifact, threads: int = 1) -> ExecuTorchSession:
-        return ExecuTorchSession(artifact.data, threads)
-
 
 def load_file(path: str | os.PathLike[str], threads: int = 1) -> ExecuTorchSession:
     """A session for a ``.pte`` file on disk."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: model file not found.")
-    return ExecuTorchSession(path.read_bytes(), threads)
+    return ExecuTorchSession(read_model_file(path), threads)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,9 +13,9 @@ import numpy as np
 from search_spaces import InputError
 from search_spaces.backend import native_stderr_muted, tf
 
-from . import Artifact, ModelNotRunnable, Runtime, Session
+from . import Artifact, ModelNotRunnable, Runtime, Session, input_sample, read_model_file, run_in_chunks
 
-__all__ = ["LiteRT", "LiteRTSession", "convert_tflite", "load_file"]
+__all__ = ["LiteRT", "LiteRTSession", "TFLiteRuntime", "convert_tflite", "load_file"]
 
 
 def convert_tflite(
@@ -115,42 +114,31 @@ class LiteRTSession(Session):
         return y.astype(np.float32)
 
     def run(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        outs = []
-        for start in range(0, len(x), batch):
-            chunk = x[start : start + batch]
-            if len(chunk) != self._batch_resized:
-                self.interpreter.resize_tensor_input(
-                    self.input["index"], [len(chunk), *self.input["shape"][1:]]
-                )
-                self.interpreter.allocate_tensors()
-                self._batch_resized = len(chunk)
-            self.interpreter.set_tensor(self.input["index"], self._quantize(chunk))
-            self.interpreter.invoke()
-            outs.append(self._dequantize(self.interpreter.get_tensor(self.output["index"])))
-        return np.concatenate(outs, axis=0)
+        return run_in_chunks(x, batch, self._run_chunk)
+
+    def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        if len(chunk) != self._batch_resized:
+            self.interpreter.resize_tensor_input(self.input["index"], [len(chunk), *self.input["shape"][1:]])
+            self.interpreter.allocate_tensors()
+            self._batch_resized = len(chunk)
+        self.interpreter.set_tensor(self.input["index"], self._quantize(chunk))
+        self.interpreter.invoke()
+        return self._dequantize(self.interpreter.get_tensor(self.output["index"]))
 
     def prepare(self, x: np.ndarray | None) -> None:
         if self._batch_resized != 1:
             self.interpreter.resize_tensor_input(self.input["index"], [1, *self.input["shape"][1:]])
             self.interpreter.allocate_tensors()
             self._batch_resized = 1
-        shape = [1, *self.input["shape"][1:]]
-        sample = np.zeros(shape, np.float32) if x is None else np.asarray(x, np.float32).reshape(shape)
+        sample = input_sample(x, [1, *self.input["shape"][1:]])
         self.interpreter.set_tensor(self.input["index"], self._quantize(sample))
 
     def invoke_once(self) -> None:
         self.interpreter.invoke()
 
 
-class LiteRT(Runtime):
-    name = "litert"
-    dtypes = ("int8", "fp16", "fp32", "dynamic")
-
-    def version(self) -> str:
-        from importlib.metadata import version
-
-        return version("ai-edge-litert")
+class TFLiteRuntime(Runtime):
+    """A runtime of .tflite flatbuffers (LiteRT, TFLM): one conversion for all of them."""
 
     def convert(self, model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None) -> Artifact:
         self.check_dtype(dtype)
@@ -162,13 +150,18 @@ class LiteRT(Runtime):
         self.check_dtype(dtype)
         return Artifact(self.name, dtype, convert_tflite(model, dtype, representative, signature=False))
 
-    def load(self, artifact: Artifact, threads: int = 1) -> LiteRTSession:
-        return LiteRTSession(artifact.data, threads)
+
+class LiteRT(TFLiteRuntime):
+    name = "litert"
+    dtypes = ("int8", "fp16", "fp32", "dynamic")
+    session_class = LiteRTSession
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return version("ai-edge-litert")
 
 
 def load_file(path: str | os.PathLike[str], threads: int = 1) -> LiteRTSession:
     """Open a .tflite file on disk (as the other runtimes' ``load_file``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: .tflite file not found.")
-    return LiteRTSession(path.read_bytes(), threads)
+    return LiteRTSession(read_model_file(path, ".tflite file"), threads)

@@ -16,7 +16,7 @@ import numpy as np
 
 from search_spaces import InputError
 
-from . import Artifact, Runtime, Session
+from . import Artifact, Runtime, Session, input_sample, read_model_file, run_in_chunks
 
 __all__ = ["OnnxRuntime", "OnnxSession", "keras_to_onnx", "load_file", "quantize_onnx"]
 
@@ -107,17 +107,14 @@ class OnnxSession(Session):
         self._feed: dict[str, np.ndarray] = {}
 
     def run(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        outs = [
-            self.session.run([self.output_name], {self.input_name: x[i : i + batch]})[0]
-            for i in range(0, len(x), batch)
-        ]
-        return np.concatenate(outs, axis=0).astype(np.float32)
+        out = run_in_chunks(
+            x, batch, lambda chunk: self.session.run([self.output_name], {self.input_name: chunk})[0]
+        )
+        return out.astype(np.float32)
 
     def prepare(self, x: np.ndarray | None) -> None:
         shape = (1, *(d if d > 0 else 1 for d in self.in_shape[1:]))
-        sample = np.zeros(shape, np.float32) if x is None else np.asarray(x, np.float32).reshape(shape)
-        self._feed = {self.input_name: sample}
+        self._feed = {self.input_name: input_sample(x, shape)}
 
     def invoke_once(self) -> None:
         self.session.run([self.output_name], self._feed)
@@ -126,6 +123,7 @@ class OnnxSession(Session):
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
     dtypes = ("int8", "fp32")
+    session_class = OnnxSession
 
     def version(self) -> str:
         import onnxruntime
@@ -141,17 +139,12 @@ class OnnxRuntime(Runtime):
             data = quantize_onnx(data, representative)
         return Artifact(self.name, dtype, data)
 
-    def load(self, artifact: Artifact, threads: int = 1) -> OnnxSession:
-        return OnnxSession(artifact.data, threads)
-
 
 def load_file(path: str | os.PathLike[str], threads: int = 1) -> OnnxSession:
     """A session for an ``.onnx`` file on disk."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: model file not found.")
+    data = read_model_file(path)
     try:
-        return OnnxSession(path.read_bytes(), threads)
+        return OnnxSession(data, threads)
     except Exception as e:  # onnxruntime raises its own exception types for unreadable files
         if e.__class__.__module__.startswith("onnxruntime"):
             raise InputError(

@@ -14,7 +14,7 @@ import numpy as np
 
 from search_spaces import InputError
 
-from . import Artifact, Runtime, Session
+from . import Artifact, Runtime, Session, input_sample, read_model_file, run_in_chunks
 
 __all__ = ["OpenVino", "OpenVinoSession", "ir_from_model", "load_file"]
 
@@ -69,21 +69,17 @@ class OpenVinoSession(Session):
         self.batch = batch
 
     def run(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        outs = []
-        for start in range(0, len(x), batch):
-            chunk = x[start : start + batch]
-            if len(chunk) != self.batch:
-                self._compile(len(chunk))
-            outs.append(np.array(self.request.infer([chunk])[0], dtype=np.float32))
-        return np.concatenate(outs, axis=0)
+        return run_in_chunks(x, batch, self._run_chunk)
+
+    def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        if len(chunk) != self.batch:
+            self._compile(len(chunk))
+        return np.array(self.request.infer([chunk])[0], dtype=np.float32)
 
     def prepare(self, x: np.ndarray | None) -> None:
         if self.batch != 1:
             self._compile(1)
-        shape = (1, *self.in_shape[1:])
-        sample = np.zeros(shape, np.float32) if x is None else np.asarray(x, np.float32).reshape(shape)
-        self.request.set_input_tensor(_ov().Tensor(sample))
+        self.request.set_input_tensor(_ov().Tensor(input_sample(x, (1, *self.in_shape[1:]))))
 
     def invoke_once(self) -> None:
         self.request.infer()
@@ -121,13 +117,12 @@ class OpenVino(Runtime):
 
 def load_file(path: str | os.PathLike[str], threads: int = 1) -> OpenVinoSession:
     """A session for an IR ``.xml`` (with its ``.bin`` beside it) or an ``.onnx`` file."""
+    data = read_model_file(path)
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: model file not found.")
     if path.suffix.lower() == ".onnx":
         xml, weights = ir_from_model(_ov().convert_model(str(path)))
         return OpenVinoSession(xml, weights, threads)
     weights_path = path.with_suffix(".bin")
     if not weights_path.is_file():
         raise InputError(f"{path}: expected the weights file {weights_path.name} beside it, found none.")
-    return OpenVinoSession(path.read_bytes(), weights_path.read_bytes(), threads)
+    return OpenVinoSession(data, weights_path.read_bytes(), threads)

@@ -12,17 +12,16 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from search_spaces import InputError
 
-from . import Artifact, Runtime, Session
-from .litert import convert_tflite
+from . import Artifact, Session, input_sample, read_model_file
+from .litert import TFLiteRuntime
 
 __all__ = ["ArenaUse", "TFLiteMicro", "TFLMSession", "arena_bytes", "arena_use", "load_file"]
 
@@ -142,18 +141,13 @@ class TFLMSession(Session):
         return np.concatenate(outs, axis=0)
 
     def prepare(self, x: np.ndarray | None) -> None:
-        sample = (
-            np.zeros(self.in_shape, np.float32)
-            if x is None
-            else np.asarray(x, np.float32).reshape(self.in_shape)
-        )
-        self.interpreter.set_input(self._quantize(sample), 0)
+        self.interpreter.set_input(self._quantize(input_sample(x, self.in_shape)), 0)
 
     def invoke_once(self) -> None:
         self.interpreter.invoke()
 
 
-class TFLiteMicro(Runtime):
+class TFLiteMicro(TFLiteRuntime):
     """int8 only: TFLM targets integer microcontrollers (fp32 files run too, but slowly and
     nobody deploys them)."""
 
@@ -168,16 +162,6 @@ class TFLiteMicro(Runtime):
         except PackageNotFoundError:
             raise InputError("runtime tflm: not available here (pip install tflite-micro).") from None
 
-    def convert(self, model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None) -> Artifact:
-        self.check_dtype(dtype)
-        return Artifact(self.name, dtype, convert_tflite(model, dtype, representative))
-
-    def convert_for_profiling(
-        self, model: Any, dtype: str, representative: Iterable[np.ndarray] | None = None
-    ) -> Artifact:
-        self.check_dtype(dtype)
-        return Artifact(self.name, dtype, convert_tflite(model, dtype, representative, signature=False))
-
     def load(self, artifact: Artifact, threads: int = 1) -> TFLMSession:
         # TFLM is single-threaded by design; ``threads`` is accepted for a uniform interface.
         return TFLMSession(artifact.data)
@@ -191,10 +175,7 @@ class TFLiteMicro(Runtime):
 
 def load_file(path: str | os.PathLike[str], threads: int = 1) -> TFLMSession:
     """A session for a ``.tflite`` file on disk."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: model file not found.")
-    data = path.read_bytes()
+    data = read_model_file(path)
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise InputError(f"{path}: expected a .tflite flatbuffer (identifier TFL3), got something else.")
     return TFLMSession(data)

@@ -26,7 +26,7 @@ import numpy as np
 
 from search_spaces import InputError
 
-from . import Artifact, ConversionError, Runtime, Session
+from . import Artifact, ConversionError, Runtime, Session, input_sample, read_model_file
 from .onnx_torch import describe, keras_layer
 
 __all__ = ["HOST_TARGET", "TVM", "TVMSession", "compile_onnx", "load_file", "tvm_module"]
@@ -193,8 +193,7 @@ class TVMSession(Session):
         return np.concatenate(outs, axis=0).astype(np.float32)
 
     def prepare(self, x: np.ndarray | None) -> None:
-        sample = np.zeros(self.in_shape, np.float32) if x is None else np.asarray(x, np.float32)
-        self._x = self._tensor(sample.reshape(self.in_shape))
+        self._x = self._tensor(input_sample(x, self.in_shape))
 
     def invoke_once(self) -> None:
         self.main(self._x)
@@ -203,6 +202,7 @@ class TVMSession(Session):
 class TVM(Runtime):
     name = "tvm"
     dtypes = ("fp32",)
+    session_class = TVMSession
 
     def version(self) -> str:
         return str(tvm_module().__version__)
@@ -215,13 +215,7 @@ class TVM(Runtime):
         library, _ = compile_onnx(keras_to_onnx(model))
         return Artifact(self.name, dtype, library)
 
-    def load(self, artifact: Artifact, threads: int = 1) -> TVMSession:
-        return TVMSession(artifact.data, threads)
-
 
 def load_file(path: str | os.PathLike[str], threads: int = 1) -> TVMSession:
     """A session for a host library (``.so`` written by ``compile_onnx``) on disk."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: model file not found.")
-    return TVMSession(path.read_bytes(), threads)
+    return TVMSession(read_model_file(path), threads)

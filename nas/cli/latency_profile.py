@@ -103,10 +103,9 @@ def _profile(args: argparse.Namespace) -> int:
     from latency_models.profile import host_table
     from latency_models.table import LatencyTable
 
-    from .space import read_archs, space_from_args, space_options, task_from_args
+    from .space import read_archs, space_and_task, space_options
 
-    space = space_from_args(args.space, args.space_options)
-    task = task_from_args(args.space, args.input_shape, args.num_classes)
+    space, task = space_and_task(args)
     if args.archs:
         archs = read_archs(args.archs, space)
     else:
@@ -156,10 +155,9 @@ def _profile(args: argparse.Namespace) -> int:
 def _measure(args: argparse.Namespace) -> int:
     from latency_models.profile import measure_archs, measure_arenas
 
-    from .space import read_archs, space_from_args, task_from_args, write_csv
+    from .space import read_archs, space_and_task, write_csv
 
-    space = space_from_args(args.space, args.space_options)
-    task = task_from_args(args.space, args.input_shape, args.num_classes)
+    space, task = space_and_task(args)
     archs = read_archs(args.archs, space)
     timings = measure_archs(
         space, task, archs, args.runtime, args.dtype, args.threads, progress=_progress("measure")

@@ -97,6 +97,13 @@ def task_from_args(space_name: str, input_shape: str | None, num_classes: int | 
     return TaskShape(shape, default_classes if num_classes is None else num_classes)
 
 
+def space_and_task(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The space and the task that ``add_space_args`` and ``add_task_args`` options name."""
+    return space_from_args(args.space, args.space_options), task_from_args(
+        args.space, args.input_shape, args.num_classes
+    )
+
+
 def read_archs(path: str | Path, space: Any) -> list[Hashable]:
     """Architectures from a CSV with an ``arch`` column; a bad row names the file and line."""
     from search_spaces import InputError

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces import InputError
+from search_spaces.plugins import lazy_attributes
 
 from .process import ProcessExecutor, default_workers
 
@@ -25,13 +26,11 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The Ray executor's module is light, but keep it out of `import nas.distributed` anyway.
-    if name in ("RayExecutor", "START_HINT", "connect_ray", "parse_ray_address"):
-        from . import ray_executor
-
-        return getattr(ray_executor, name)
-    raise AttributeError(name)
+# The Ray executor's module is light, but keep it out of `import nas.distributed` anyway.
+__getattr__ = lazy_attributes(
+    __name__,
+    {name: "ray_executor" for name in ("RayExecutor", "START_HINT", "connect_ray", "parse_ray_address")},
+)
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,22 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..executors import JobResult, TrainJob, WorkerSetup, run_job
 
-__all__ = ["RetriedJobResult", "describe_exit", "limit_threads", "lost_result", "safe_run_job", "set_title"]
+__all__ = [
+    "Attempt",
+    "RetriedJobResult",
+    "describe_exit",
+    "limit_threads",
+    "lost_result",
+    "safe_run_job",
+    "set_title",
+]
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,32 @@ class RetriedJobResult(JobResult):
 
     attempts: int = 2
     retried_after: str = ""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at a trial, as every executor tracks it: a trial whose worker is lost is tried
+    once more elsewhere, and the retry carries why the first worker was lost."""
+
+    job: TrainJob
+    attempt: int = 1
+    first_reason: str = ""
+
+    def after_loss(
+        self, reason: str, status: Callable[[str], None], host: str, pid: int
+    ) -> Attempt | RetriedJobResult:
+        """What follows the loss of this try's worker: the retry, or after a retry the failed trial."""
+        if self.attempt == 1:
+            status(f"{reason} while training trial {self.job.trial_number}; retrying it on another worker")
+            return Attempt(self.job, 2, reason)
+        status(f"{reason} while retrying trial {self.job.trial_number}; the trial failed")
+        return lost_result(self.job, reason, self.first_reason, host, pid)
+
+    def finished(self, result: JobResult) -> JobResult:
+        """The trial's result as the executor reports it (a retried trial's says so)."""
+        if self.attempt == 1:
+            return result
+        return RetriedJobResult(**asdict(result), attempts=self.attempt, retried_after=self.first_reason)
 
 
 def limit_threads(threads: int) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from search_spaces import FatalError, InputError
 
 from ..executors import Executor, JobResult, TrainJob, WorkerSetup
-from ._worker import RetriedJobResult, describe_exit, limit_threads, lost_result, safe_run_job, set_title
+from ._worker import Attempt, describe_exit, limit_threads, safe_run_job, set_title
 
 __all__ = ["ProcessExecutor", "default_workers"]
 
@@ -89,18 +89,13 @@ def _worker_main(setup: WorkerSetup, conn: Connection, threads: int, parent: int
 class _Worker:
     process: Any
     conn: Connection
-    job: TrainJob | None = None
-    attempt: int = 1
-    first_reason: str = ""
+    current: Attempt | None = None
     ready: bool = False
     started: bool = False
 
-
-@dataclass(frozen=True)
-class _Queued:
-    job: TrainJob
-    attempt: int = 1
-    first_reason: str = ""
+    @property
+    def job(self) -> TrainJob | None:
+        return None if self.current is None else self.current.job
 
 
 class ProcessExecutor(Executor):
@@ -122,7 +117,7 @@ class ProcessExecutor(Executor):
         self.status = status or (lambda s: None)
         self._ctx = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
-        self._queue: collections.deque[_Queued] = collections.deque()
+        self._queue: collections.deque[Attempt] = collections.deque()
         self._done: list[JobResult] = []
         self._start_failures = 0
         self._closed = False
@@ -162,17 +157,12 @@ class ProcessExecutor(Executor):
                     f"{self._start_failures} worker processes died while starting (last: {reason}); "
                     "run with --workers 1 --verbose to see why"
                 )
-        if worker.job is not None:
-            if worker.attempt == 1:
-                self.status(
-                    f"{reason} while training trial {worker.job.trial_number}; retrying it on another worker"
-                )
-                self._queue.appendleft(_Queued(worker.job, 2, reason))
+        if worker.current is not None:
+            after = worker.current.after_loss(reason, self.status, self._host, worker.process.pid)
+            if isinstance(after, Attempt):
+                self._queue.appendleft(after)
             else:
-                self.status(f"{reason} while retrying trial {worker.job.trial_number}; the trial failed")
-                self._done.append(
-                    lost_result(worker.job, reason, worker.first_reason, self._host, worker.process.pid)
-                )
+                self._done.append(after)
         if not self._closed:
             self._spawn()
 
@@ -180,9 +170,9 @@ class ProcessExecutor(Executor):
         for worker in self._workers:
             if not self._queue:
                 return
-            if worker.job is None:
+            if worker.current is None:
                 item = self._queue.popleft()
-                worker.job, worker.attempt, worker.first_reason = item.job, item.attempt, item.first_reason
+                worker.current = item
                 worker.started = False
                 try:
                     worker.conn.send(item.job)
@@ -203,18 +193,12 @@ class ProcessExecutor(Executor):
             worker.started = True
         elif kind == "done":
             result: JobResult = payload
-            if worker.attempt > 1:
-                from dataclasses import asdict
-
-                result = RetriedJobResult(
-                    **asdict(result), attempts=worker.attempt, retried_after=worker.first_reason
-                )
-            worker.job = None
-            self._done.append(result)
+            self._done.append(result if worker.current is None else worker.current.finished(result))
+            worker.current = None
 
     # -- Executor ------------------------------------------------------------------------------
     def submit(self, job: TrainJob) -> None:
-        self._queue.append(_Queued(job))
+        self._queue.append(Attempt(job))
         self._dispatch()
 
     def in_flight(self) -> int:

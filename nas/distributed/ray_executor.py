@@ -17,13 +17,13 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from search_spaces import FatalError, InputError
 
 from ..executors import Executor, JobResult, TrainJob, WorkerSetup
-from ._worker import RetriedJobResult, limit_threads, lost_result, safe_run_job
+from ._worker import Attempt, limit_threads, safe_run_job
 
 __all__ = ["RayExecutor", "START_HINT", "check_fits", "connect_ray", "parse_ray_address", "ray_trial"]
 
@@ -132,13 +132,6 @@ def ray_trial(setup: WorkerSetup, job: TrainJob, data: Any, threads: int) -> Job
     return safe_run_job(setup, job, data)
 
 
-@dataclass(frozen=True)
-class _Attempt:
-    job: TrainJob
-    attempt: int = 1
-    first_reason: str = ""
-
-
 class RayExecutor(Executor):
     """Trials as Ray tasks, as many at once as the cluster has slots (or ``workers``)."""
 
@@ -169,7 +162,7 @@ class RayExecutor(Executor):
         # Once into the object store: every task gets the reference, each node fetches it once.
         self._data_ref = ray.put(data)
         self._remote = ray.remote(ray_trial)
-        self._inflight: dict[Any, _Attempt] = {}
+        self._inflight: dict[Any, Attempt] = {}
         self._capacity = 1
         self._capacity_at = -math.inf
         self._unreachable_since: float | None = None
@@ -199,7 +192,7 @@ class RayExecutor(Executor):
         return min(self._capacity, self.workers) if self.workers else self._capacity
 
     # -- Executor ------------------------------------------------------------------------------
-    def _launch(self, attempt: _Attempt) -> None:
+    def _launch(self, attempt: Attempt) -> None:
         options: dict[str, Any] = {
             "num_cpus": self.cpus,
             "max_retries": 0,
@@ -211,7 +204,7 @@ class RayExecutor(Executor):
         self._inflight[ref] = attempt
 
     def submit(self, job: TrainJob) -> None:
-        self._launch(_Attempt(job))
+        self._launch(Attempt(job))
 
     def in_flight(self) -> int:
         return len(self._inflight)
@@ -262,23 +255,15 @@ class RayExecutor(Executor):
         except ray.exceptions.RayError as e:
             # The worker process or its node was lost (killed, out of memory, node gone).
             reason = f"ray worker lost ({e.__class__.__name__}: {_first_line(e)})"
-            if attempt.attempt == 1:
-                self.status(
-                    f"{reason} while training trial {job.trial_number}; retrying it on another worker"
-                )
-                self._launch(_Attempt(job, 2, reason))
+            after = attempt.after_loss(reason, self.status, "", 0)
+            if isinstance(after, Attempt):
+                self._launch(after)
                 return None
-            self.status(f"{reason} while retrying trial {job.trial_number}; the trial failed")
-            return lost_result(job, reason, attempt.first_reason, "", 0)
+            return after
         # Queue time from the driver's clock only (node clocks may disagree): time to arrival
         # minus the run time the worker measured.
         queued = max(0.0, arrived - job.submitted_at - result.run_s)
-        result = replace(result, queued_s=queued)
-        if attempt.attempt > 1:
-            result = RetriedJobResult(
-                **asdict(result), attempts=attempt.attempt, retried_after=attempt.first_reason
-            )
-        return result
+        return attempt.finished(replace(result, queued_s=queued))
 
     def _check_cluster(self) -> None:
         why = _reachable(self._host, self._port, timeout=2.0)

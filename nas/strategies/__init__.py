@@ -8,11 +8,10 @@ strategy too. Constraints reach every strategy as data: each trial carries Optun
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from search_spaces import InputError
+from search_spaces.plugins import load_registered
 
 from ._base import SearchContext, constraints_of
 
@@ -34,8 +33,5 @@ STRATEGIES: dict[str, str] = {
 
 
 def make_strategy(name: str, context: SearchContext) -> optuna.samplers.BaseSampler:
-    if name not in STRATEGIES:
-        raise InputError(f"strategy: unknown strategy {name!r}; valid strategies: {sorted(STRATEGIES)}.")
-    module_name, factory_name = STRATEGIES[name].split(":")
-    factory: Callable[[SearchContext], Any] = getattr(importlib.import_module(module_name), factory_name)
+    factory: Callable[[SearchContext], Any] = load_registered(STRATEGIES, name, "strategy", "strategies")
     return factory(context)

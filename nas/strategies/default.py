@@ -20,6 +20,7 @@ import optuna
 
 from ..trial_record import State, TrialKey
 from ._base import Prediction, SearchContext
+from ._sampler import ChoiceSampler
 
 __all__ = ["DefaultSampler", "arch_features", "default_sampler", "feasible_probability", "path_features"]
 
@@ -80,14 +81,12 @@ class _Pool:
     position: dict[str, int]  # canonical -> row
 
 
-class DefaultSampler(optuna.samplers.BaseSampler):
+class DefaultSampler(ChoiceSampler):
     """Screen, de-duplicate, rank by the prior, then by expected improvement of a GP."""
 
     def __init__(self, context: SearchContext) -> None:
-        self.context = context
+        super().__init__(context)
         self.space = context.space
-        self._choices = context.space.choices()
-        self._rng = np.random.default_rng(context.seed)
         self._pred_cache: dict[Hashable, Prediction | None] = {}
         self._canon_cache: dict[Hashable, str] = {}
         self._parsed: dict[tuple[int, int], tuple[Hashable | None, str | None]] = {}
@@ -98,12 +97,7 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         self._size_range: tuple[float, float] | None = None
         self.pareto = bool(context.options.get("pareto")) or context.max_latency_ms is None
 
-    # -- optuna's sampler interface -------------------------------------------------------------
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
-    ) -> dict[str, Any]:
-        return {c.name: optuna.distributions.CategoricalDistribution(list(c.values)) for c in self._choices}
-
+    # -- optuna's sampler interface (the rest is ChoiceSampler's) --------------------------------
     def sample_relative(
         self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict[str, Any]
     ) -> dict[str, Any]:
@@ -113,15 +107,6 @@ class DefaultSampler(optuna.samplers.BaseSampler):
         if arch is None:
             return {}
         return dict(self.space.to_params(arch))
-
-    def sample_independent(
-        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str, param_distribution: Any
-    ) -> Any:
-        # Reached only for parameters outside ``choices()`` or when nothing is left to propose.
-        choices = getattr(param_distribution, "choices", None)
-        if choices:
-            return choices[int(self._rng.integers(len(choices)))]
-        return param_distribution.to_external_repr(param_distribution.low)
 
     # -- proposal -------------------------------------------------------------------------------
     def propose(self, trials: Sequence[optuna.trial.FrozenTrial], number: int) -> Hashable | None:

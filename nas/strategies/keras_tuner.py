@@ -23,6 +23,7 @@ import numpy as np
 import optuna
 
 from ._base import SearchContext
+from ._sampler import ChoiceSampler
 
 __all__ = ["KerasTunerSampler", "bayesian_sampler", "hyperband_sampler", "random_sampler"]
 
@@ -48,7 +49,7 @@ def random_sampler(context: SearchContext) -> KerasTunerSampler:
     return KerasTunerSampler(context, "random")
 
 
-class KerasTunerSampler(optuna.samplers.BaseSampler):
+class KerasTunerSampler(ChoiceSampler):
     """Asks a keras-tuner oracle for each trial's whole architecture; tells it every result."""
 
     def __init__(self, context: SearchContext, oracle: str) -> None:
@@ -56,10 +57,8 @@ class KerasTunerSampler(optuna.samplers.BaseSampler):
             from search_spaces import InputError
 
             raise InputError(f"keras-tuner oracle: expected one of {list(ORACLES)}, got {oracle!r}.")
-        self.context = context
+        super().__init__(context)
         self.kind = oracle
-        self._choices = context.space.choices()
-        self._rng = np.random.default_rng(context.seed)
         self._oracle: Any = None
         self._kt_id: dict[int, str] = {}  # optuna trial number -> oracle trial id
         self._fed: set[int] = set()
@@ -148,12 +147,7 @@ class KerasTunerSampler(optuna.samplers.BaseSampler):
         self._oracle._record_values(trial)  # so random search does not propose it again
         return kt_id
 
-    # -- optuna's sampler interface ------------------------------------------------------------
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
-    ) -> dict[str, Any]:
-        return {c.name: optuna.distributions.CategoricalDistribution(list(c.values)) for c in self._choices}
-
+    # -- optuna's sampler interface (the rest is ChoiceSampler's) -------------------------------
     def sample_relative(
         self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict[str, Any]
     ) -> dict[str, Any]:
@@ -177,14 +171,6 @@ class KerasTunerSampler(optuna.samplers.BaseSampler):
             # Hyperband's fidelity for this trial (the loop trains with its own epochs).
             study._storage.set_trial_system_attr(trial._trial_id, "kt_epochs", int(values["tuner/epochs"]))
         return params
-
-    def sample_independent(
-        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str, param_distribution: Any
-    ) -> Any:
-        choices = getattr(param_distribution, "choices", None)
-        if choices:
-            return choices[int(self._rng.integers(len(choices)))]
-        return param_distribution.to_external_repr(param_distribution.low)
 
 
 def _make_gpr(self: Any) -> Any:
