@@ -30,6 +30,7 @@ __all__ = [
     "RunConfig",
     "SearchConfig",
     "SpaceConfig",
+    "SupernetConfig",
     "TrainConfig",
     "load_config",
     "parse_config",
@@ -336,6 +337,34 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class SupernetConfig:
+    """``nas supernet train``: epochs over the training split, each step training the largest,
+    the smallest and ``random_subnets`` random subnets (sandwich rule, in-place distillation);
+    ``calibration_samples`` training samples re-estimate a subnet's BatchNorm statistics."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 0.003
+    random_subnets: int = 2
+    calibration_samples: int = 1000
+    max_train_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "calibration_samples"):
+            _positive(getattr(self, name), f"supernet.{name}", allow_none=False, integer=True)
+        _positive(self.learning_rate, "supernet.learning_rate", allow_none=False)
+        _positive(self.max_train_samples, "supernet.max_train_samples", integer=True)
+        if (
+            isinstance(self.random_subnets, bool)
+            or not isinstance(self.random_subnets, int)
+            or self.random_subnets < 0
+        ):
+            raise InputError(
+                f"supernet.random_subnets: expected an int >= 0, got {brief(self.random_subnets)}."
+            )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     task: TaskSpec = field(default_factory=TaskSpec)
     space: SpaceConfig = field(default_factory=SpaceConfig)
@@ -344,6 +373,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
 
     def __post_init__(self) -> None:
         if self.search.fidelity is not None:
@@ -436,6 +466,7 @@ SECTIONS: dict[str, type] = {
     "search": SearchConfig,
     "training": TrainConfig,
     "export": ExportConfig,
+    "supernet": SupernetConfig,
 }
 
 
