@@ -111,7 +111,7 @@ def specialize(
     """Search the supernet's subnets under the budgets on the device, ship the best one into
     ``out`` and return the report (also ``out/report.json``)."""
     from .guard import RunGuard
-    from .runner import NothingFitsError, _budget_text, _open_study, prepare_budgets
+    from .runner import NothingFitsError, _budget_text, _open_study, prepare_budgets, write_run_report
     from .search import SearchLoop, budget_share
     from .shipping import WEIGHTS_DIR, _verify_and_ship
     from .strategies import SearchContext, make_strategy
@@ -162,16 +162,8 @@ def specialize(
         say(
             f"searching {evaluations} subnets of supernet {supernet} (inherited weights, strategy {config.search.strategy})"
         )
-        loop = SearchLoop(
-            study=study,
-            space=space,
-            screen=screen,
-            executor=executor,
-            trainings=evaluations,
-            seed=config.search.seed,
-            epochs=epochs,
-            max_failures_in_row=config.search.max_failures_in_row,
-        )
+        # Each evaluation counts as the supernet's epochs, so the loop's budget is ``evaluations``.
+        loop = SearchLoop(study, space, screen, executor, evaluations, config.search.seed, epochs)
         loop.run()
         search_s = time.time() - started
         _keep_weights(loaded, study, out_dir / WEIGHTS_DIR, epochs, config.supernet.calibration_samples)
@@ -193,34 +185,19 @@ def specialize(
             finetune_epochs,
         )
         shutil.rmtree(out_dir / WEIGHTS_DIR, ignore_errors=True)
-        from .report import write_report
-
-        winner = next(
-            (t for t in study.get_trials(deepcopy=False) if shipped and t.number == shipped[0].trial), None
-        )
-        report = write_report(
-            out_dir,
-            config=config,
-            study=study,
-            space=space,
-            screen=screen,
-            latency_model=model,
-            best_trial=winner,
-            exported=shipped[1] if shipped else None,
-            timings={"search_s": search_s, "total_s": time.time() - started},
-            screening=screening,
-            budgets={**budgets.as_dict(), "latency_guard": latency_guard},
-            verification=[v.as_dict() for v in verified],
-            extra={
-                "supernet": {
-                    "folder": str(Path(supernet).resolve()),
-                    "epoch": epochs,
-                    "weights_sha256": loaded.manifest["weights"]["sha256"],
-                    "evaluations": evaluations,
-                    "finetune_epochs": finetune_epochs,
-                }
-            },
-        )
+        supernet_record = {
+            "folder": str(Path(supernet).resolve()),
+            "epoch": epochs,
+            "weights_sha256": loaded.manifest["weights"]["sha256"],
+            "evaluations": evaluations,
+            "finetune_epochs": finetune_epochs,
+        }
+        report = write_run_report(
+            out_dir, config, study, space, screen, model, shipped, verified, screening,
+            {**budgets.as_dict(), "latency_guard": latency_guard},
+            {"search_s": search_s, "total_s": time.time() - started},
+            extra={"supernet": supernet_record},
+        )  # fmt: skip
         if not shipped:
             raise NothingFitsError(
                 f"no verified subnet's file meets the budgets ({_budget_text(budgets.constraints)}); "

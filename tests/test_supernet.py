@@ -5,22 +5,20 @@ active, and one traced function serves every subnet."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from search_spaces import InputError, TaskShape, get_space
 
+ROOT = Path(__file__).resolve().parent.parent
 # The quickstart space with both activations (examples/quickstart.yaml has relu6 only): strides
 # 1, 2, 2 so kernel cropping is checked at stride 2, expand 1 (no expand conv), residuals
 # present and absent, squeeze-excite on and off.
 OPTIONS = {
-    "strides": [1, 2, 2],
-    "widths": [[8, 16], [16, 24], [24, 40]],
-    "depths": [1, 2],
-    "kernels": [3, 5],
-    "expands": [1, 3, 6],
-    "se": [False, True],
+    **yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())["space"]["options"],
     "acts": ["relu6", "hswish"],
 }
 TASK = TaskShape((28, 28, 1), 10)

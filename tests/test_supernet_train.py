@@ -17,29 +17,18 @@ import pytest
 from nas.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = """
-task:
-  data: {data}
-space:
-  name: mbconv
-  options:
-    strides: [1, 2, 2]
-    widths: [[8, 16], [16, 24], [24, 40]]
-    depths: [1, 2]
-    kernels: [3, 5]
-    expands: [1, 3, 6]
-    se: [false, true]
-    acts: [relu6, hswish]
-supernet:
-  epochs: {epochs}
-  max_train_samples: 320
-  calibration_samples: 400
-"""
 
 
 def write_config(folder: Path, name: str = "sn.yaml", data: str = "mnist5k", epochs: int = 1) -> Path:
+    """The quickstart config with both activations and a short supernet training."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    doc["task"]["data"] = data
+    doc["space"]["options"]["acts"] = ["relu6", "hswish"]
+    doc["supernet"] = {"epochs": epochs, "max_train_samples": 320, "calibration_samples": 400}
     path = folder / name
-    path.write_text(CONFIG.format(data=data, epochs=epochs))
+    path.write_text(yaml.safe_dump(doc))
     return path
 
 
@@ -105,7 +94,7 @@ def test_bad_folders_exit_2_in_one_line_and_change_nothing(trained, tmp_path, ca
     err = _fails(["supernet", "train", str(other_task), "--out", str(out), "--resume"], capsys)
     assert "expected a supernet of task 'digits'" in err
     other_space = tmp_path / "space.yaml"
-    other_space.write_text(config.read_text().replace("[24, 40]", "[24, 48]"))
+    other_space.write_text(config.read_text().replace("- 40", "- 48"))
     err = _fails(["supernet", "train", str(other_space), "--out", str(out), "--resume"], capsys)
     assert "expected a supernet of space" in err
     nb201 = tmp_path / "nb201.yaml"
