@@ -147,3 +147,21 @@ def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path) -> No
     assert final["history"][0] == first["history"][0]  # epoch 1 was not trained again
     assert final["step"] == 3 * final["steps_per_epoch"]
     assert sorted(p.name for p in out.iterdir()) == ["supernet.json", "weights-e0003.npz"]
+
+
+@pytest.mark.parametrize(
+    ("section", "needle"),
+    [
+        ({"epochs": 0}, "supernet.epochs: expected an int > 0, got 0."),
+        ({"random_subnets": -1}, "supernet.random_subnets: expected an int >= 0, got -1."),
+        ({"learning_rate": "fast"}, "supernet.learning_rate: expected a number, got 'fast'."),
+        ({"batch": 64}, "supernet.batch: unknown key; did you mean 'batch_size'?"),
+    ],
+)
+def test_the_supernet_section_is_validated_with_field_paths(section: dict, needle: str) -> None:
+    from nas.config import parse_config
+    from search_spaces import InputError
+
+    with pytest.raises(InputError) as info:
+        parse_config({"space": {"name": "mbconv"}, "supernet": section})
+    assert needle in str(info.value)
