@@ -93,6 +93,7 @@ def _device_config(config: RunConfig, device: str | None, table: str | None) -> 
         runtime=meta.runtime if meta.runtime != "unknown" else config.latency.runtime,
         dtype=meta.dtype,
         threads=meta.threads,
+        strict=True,  # every block of the supernet priced by the device's own measurements
     )
 
 
@@ -138,9 +139,16 @@ def specialize(
             search=replace(base.search, trainings=evaluations, fidelity=None),
         )
         data, space = loaded.data, loaded.net.space
+        from latency_models.table import MissingEntryError
+
         from .latency_model import build_latency_model
 
-        model = build_latency_model(config, space, data, say)
+        try:
+            model = build_latency_model(config, space, data, say)
+        except MissingEntryError as e:
+            raise InputError(
+                f"--table {table}: expected an entry for every block of the supernet's space; {e}"
+            ) from None
         try:
             model, screen, budgets, latency_guard = prepare_budgets(config, space, data, model, None, say)
         except InputError as e:  # the budgets are flags here, not config fields

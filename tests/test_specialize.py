@@ -69,6 +69,23 @@ def test_budgets_no_subnet_meets_exit_2_naming_the_smallest(setup, tmp_path, cap
     assert code == 2 and len(err) == 1 and "expected a supernet folder holding supernet.json" in err[0]
 
 
+def test_a_table_missing_a_block_of_the_space_is_refused(setup, tmp_path, capsys) -> None:
+    from latency_models.table import LatencyTable
+
+    folder, space, screen = setup
+    table = screen.latency.table
+    dropped = sorted(table.entries)[0]
+    partial = tmp_path / "partial.json"
+    LatencyTable(table.meta, {b: e for b, e in table.entries.items() if b != dropped}).save(partial)
+    out = tmp_path / "run"
+    argv = ["specialize", "--quiet", "--supernet", str(folder / "supernet"), "--table", str(partial)]
+    code = main([*argv, "--max-latency-ms", "1", "--max-size-kb", "60", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"--table {partial}: expected an entry for every block" in err[0] and dropped.key in err[0]
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_specialize_ships_a_subnet_with_its_inherited_accuracy(setup, tmp_path, capsys) -> None:
     from nas.supernet import evaluate_subnet, load_supernet
