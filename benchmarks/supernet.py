@@ -57,7 +57,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="subnets trained stand-alone twice")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "supernet"))
+    parser.add_argument(
+        "--noise-of",
+        metavar="JSON",
+        help="instead: train every subnet of this results file stand-alone again (seed + 1) and report "
+        "the tau between the two stand-alone runs (the ceiling a supernet's ranking can reach)",
+    )
     args = parser.parse_args()
+    if args.noise_of:
+        return noise(Path(args.noise_of), args.seed, Path(args.out))
 
     import yaml
 
@@ -158,6 +166,44 @@ def main() -> int:
     ]
     out.with_suffix(".md").write_text("\n".join(md))
     print(f"kendall tau {tau:.3f} over {len(rows)} subnets; results in {out}.json/.md")
+    return 0
+
+
+def noise(results: Path, seed: int, out: Path) -> int:
+    """Stand-alone accuracy of every subnet of ``results`` trained again with ``seed + 1``;
+    written after each subnet, so a stopped run keeps what it measured."""
+    import yaml
+
+    from nas.config import parse_config
+    from nas.data import load_task
+    from nas.train import train_candidate
+    from search_spaces import get_space
+
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    config = parse_config(doc, base_dir=ROOT / "examples")
+    space = get_space(config.space.name, config.space.options)
+    data = load_task(config.task)
+    rows = json.loads(results.read_text())["rows"]
+    done = []
+    for row in rows:
+        again, _ = train_candidate(space, space.parse(row["arch"]), data, config.training, seed + 1)
+        done.append({**row, "standalone_again": again.accuracy})
+        first = [r["standalone"] for r in done]
+        second = [r["standalone_again"] for r in done]
+        summary = {
+            "benchmark": "stand-alone noise of the supernet ranking (issue 20)",
+            "command": " ".join(["python", "benchmarks/supernet.py", *sys.argv[1:]]),
+            "subnets": len(done),
+            "kendall_tau_standalone_vs_standalone": kendall_tau(first, second),
+            "kendall_tau_inherited_vs_standalone_again": kendall_tau([r["inherited"] for r in done], second),
+            "mean_abs_diff": sum(abs(a - b) for a, b in zip(first, second, strict=True)) / len(done),
+            "rows": done,
+        }
+        out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+        print(
+            f"{len(done)}/{len(rows)} {row['arch']}: {row['standalone']:.4f} then {again.accuracy:.4f}",
+            flush=True,
+        )
     return 0
 
 
