@@ -39,17 +39,19 @@ DEFAULT_EVALUATIONS = 60
 @dataclass
 class SubnetExecutor(Executor):
     """Evaluates subnets in this process instead of training them: the inherited weights after
-    the subnet's own BN calibration, accuracy on the validation split."""
+    the subnet's own BN calibration, accuracy on the validation split. ``stats`` keeps each
+    evaluated subnet's BN statistics (a few KB) for its extraction later."""
 
     loaded: LoadedSupernet
     samples: int
     capacity: int = 1
+    stats: dict[str, Any] = field(default_factory=dict)
     _done: list[JobResult] = field(default_factory=list)
 
     def submit(self, job: TrainJob) -> None:
         started = time.time()
         net, data = self.loaded.net, self.loaded.data
-        accuracy, _ = evaluate_subnet(net, net.space.parse(job.arch), data, self.samples)
+        accuracy, self.stats[job.arch] = evaluate_subnet(net, net.space.parse(job.arch), data, self.samples)
         self._done.append(
             JobResult(
                 job.trial_number,
@@ -174,7 +176,7 @@ def specialize(
         loop = SearchLoop(study, space, screen, executor, evaluations, config.search.seed, epochs)
         loop.run()
         search_s = time.time() - started
-        _keep_weights(loaded, study, out_dir / WEIGHTS_DIR, epochs, config.supernet.calibration_samples)
+        _keep_weights(loaded, study, out_dir / WEIGHTS_DIR, epochs, executor.stats)
 
         def finish(arch: Hashable) -> dict[str, Any]:
             return _finish(loaded, config, arch, finetune_epochs, out_dir, say)
@@ -214,7 +216,9 @@ def specialize(
         return report
 
 
-def _keep_weights(loaded: LoadedSupernet, study: Any, folder: Path, epochs: int, samples: int) -> None:
+def _keep_weights(
+    loaded: LoadedSupernet, study: Any, folder: Path, epochs: int, stats: dict[str, Any]
+) -> None:
     """The standalone models of the most accurate evaluated subnets, where verification looks for
     a search's trained weights (``weights_path``): it verifies at most ``VERIFY_LIMIT``
     candidates, most accurate first, and would train a missing one from scratch."""
@@ -228,11 +232,13 @@ def _keep_weights(loaded: LoadedSupernet, study: Any, folder: Path, epochs: int,
     folder.mkdir(parents=True, exist_ok=True)
     for t in sorted(done, key=lambda t: -t.values[0])[: 2 * VERIFY_LIMIT]:
         arch = loaded.net.space.parse(t.user_attrs["arch"])
-        _, stats = evaluate_subnet(loaded.net, arch, loaded.data, samples)
+        if t.user_attrs["arch"] not in stats:  # not evaluated by this executor: calibrate it now
+            samples = loaded.config.supernet.calibration_samples
+            stats[t.user_attrs["arch"]] = evaluate_subnet(loaded.net, arch, loaded.data, samples)[1]
         keras().backend.clear_session()
         final = weights_path(folder, t.number, epochs)
         tmp = final[: -len(".weights.h5")] + ".tmp.weights.h5"
-        loaded.net.extract(arch, stats).save_weights(tmp)
+        loaded.net.extract(arch, stats[t.user_attrs["arch"]]).save_weights(tmp)
         os.replace(tmp, final)
 
 
