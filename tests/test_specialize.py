@@ -87,7 +87,7 @@ def test_a_table_missing_a_block_of_the_space_is_refused(setup, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_specialize_ships_a_subnet_with_its_inherited_accuracy(setup, tmp_path, capsys) -> None:
+def test_specialize_ships_a_fine_tuned_subnet_chosen_by_inherited_accuracy(setup, tmp_path, capsys) -> None:
     from nas.supernet import evaluate_subnet, load_supernet
 
     folder, space, screen = setup
@@ -101,7 +101,8 @@ def test_specialize_ships_a_subnet_with_its_inherited_accuracy(setup, tmp_path, 
     code = main(
         [
             "specialize", "--supernet", str(folder / "supernet"), "--table", str(folder / "device.json"),
-            "--max-latency-ms", f"{budget:.6g}", "--max-size-kb", "60", "--evaluations", "6", "--out", str(out),
+            "--max-latency-ms", f"{budget:.6g}", "--max-size-kb", "60", "--evaluations", "6",
+            "--finetune-epochs", "1", "--out", str(out),
         ]
     )  # fmt: skip
     printed = capsys.readouterr()
@@ -112,6 +113,9 @@ def test_specialize_ships_a_subnet_with_its_inherited_accuracy(setup, tmp_path, 
     report = json.loads((out / "report.json").read_text())
     best = report["best"]
     assert report["supernet"]["evaluations"] == 6 and report["counts"]["complete"] == 6
+    assert report["supernet"]["finetune_epochs"] == 1
+    final = [v for v in report["verification"] if v["stage"] == "final" and v["shipped"]]
+    assert len(final) == 1 and final[0]["epochs"] == 1 and final[0]["arch"] == report["best"]["arch"]
     assert best["predicted_latency_ms"] <= budget and best["size_bytes"] <= 60 * 1024
     assert Path(out / "model.tflite").stat().st_size == best["size_bytes"]
     # The search's value of the winner is its inherited accuracy, as the supernet gives it.
