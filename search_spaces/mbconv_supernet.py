@@ -92,7 +92,6 @@ class MbconvSupernet:
                 )
                 in_max = max(widths)
         self.slots: tuple[Slot, ...] = tuple(slots)
-        self.last_max = in_max
         shapes: dict[str, tuple[int, ...]] = {
             "stem_conv/kernel": (3, 3, self.image_shape[2], space.stem_width)
         }
