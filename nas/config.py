@@ -56,6 +56,11 @@ def _positive(value: Any, where: str, allow_none: bool = True, integer: bool = F
         raise InputError(f"{where}: expected {kind} > 0, got {brief(value)}.")
 
 
+def _count(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"{where}: expected an int >= 0, got {value!r}.")
+
+
 # The budgets a run can have, and the unit of each absolute value.
 BUDGETS: dict[str, str] = {"max_latency_ms": "ms", "max_size_kb": "KB", "max_memory_kb": "KB"}
 
@@ -173,14 +178,7 @@ class LatencyConfig:
                 f"latency.device: expected a device name ('host' for this machine), got {self.device!r}."
             )
         _positive(self.threads, "latency.threads", allow_none=False, integer=True)
-        if (
-            isinstance(self.calibration_models, bool)
-            or not isinstance(self.calibration_models, int)
-            or self.calibration_models < 0
-        ):
-            raise InputError(
-                f"latency.calibration_models: expected an int >= 0, got {self.calibration_models!r}."
-            )
+        _count(self.calibration_models, "latency.calibration_models")
         if self.device != "host" and not (self.table or self.predictor):
             raise InputError(
                 f"latency: device {self.device!r} needs a latency model: set latency.table or latency.predictor "
@@ -354,14 +352,7 @@ class SupernetConfig:
             _positive(getattr(self, name), f"supernet.{name}", allow_none=False, integer=True)
         _positive(self.learning_rate, "supernet.learning_rate", allow_none=False)
         _positive(self.max_train_samples, "supernet.max_train_samples", integer=True)
-        if (
-            isinstance(self.random_subnets, bool)
-            or not isinstance(self.random_subnets, int)
-            or self.random_subnets < 0
-        ):
-            raise InputError(
-                f"supernet.random_subnets: expected an int >= 0, got {brief(self.random_subnets)}."
-            )
+        _count(self.random_subnets, "supernet.random_subnets")
 
 
 @dataclass(frozen=True)

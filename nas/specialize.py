@@ -113,20 +113,15 @@ def specialize(
 ) -> dict[str, Any]:
     """Search the supernet's subnets under the budgets on the device, ship the best one into
     ``out`` and return the report (also ``out/report.json``)."""
+    from .config import _positive
     from .guard import RunGuard
     from .runner import NothingFitsError, _budget_text, _open_study, prepare_budgets, write_run_report
     from .search import SearchLoop, budget_share
     from .shipping import WEIGHTS_DIR, _verify_and_ship
     from .strategies import SearchContext, make_strategy
 
-    for name, value in (("--max-latency-ms", max_latency_ms), ("--max-size-kb", max_size_kb)):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not np.isfinite(value)
-            or value <= 0
-        ):
-            raise InputError(f"{name}: expected a number > 0, got {value!r}.")
+    _positive(max_latency_ms, "--max-latency-ms", allow_none=False)
+    _positive(max_size_kb, "--max-size-kb", allow_none=False)
     for name, value, least in (("--finetune-epochs", finetune_epochs, 0), ("--evaluations", evaluations, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise InputError(f"{name}: expected an int >= {least}, got {value!r}.")
