@@ -30,6 +30,7 @@ __all__ = [
     "RunConfig",
     "SearchConfig",
     "SpaceConfig",
+    "SupernetConfig",
     "TrainConfig",
     "load_config",
     "parse_config",
@@ -53,6 +54,11 @@ def _positive(value: Any, where: str, allow_none: bool = True, integer: bool = F
     if not ok:
         kind = "an int" if integer else "a number"
         raise InputError(f"{where}: expected {kind} > 0, got {brief(value)}.")
+
+
+def _count(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"{where}: expected an int >= 0, got {value!r}.")
 
 
 # The budgets a run can have, and the unit of each absolute value.
@@ -172,14 +178,7 @@ class LatencyConfig:
                 f"latency.device: expected a device name ('host' for this machine), got {self.device!r}."
             )
         _positive(self.threads, "latency.threads", allow_none=False, integer=True)
-        if (
-            isinstance(self.calibration_models, bool)
-            or not isinstance(self.calibration_models, int)
-            or self.calibration_models < 0
-        ):
-            raise InputError(
-                f"latency.calibration_models: expected an int >= 0, got {self.calibration_models!r}."
-            )
+        _count(self.calibration_models, "latency.calibration_models")
         if self.device != "host" and not (self.table or self.predictor):
             raise InputError(
                 f"latency: device {self.device!r} needs a latency model: set latency.table or latency.predictor "
@@ -336,6 +335,27 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class SupernetConfig:
+    """``nas supernet train``: epochs over the training split, each step training the largest,
+    the smallest and ``random_subnets`` random subnets (sandwich rule, in-place distillation);
+    ``calibration_samples`` training samples re-estimate a subnet's BatchNorm statistics."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 0.003
+    random_subnets: int = 2
+    calibration_samples: int = 1000
+    max_train_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "calibration_samples"):
+            _positive(getattr(self, name), f"supernet.{name}", allow_none=False, integer=True)
+        _positive(self.learning_rate, "supernet.learning_rate", allow_none=False)
+        _positive(self.max_train_samples, "supernet.max_train_samples", integer=True)
+        _count(self.random_subnets, "supernet.random_subnets")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     task: TaskSpec = field(default_factory=TaskSpec)
     space: SpaceConfig = field(default_factory=SpaceConfig)
@@ -344,6 +364,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
 
     def __post_init__(self) -> None:
         if self.search.fidelity is not None:
@@ -436,6 +457,7 @@ SECTIONS: dict[str, type] = {
     "search": SearchConfig,
     "training": TrainConfig,
     "export": ExportConfig,
+    "supernet": SupernetConfig,
 }
 
 

@@ -172,6 +172,7 @@ def write_report(
     screening: dict[str, Any] | None = None,
     budgets: Any = None,
     verification: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.json``, ``report.html`` and ``pareto.png``. ``best_trial``/``exported`` are
     None when nothing was shipped (no verified file met the budgets): ``best`` is then null and
@@ -223,6 +224,7 @@ def write_report(
         "timings": timings,
         "versions": library_versions(),
         "config": config.as_dict(),
+        **(extra or {}),
     }
     write_atomic(
         out / "pareto.png",

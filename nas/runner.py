@@ -284,7 +284,6 @@ def _run_in_folder(
 ) -> dict[str, Any]:
     from .executors import WorkerSetup
     from .guard import close_running_trials
-    from .report import write_report
     from .search import SearchLoop, budget_share
     from .strategies import make_strategy
     from .verify import measurements_for_correction
@@ -379,25 +378,11 @@ def _run_in_folder(
             say(
                 f"shipped {shipped[0].arch}: {n} of its {total} blocks priced by the per-kind model (not in the table)"
             )
-    winner_trial = (
-        next(t for t in study.get_trials(deepcopy=False) if shipped and t.number == shipped[0].trial)
-        if shipped
-        else None
-    )
-    report = write_report(
-        out,
-        config=config,
-        study=study,
-        space=space,
-        screen=screen,
-        latency_model=model,
-        best_trial=winner_trial,
-        exported=shipped[1] if shipped else None,
-        timings={"search_s": search_s, "total_s": time.time() - started},
-        screening=screening,
-        budgets={**budgets.as_dict(), "latency_guard": latency_guard},
-        verification=[v.as_dict() for v in verified],
-    )
+    report = write_run_report(
+        out, config, study, space, screen, model, shipped, verified, screening,
+        {**budgets.as_dict(), "latency_guard": latency_guard},
+        {"search_s": search_s, "total_s": time.time() - started},
+    )  # fmt: skip
     if not shipped:
         from .verify import closest
 
@@ -412,6 +397,44 @@ def _run_in_folder(
             f"files kept in {out / 'verify'}, report in {out / 'report.json'}"
         )
     return report
+
+
+def write_run_report(
+    out: Path,
+    config: RunConfig,
+    study: Any,
+    space: SearchSpace,
+    screen: Any,
+    model: LatencyModel,
+    shipped: tuple[Any, dict[str, Any]] | None,
+    verified: list[Any],
+    screening: dict[str, Any],
+    budgets: dict[str, Any],
+    timings: dict[str, float],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``report.json`` (and its HTML) of a finished search, shipped or not: what ``nas run`` and
+    ``nas specialize`` write (``_verify_and_ship``'s ``shipped`` and ``verified``)."""
+    from .report import write_report
+
+    winner = next(
+        (t for t in study.get_trials(deepcopy=False) if shipped and t.number == shipped[0].trial), None
+    )
+    return write_report(
+        out,
+        config=config,
+        study=study,
+        space=space,
+        screen=screen,
+        latency_model=model,
+        best_trial=winner,
+        exported=shipped[1] if shipped else None,
+        timings=timings,
+        screening=screening,
+        budgets=budgets,
+        verification=[v.as_dict() for v in verified],
+        extra=extra,
+    )
 
 
 class NothingFitsError(FatalError):

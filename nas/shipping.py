@@ -52,10 +52,16 @@ def _verify_and_ship(
     model: LatencyModel,
     out: Path,
     say: Callable[[str], None],
+    finish: Callable[[Hashable], dict[str, Any]] | None = None,
+    final_epochs: int | None = None,
 ) -> tuple[tuple[Any, dict[str, Any]] | None, list[Any], LatencyModel]:
     """Verify the best candidates' exported files, then retrain, export and measure the most
     accurate one that fits, falling back to the next when the shipped file itself does not.
-    Returns ((verified winner, exported record) or None, every verification, the refined model)."""
+    Returns ((verified winner, exported record) or None, every verification, the refined model).
+
+    ``finish(arch)`` makes, exports and measures the shipped file instead of ``finish_winner``'s
+    retraining (``nas specialize``: the subnet with inherited weights, fine-tuned for
+    ``final_epochs``)."""
     from compress import StageError
 
     from .verify import check, order, pick, verify_candidates
@@ -83,9 +89,13 @@ def _verify_and_ship(
         say("no verified file fits; re-fitted the latency correction on their measurements")
     finals: list[Any] = []
     for v in order(verified):
-        say(f"retraining {v.arch} (trial {v.trial}) for {config.training.final_epochs} epochs to ship it")
+        epochs = config.training.final_epochs if final_epochs is None else final_epochs
         try:
-            exported = finish_winner(config, space, space.parse(v.arch), data, out, say)
+            if finish is None:
+                say(f"retraining {v.arch} (trial {v.trial}) for {epochs} epochs to ship it")
+                exported = finish_winner(config, space, space.parse(v.arch), data, out, say)
+            else:
+                exported = finish(space.parse(v.arch))
         except (StageError, TrialFailedError) as e:  # e.g. a retrained file the runtime refuses
             finals.append(
                 replace(v, stage="final", fits=False, reasons=(f"its file could not be made: {e}",))
@@ -109,7 +119,7 @@ def _verify_and_ship(
             fits=fits,
             reasons=reasons,
             shipped=fits,
-            epochs=config.training.final_epochs,
+            epochs=epochs,
         )
         finals.append(final)
         study.set_user_attr(StudyKey.VERIFIED, [x.as_dict() for x in (*verified, *finals)])

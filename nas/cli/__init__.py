@@ -25,6 +25,8 @@ COMMAND_MODULES = (
     "nas.cli.benchmark",
     "nas.cli.compress",
     "nas.cli.best",
+    "nas.cli.supernet",
+    "nas.cli.specialize",
 )
 
 
@@ -89,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands whose --out is a folder (and ``nas latency kit``); every other --out (and nb201's
 # --json) is a file.
-_FOLDER_OUTPUTS = ("run", "compress")
+_FOLDER_OUTPUTS = ("run", "compress", "supernet", "specialize")
 
 
 def _check_common(args: argparse.Namespace) -> None:

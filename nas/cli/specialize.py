@@ -1,0 +1,62 @@
+"""``nas specialize --supernet DIR --max-latency-ms X --max-size-kb Y --out RUN``: a device's
+model picked from a trained supernet (``nas.specialize``), shipped like a ``nas run`` winner."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("specialize", help="pick, export and measure a device's model from a trained supernet")
+    p.add_argument("--supernet", required=True, help="a folder `nas supernet train` wrote")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--device", help="host: this machine, profiled (the default without --table)")
+    where.add_argument("--table", help="a device's latency table (nas latency profile/import)")
+    p.add_argument("--max-latency-ms", type=float, required=True, metavar="MS", help="latency budget in ms")
+    p.add_argument(
+        "--max-size-kb", type=float, required=True, metavar="KB", help="size budget of model.tflite in KB"
+    )
+    p.add_argument(
+        "--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune the chosen subnet (default 0)"
+    )
+    p.add_argument(
+        "--evaluations", type=int, default=60, metavar="N", help="subnets to evaluate (default 60)"
+    )
+    p.add_argument("--out", required=True, help="run folder (report.json, model.tflite, study.db)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_specialize)
+
+
+def _specialize(args: argparse.Namespace) -> int:
+    from nas.guard import stop_on_signals
+    from nas.specialize import specialize
+
+    def say(message: str) -> None:
+        args.phase = message  # names what was going on if a write fails
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    with stop_on_signals():
+        report = specialize(
+            args.supernet,
+            args.out,
+            max_latency_ms=args.max_latency_ms,
+            max_size_kb=args.max_size_kb,
+            device=None if args.table else (args.device or "host"),
+            table=args.table,
+            finetune_epochs=args.finetune_epochs,
+            evaluations=args.evaluations,
+            say=say,
+        )
+    best = report["best"]
+    measured = best.get("measured_latency_ms")
+    latency = f"{measured:.4f} ms measured" if measured is not None else "latency not measurable here"
+    print(
+        f"best {best['arch']}: test accuracy {best['accuracy']:.4f} ({best['file']}), {best['size_bytes']} bytes, "
+        f"{latency} / {best['predicted_latency_ms']:.4f} ms predicted; report: {args.out}/report.json"
+    )
+    return 0

@@ -1,0 +1,114 @@
+"""The elastic mbconv supernet (``search_spaces.mbconv_supernet``): every subnet extracted as a
+standalone ``MbconvSpace.build`` model computes what the supernet computes with that subnet
+active, and one traced function serves every subnet."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from search_spaces import InputError, TaskShape, get_space
+
+ROOT = Path(__file__).resolve().parent.parent
+# The quickstart space with both activations (examples/quickstart.yaml has relu6 only): strides
+# 1, 2, 2 so kernel cropping is checked at stride 2, expand 1 (no expand conv), residuals
+# present and absent, squeeze-excite on and off.
+OPTIONS = {
+    **yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())["space"]["options"],
+    "acts": ["relu6", "hswish"],
+}
+TASK = TaskShape((28, 28, 1), 10)
+# float32 through a dozen layers in two different op orders: probabilities agree to ~1e-6.
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def space():
+    return get_space("mbconv", OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def supernet(space):
+    from search_spaces.mbconv_supernet import MbconvSupernet
+
+    net = MbconvSupernet(space, TASK, seed=3)
+    # Weights as a training leaves them (BN scales and shifts, biases away from 1 and 0), so a
+    # wrongly sliced or misplaced parameter shows.
+    rng = np.random.default_rng(0)
+    weights = net.get_weights()
+    for name, value in weights.items():
+        if value.ndim == 1:
+            weights[name] = value + rng.normal(0.0, 0.3, value.shape).astype(np.float32)
+    net.set_weights(weights)
+    return net
+
+
+@pytest.fixture(scope="module")
+def images():
+    from nas.data import load_task
+
+    data = load_task("mnist5k")
+    return data.inputs(data.x_train[:400]), data.inputs(data.x_val[:200])
+
+
+def test_every_extracted_subnet_matches_the_supernet(space, supernet, images) -> None:
+    calibration, x = images
+    rng = random.Random(0)
+    archs = [space.cheapest(), space.largest(), *(space.random(rng) for _ in range(5))]
+    assert len({str(a) for a in archs}) == len(archs)
+    for arch in archs:
+        enc = supernet.encode(arch)
+        stats = supernet.calibrate(enc, calibration)
+        inside = supernet.predict(x, enc, stats)
+        model = supernet.extract(arch, stats)
+        alone = model.predict(x, batch_size=200, verbose=0)
+        assert np.abs(inside - alone).max() < TOLERANCE, arch
+        assert np.array_equal(inside.argmax(1), alone.argmax(1)), arch
+    # One trace of the inference and one of the calibration function for all seven subnets.
+    assert supernet.tracing_count() == 2
+
+
+def test_subnets_differ_and_share_weights(space, supernet, images) -> None:
+    """Changing one decision changes the output (the masks reach the computation), and the
+    cropped kernel is the centre of the largest one (what extraction copies)."""
+    calibration, x = images
+    base = space.parse("d2-k5-e3-w16-se1-relu6+d2-k5-e3-w24-se0-hswish+d1-k3-e6-w40-se1-relu6")
+    outputs = {}
+    for text in (
+        str(base),
+        "d2-k3-e3-w16-se1-relu6+d2-k5-e3-w24-se0-hswish+d1-k3-e6-w40-se1-relu6",
+        "d1-k5-e3-w16-se1-relu6+d2-k5-e3-w24-se0-hswish+d1-k3-e6-w40-se1-relu6",
+        "d2-k5-e3-w16-se0-relu6+d2-k5-e3-w24-se0-hswish+d1-k3-e6-w40-se1-relu6",
+        "d2-k5-e3-w16-se1-hswish+d2-k5-e3-w24-se0-hswish+d1-k3-e6-w40-se1-relu6",
+        "d2-k5-e3-w16-se1-relu6+d2-k5-e3-w24-se0-hswish+d1-k3-e6-w24-se1-relu6",
+    ):
+        enc = supernet.encode(space.parse(text))
+        outputs[text] = supernet.predict(x, enc, supernet.calibrate(enc, calibration))
+    first = outputs.pop(str(base))
+    for text, out in outputs.items():
+        assert np.abs(out - first).max() > 1e-3, text
+    small = space.parse("d1-k3-e1-w8-se0-relu6+d1-k3-e1-w16-se0-relu6+d1-k3-e1-w24-se0-relu6")
+    weights = supernet.subnet_weights(small, supernet.calibrate(supernet.encode(small), calibration))
+    full = supernet.get_weights()["s1b0_dw/depthwise_kernel"]
+    assert np.array_equal(weights["s1b0_dw"][0], full[1:4, 1:4, :8])
+
+
+def test_bad_input_is_refused_in_one_line(space, supernet) -> None:
+    with pytest.raises(InputError, match="expected an mbconv architecture"):
+        supernet.encode("d1-k3")
+    weights = supernet.get_weights()
+    weights.pop("classifier/bias")
+    with pytest.raises(InputError, match="1 missing"):
+        supernet.set_weights(weights)
+    weights = supernet.get_weights()
+    weights["classifier/bias"] = np.zeros(3, np.float32)
+    with pytest.raises(InputError, match=r"classifier/bias: expected shape \[10\], got \[3\]"):
+        supernet.set_weights(weights)
+    from search_spaces.mbconv_supernet import MbconvSupernet
+
+    with pytest.raises(InputError, match="expected an mbconv space"):
+        MbconvSupernet(get_space("nb201"), TASK)
