@@ -30,6 +30,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+# Fewer subnets than this give a tau that says nothing (3 subnets: only -1, -1/3, 1/3 or 1).
+MIN_TAU_SUBNETS = 10
+
+
 def kendall_tau(a: list[float], b: list[float]) -> float:
     """Kendall's tau-b (ties in either list count as neither concordant nor discordant)."""
     concordant = discordant = ties_a = ties_b = 0
@@ -152,7 +156,12 @@ def main() -> int:
         f"- **Kendall tau, inherited vs stand-alone ({config.training.epochs} epochs) accuracy over {len(rows)} "
         f"subnets: {tau:.3f}.**",
         f"- Stand-alone noise ({len(repeated)} subnets trained twice, seeds {args.seed} and {args.seed + 1}): "
-        f"mean |difference| {noise_abs:.4f}, tau between the two runs {noise_tau:.3f}.",
+        f"mean |difference| {noise_abs:.4f}, "
+        + (
+            f"tau between the two runs {noise_tau:.3f}."
+            if len(repeated) >= MIN_TAU_SUBNETS
+            else "too few subnets for a tau (`--noise-of` trains every subnet again)."
+        ),
         "",
         "| subnet | inherited | stand-alone | again |",
         "|---|---|---|---|",
