@@ -28,7 +28,7 @@ from search_spaces import InputError
 from .config import Constraints, LatencyConfig, RunConfig
 from .executors import Executor, JobResult, TrainJob, weights_path
 from .supernet import LoadedSupernet, evaluate_subnet, load_supernet
-from .trial_record import StudyKey
+from .trial_record import State, StudyKey, TrialKey
 
 __all__ = ["SubnetExecutor", "specialize"]
 
@@ -39,19 +39,20 @@ DEFAULT_EVALUATIONS = 60
 @dataclass
 class SubnetExecutor(Executor):
     """Evaluates subnets in this process instead of training them: the inherited weights after
-    the subnet's own BN calibration, accuracy on the validation split. ``stats`` keeps each
-    evaluated subnet's BN statistics (a few KB) for its extraction later."""
+    the subnet's own BN calibration, accuracy on the validation split. ``evaluated`` keeps each
+    evaluated subnet's (accuracy, BN statistics) (a few KB) for its extraction later."""
 
     loaded: LoadedSupernet
     samples: int
     capacity: int = 1
-    stats: dict[str, Any] = field(default_factory=dict)
+    evaluated: dict[str, tuple[float, Any]] = field(default_factory=dict)
     _done: list[JobResult] = field(default_factory=list)
 
     def submit(self, job: TrainJob) -> None:
         started = time.time()
         net, data = self.loaded.net, self.loaded.data
-        accuracy, self.stats[job.arch] = evaluate_subnet(net, net.space.parse(job.arch), data, self.samples)
+        self.evaluated[job.arch] = evaluate_subnet(net, net.space.parse(job.arch), data, self.samples)
+        accuracy = self.evaluated[job.arch][0]
         self._done.append(
             JobResult(
                 job.trial_number,
@@ -171,10 +172,10 @@ def specialize(
         loop = SearchLoop(study, space, screen, executor, evaluations, config.search.seed, epochs)
         loop.run()
         search_s = time.time() - started
-        _keep_weights(loaded, study, out_dir / WEIGHTS_DIR, epochs, executor.stats)
+        _keep_weights(loaded, study, out_dir / WEIGHTS_DIR, epochs, executor.evaluated)
 
         def finish(arch: Hashable) -> dict[str, Any]:
-            return _finish(loaded, config, arch, finetune_epochs, out_dir, say)
+            return _finish(loaded, config, arch, finetune_epochs, out_dir, say, executor.evaluated)
 
         shipped, verified, model = _verify_and_ship(
             config,
@@ -212,7 +213,7 @@ def specialize(
 
 
 def _keep_weights(
-    loaded: LoadedSupernet, study: Any, folder: Path, epochs: int, stats: dict[str, Any]
+    loaded: LoadedSupernet, study: Any, folder: Path, epochs: int, evaluated: dict[str, tuple[float, Any]]
 ) -> None:
     """The standalone models of the most accurate evaluated subnets, where verification looks for
     a search's trained weights (``weights_path``): it verifies at most ``VERIFY_LIMIT``
@@ -222,19 +223,33 @@ def _keep_weights(
     from .shipping import VERIFY_LIMIT
 
     done = [
-        t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("state") == "complete" and t.values
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get(TrialKey.STATE) == State.COMPLETE and t.values
     ]
     folder.mkdir(parents=True, exist_ok=True)
     for t in sorted(done, key=lambda t: -t.values[0])[: 2 * VERIFY_LIMIT]:
-        arch = loaded.net.space.parse(t.user_attrs["arch"])
-        if t.user_attrs["arch"] not in stats:  # not evaluated by this executor: calibrate it now
-            samples = loaded.config.supernet.calibration_samples
-            stats[t.user_attrs["arch"]] = evaluate_subnet(loaded.net, arch, loaded.data, samples)[1]
+        key = t.user_attrs[TrialKey.ARCH]
+        arch = loaded.net.space.parse(key)
+        stats = _evaluation(loaded, arch, evaluated)[1]
         keras().backend.clear_session()
         final = weights_path(folder, t.number, epochs)
         tmp = final[: -len(".weights.h5")] + ".tmp.weights.h5"
-        loaded.net.extract(arch, stats[t.user_attrs["arch"]]).save_weights(tmp)
+        loaded.net.extract(arch, stats).save_weights(tmp)
         os.replace(tmp, final)
+
+
+def _evaluation(
+    loaded: LoadedSupernet, arch: Hashable, evaluated: dict[str, tuple[float, Any]]
+) -> tuple[float, Any]:
+    """``arch``'s (inherited accuracy, BN statistics): the search's evaluation, or one made now
+    (and kept) for a subnet the search did not evaluate in this process. Calibration is
+    deterministic (the first ``calibration_samples`` training samples), so both are the same."""
+    key = str(arch)
+    if key not in evaluated:
+        samples = loaded.config.supernet.calibration_samples
+        evaluated[key] = evaluate_subnet(loaded.net, arch, loaded.data, samples)
+    return evaluated[key]
 
 
 def _finish(
@@ -244,6 +259,7 @@ def _finish(
     finetune_epochs: int,
     out: Path,
     say: Callable[[str], None],
+    evaluated: dict[str, tuple[float, Any]],
 ) -> dict[str, Any]:
     """The shipped file of ``arch``: extracted with inherited weights and its own BN statistics,
     fine-tuned for ``finetune_epochs`` on the training and validation splits (as ``nas run``'s
@@ -254,7 +270,7 @@ def _finish(
     from .train import train_model
 
     net, data = loaded.net, loaded.data
-    accuracy, stats = evaluate_subnet(net, arch, data, config.supernet.calibration_samples)
+    accuracy, stats = _evaluation(loaded, arch, evaluated)
     keras().backend.clear_session()
     model = net.extract(arch, stats)
     if finetune_epochs:
