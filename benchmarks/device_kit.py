@@ -355,23 +355,9 @@ def stage_search(args: argparse.Namespace) -> dict:
     for i in range(len(timing.repeats_ms)):
         speed = float(np.median([t.repeats_ms[i] / m for t, m in zip(timings[1:], then, strict=True)]))
         per_round.append(timing.repeats_ms[i] / (predicted * speed) - 1)
-    from latency_models.predictor import TablePredictor
-    from search_spaces import get_space
-
-    config_space = get_space(raw["space"]["name"], raw["space"].get("options", {}))
-    from search_spaces import TaskShape
-
-    task = TaskShape(tuple(table.meta.extra["input_shape"]), table.meta.extra["num_classes"])
+    config_space, _, fitted = _kit_predictor(table)
     cal = table.meta.extra["calibration"]
-    p = TablePredictor(
-        space=config_space.name,
-        device="kit",
-        table=table,
-        task=task,
-        space_options=raw["space"].get("options", {}),
-    )
     archs = [config_space.parse(c["arch"]) for c in cal]
-    fitted = p.with_correction(archs, [c["latency_ms"] for c in cal])
     fit_err = [float(v) / c["latency_ms"] - 1 for v, c in zip(fitted.predict(archs), cal, strict=True)]
     now_err = [float(v) / t.median_ms - 1 for v, t in zip(fitted.predict(archs), timings[1:], strict=True)]
     check = {
