@@ -17,7 +17,7 @@ from search_spaces import InputError, SearchSpace
 from .runtimes import get_runtime
 from .table import LatencyTable, TableMeta
 
-__all__ = ["cache_dir", "machine_fingerprint", "table_path"]
+__all__ = ["cache_dir", "locked", "machine_fingerprint", "table_path"]
 
 
 def cache_dir() -> Path:
@@ -73,7 +73,7 @@ def table_path(
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive lock next to ``path`` so two processes do not profile the same blocks twice."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

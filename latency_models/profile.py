@@ -14,7 +14,7 @@ import numpy as np
 
 from search_spaces import Block, InputError, SearchSpace, TaskShape
 
-from .host_cache import _fingerprint_id, _load_cached, _locked, cache_dir, machine_fingerprint, table_path
+from .host_cache import _fingerprint_id, _load_cached, cache_dir, locked, machine_fingerprint, table_path
 from .runtimes import ModelNotRunnable, RepeatedTiming, Runtime, Timing, get_runtime, time_calls
 from .table import DTYPES, INVOKE_KEY, OVERHEAD_KEY, PERSISTENT_KEY, Entry, LatencyTable, TableMeta
 
@@ -515,7 +515,7 @@ def host_table(
         extra={"machine": fp, "fingerprint": _fingerprint_id(fp), "space": space.name},
     )
     wanted = list(dict.fromkeys(blocks))
-    with _locked(path):
+    with locked(path):
         cached = _load_cached(path, meta)
         entries = dict(cached.entries) if cached is not None else {}
         extra = dict(cached.meta.extra) if cached is not None else dict(meta.extra)
