@@ -27,13 +27,16 @@ from search_spaces import InputError
 
 from .config import Constraints, LatencyConfig, RunConfig
 from .executors import Executor, JobResult, TrainJob, weights_path
-from .supernet import LoadedSupernet, evaluate_subnet, load_supernet
+from .supernet import EvaluationCache, LoadedSupernet, evaluate_subnet, load_supernet
 from .trial_record import State, StudyKey, TrialKey
 
-__all__ = ["SubnetExecutor", "specialize"]
+__all__ = ["CachedEvaluations", "SubnetExecutor", "specialize"]
 
 # Subnets evaluated per specialization when the caller does not say.
 DEFAULT_EVALUATIONS = 60
+# A subnet's evaluation takes about a second, not a training's minute: the default strategy
+# prices a quarter of its usual pool per proposal (``nas.strategies.default.POOL_SCALE_OPTION``).
+POOL_SCALE = 0.25
 
 
 @dataclass
@@ -70,6 +73,43 @@ class SubnetExecutor(Executor):
     def poll(self, timeout: float | None = None) -> list[JobResult]:
         done, self._done = self._done, []
         return done
+
+
+@dataclass
+class CachedEvaluations(Executor):
+    """``inner`` for the subnets ``cache`` does not know; the others are answered at once with
+    their kept accuracy. Every accuracy ``inner`` returns is added to the cache."""
+
+    inner: Executor
+    cache: EvaluationCache
+    _hits: list[JobResult] = field(default_factory=list)
+
+    @property
+    def capacity(self) -> int:  # type: ignore[override]
+        return self.inner.capacity
+
+    def submit(self, job: TrainJob) -> None:
+        accuracy = self.cache.get(job.arch)
+        if accuracy is None:
+            self.inner.submit(job)
+            return
+        self._hits.append(
+            JobResult(job.trial_number, job.arch, True, accuracy=accuracy, epochs=job.epochs, host="cache")
+        )
+
+    def poll(self, timeout: float | None = None) -> list[JobResult]:
+        new = self.inner.poll(0.0 if self._hits else timeout)
+        for result in new:
+            if result.ok and result.accuracy is not None:
+                self.cache.add(result.arch, result.accuracy)
+        hits, self._hits = self._hits, []
+        return hits + new
+
+    def in_flight(self) -> int:
+        return self.inner.in_flight()
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
 
 
 def _device_config(config: RunConfig, device: str | None, table: str | None) -> LatencyConfig:
@@ -120,6 +160,7 @@ def specialize(
     from .search import SearchLoop, budget_share
     from .shipping import WEIGHTS_DIR, _verify_and_ship
     from .strategies import SearchContext, make_strategy
+    from .strategies.default import POOL_SCALE_OPTION
 
     _positive(max_latency_ms, "--max-latency-ms", allow_none=False)
     _positive(max_size_kb, "--max-size-kb", allow_none=False)
@@ -160,11 +201,15 @@ def specialize(
             predict=screen,
             max_latency_ms=budgets.constraints.max_latency_ms * (1 - latency_guard),
             n_trials=evaluations,
+            options={POOL_SCALE_OPTION: POOL_SCALE},
         )
         study = _open_study(config, out_dir, None, False, make_strategy(config.search.strategy, context))
         study.set_user_attr(StudyKey.BUDGETS, {**budgets.as_dict(), "latency_guard": latency_guard})
         epochs = int(loaded.manifest["epoch"])
-        executor = SubnetExecutor(loaded, config.supernet.calibration_samples)
+        samples = config.supernet.calibration_samples
+        evaluator = SubnetExecutor(loaded, samples)
+        cache = EvaluationCache(loaded.folder, loaded.manifest, samples)
+        executor = CachedEvaluations(evaluator, cache)
         say(
             f"searching {evaluations} subnets of supernet {supernet} (inherited weights, strategy {config.search.strategy})"
         )
@@ -172,10 +217,12 @@ def specialize(
         loop = SearchLoop(study, space, screen, executor, evaluations, config.search.seed, epochs)
         loop.run()
         search_s = time.time() - started
-        _keep_weights(loaded, study, out_dir / WEIGHTS_DIR, epochs, executor.evaluated)
+        if cache.hits:
+            say(f"{cache.hits} of the subnets had been evaluated by earlier specializations ({cache.path})")
+        _keep_weights(loaded, study, out_dir / WEIGHTS_DIR, epochs, evaluator.evaluated)
 
         def finish(arch: Hashable) -> dict[str, Any]:
-            return _finish(loaded, config, arch, finetune_epochs, out_dir, say, executor.evaluated)
+            return _finish(loaded, config, arch, finetune_epochs, out_dir, say, evaluator.evaluated)
 
         shipped, verified, model = _verify_and_ship(
             config,
@@ -196,6 +243,7 @@ def specialize(
             "epoch": epochs,
             "weights_sha256": loaded.manifest["weights"]["sha256"],
             "evaluations": evaluations,
+            "evaluations_from_cache": cache.hits,
             "finetune_epochs": finetune_epochs,
         }
         report = write_run_report(
@@ -280,9 +328,10 @@ def _finish(
             x_train=np.concatenate([data.x_train, data.x_val]),
             y_train=np.concatenate([data.y_train, data.y_val]),
         )
-        # A tenth of the training rate: the inherited weights are a trained start, not a random one.
-        tune = replace(config.training, learning_rate=config.training.learning_rate * 0.1)
-        train_model(model, both, tune, finetune_epochs, config.search.seed)
+        # The training's own rate, decayed over the fine-tune's epochs: on the quickstart space a
+        # tenth of it left the subnet 2-3 points short after 3 epochs (benchmarks/supernet.py
+        # --finetune-check).
+        train_model(model, both, config.training, finetune_epochs, config.search.seed)
     else:
         say(f"shipping {arch} with its inherited weights (validation accuracy {accuracy:.4f})")
     exported = export_winner(config, model, data, out, say)

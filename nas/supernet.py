@@ -35,6 +35,7 @@ __all__ = [
     "MANIFEST",
     "VERSION",
     "EpochRecord",
+    "EvaluationCache",
     "LoadedSupernet",
     "data_fingerprint",
     "load_supernet",
@@ -219,6 +220,55 @@ def evaluate_subnet(net: Any, arch: Any, data: TaskData, samples: int) -> tuple[
     enc = net.encode(arch)
     stats = net.calibrate(enc, data.inputs(data.x_train), samples=samples)
     return net.accuracy(data.inputs(data.x_val), data.y_val, enc, stats), stats
+
+
+EVALUATIONS = "evaluations.json"
+
+
+class EvaluationCache:
+    """Inherited validation accuracies of subnets, kept beside the supernet's weights
+    (``evaluations.json``). A subnet's accuracy does not depend on the device, so each
+    specialization of one supernet reuses every subnet the ones before it evaluated. The file
+    names the weights (sha256), the data and the calibration size it holds accuracies for;
+    another checkpoint (``--resume``) starts it anew. Written under a lock and atomically, so
+    specializations running at once add to it without losing entries; a folder that cannot be
+    written only costs the evaluations again."""
+
+    def __init__(self, folder: str | os.PathLike[str], manifest: dict[str, Any], samples: int) -> None:
+        self.path = Path(folder) / EVALUATIONS
+        self.key = {
+            "weights_sha256": manifest["weights"]["sha256"],
+            "data_sha256": (manifest.get("task") or {}).get("data_sha256"),
+            "calibration_samples": int(samples),
+        }
+        self.accuracy: dict[str, float] = self._read()
+        self.hits = 0
+
+    def _read(self) -> dict[str, float]:
+        try:
+            doc = json.loads(self.path.read_text())
+            if doc.get("key") != self.key:
+                return {}
+            return {str(a): float(v) for a, v in doc["accuracy"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}  # none yet, or damaged: ours to rebuild
+
+    def get(self, arch: str) -> float | None:
+        value = self.accuracy.get(arch)
+        self.hits += value is not None
+        return value
+
+    def add(self, arch: str, accuracy: float) -> None:
+        from latency_models.host_cache import locked
+        from latency_models.table import write_atomic
+
+        self.accuracy[arch] = float(accuracy)
+        try:
+            with locked(self.path):
+                self.accuracy = {**self._read(), **self.accuracy}
+                write_atomic(self.path, json.dumps({"key": self.key, "accuracy": self.accuracy}))
+        except OSError:
+            pass  # a read-only supernet folder: evaluations are not kept
 
 
 def train_supernet(

@@ -51,6 +51,10 @@ GOLDEN = 0.6180339887498949
 # With it, expected improvement is weighted by the probability that the true latency meets the
 # budget (constrained EI), so networks predicted a little over the budget are still worth a training.
 LATENCY_ERROR_OPTION = "latency_error"
+# ``options["pool_scale"]``: the sampled pool's size and pricing time as a fraction of the above.
+# A proposal prices a few thousand networks (about a second); where a candidate costs a second
+# to evaluate instead of a training (a supernet's subnets), a quarter of the pool is enough.
+POOL_SCALE_OPTION = "pool_scale"
 # Feature weights in the GP's kernel (one-hot decisions weigh 1 each).
 EXTRA_WEIGHT = 1.5
 COST_WEIGHT = 2.0
@@ -235,10 +239,13 @@ class DefaultSampler(ChoiceSampler):
         import random
 
         rng = random.Random(f"{self.context.seed}-{number}")
-        archs = [self.space.random(rng) for _ in range(self.space.affordable(POOL_RANDOM, POOL_SECONDS))]
+        scale = float(self.context.options.get(POOL_SCALE_OPTION) or 1.0)
+        n_random = self.space.affordable(max(1, int(POOL_RANDOM * scale)), POOL_SECONDS * scale)
+        archs = [self.space.random(rng) for _ in range(n_random)]
         # Local moves around the best trained networks: one or two decisions changed.
         parents = [a for a, _ in sorted(observed, key=lambda o: -o[1])[:10]]
-        for i in range(self.space.affordable(POOL_MUTATIONS, POOL_SECONDS / 2) if parents else 0):
+        n_moves = self.space.affordable(max(1, int(POOL_MUTATIONS * scale)), POOL_SECONDS * scale / 2)
+        for i in range(n_moves if parents else 0):
             params = dict(self.space.to_params(parents[i % len(parents)]))
             for _ in range(rng.choice((1, 2))):
                 c = self._choices[rng.randrange(len(self._choices))]
