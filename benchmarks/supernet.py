@@ -67,7 +67,16 @@ def main() -> int:
         help="instead: train every subnet of this results file stand-alone again (seed + 1) and report "
         "the tau between the two stand-alone runs (the ceiling a supernet's ranking can reach)",
     )
+    parser.add_argument(
+        "--finetune-check",
+        nargs=2,
+        metavar=("SUPERNET", "ARCH"),
+        help="instead: fine-tune ARCH extracted from the SUPERNET folder for 3 epochs at 0.1x, 0.3x "
+        "and 1x the training's learning rate and print each model's test accuracy (Keras, float)",
+    )
     args = parser.parse_args()
+    if args.finetune_check:
+        return finetune_check(*args.finetune_check)
     if args.noise_of:
         return noise(Path(args.noise_of), args.seed, Path(args.out))
 
@@ -175,6 +184,37 @@ def main() -> int:
     ]
     out.with_suffix(".md").write_text("\n".join(md))
     print(f"kendall tau {tau:.3f} over {len(rows)} subnets; results in {out}.json/.md")
+    return 0
+
+
+def finetune_check(folder: str, arch_text: str, epochs: int = 3) -> int:
+    """The fine-tune rate of ``nas specialize``: one extracted subnet tuned at three rates."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from nas.supernet import evaluate_subnet, load_supernet
+    from nas.train import train_model
+    from search_spaces.backend import keras
+
+    loaded = load_supernet(folder)
+    net, data, training = loaded.net, loaded.data, loaded.config.training
+    arch = net.space.parse(arch_text)
+    accuracy, stats = evaluate_subnet(net, arch, data, loaded.config.supernet.calibration_samples)
+    print(f"{arch}: inherited validation accuracy {accuracy:.4f}", flush=True)
+    both = replace(
+        data,
+        x_train=np.concatenate([data.x_train, data.x_val]),
+        y_train=np.concatenate([data.y_train, data.y_val]),
+    )
+    for factor in (0.1, 0.3, 1.0):
+        keras().backend.clear_session()
+        model = net.extract(arch, stats)
+        train_model(model, both, replace(training, learning_rate=training.learning_rate * factor), epochs, 0)
+        test = float(
+            np.mean(np.argmax(model.predict(data.inputs(data.x_test), verbose=0), axis=1) == data.y_test)
+        )
+        print(f"{epochs} epochs at {factor:g}x the rate: test accuracy {test:.4f}", flush=True)
     return 0
 
 
