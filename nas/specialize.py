@@ -143,10 +143,12 @@ def prepare_search(
     predictor: str | None = None,
     evaluations: int = DEFAULT_EVALUATIONS,
     say: Callable[[str], None] = lambda s: None,
+    device_flag: str | None = None,
 ) -> SubnetSearch:
     """The device's latency model and the budgets for searching ``loaded``'s subnets; refuses
     (``InputError``, before anything is written) a device file that does not price every subnet
-    and budgets no subnet meets."""
+    and budgets no subnet meets. ``device_flag`` names the file's flag in those errors (default
+    ``--table`` or ``--predictor``)."""
     from latency_models.table import MissingEntryError
 
     from .latency_model import build_latency_model
@@ -162,7 +164,7 @@ def prepare_search(
         search=replace(base.search, trainings=evaluations, fidelity=None),
     )
     data, space = loaded.data, loaded.net.space
-    flag = f"--table {table}" if table is not None else f"--predictor {predictor}"
+    flag = f"{device_flag or ('--table' if table is not None else '--predictor')} {table or predictor}"
     try:
         model = build_latency_model(config, space, data, say)
         if predictor is not None:  # a predictor of this space name may still not know its options
