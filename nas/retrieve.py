@@ -222,6 +222,8 @@ def best(
     if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 1:
         raise InputError(f"--evaluations: expected an int >= 1, got {evaluations!r}.")
     budgets = Budgets(max_latency_ms, max_size_kb, max_memory_kb)
+    if export is not None:
+        _export_target(export)  # before any search: a supernet's takes minutes
     say = status or (lambda s: None)
     unreadable: list[str] = []
     supernets = find_supernets(runs)
@@ -357,6 +359,13 @@ def _binding(pool: Sequence[Candidate], budgets: Budgets) -> dict[str, Any]:
 
 
 # -- export ---------------------------------------------------------------------------------------
+def _export_target(out: str | os.PathLike[str]) -> Path:
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise InputError(f"--export: {target} exists and is not an empty folder; choose a new folder.")
+    return target
+
+
 def export_best(
     answer: Answer,
     out: str | os.PathLike[str],
@@ -385,9 +394,7 @@ def export_best(
     say = status or (lambda s: None)
     if not answer.found:
         raise FatalError(f"--export: nothing to export; {answer.summary()}")
-    target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise InputError(f"--export: {target} exists and is not an empty folder; choose a new folder.")
+    target = _export_target(out)
     winner = answer.candidates[0]
     studies = studies or find_studies(answer.runs)
     study = next((s for s in studies if str(s.folder) == winner.study and s.name == winner.study_name), None)
