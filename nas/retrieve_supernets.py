@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from search_spaces import InputError
 
 from .studies import task_label
-from .supernet import MANIFEST
-from .trial_record import State, TrialKey, TrialRecord
+from .supernet import MANIFEST, read_manifest
+from .trial_record import State, TrialRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pricing import Device
@@ -29,7 +29,7 @@ SUPERNET = "supernet"  # a candidate's ``source`` when it is a supernet's subnet
 @dataclass(frozen=True)
 class SupernetFolder:
     """A folder under ``--runs`` holding a supernet manifest, with the task and space it names
-    (read from the manifest alone: the weights are only checked and loaded when searched)."""
+    (read from its checked manifest; the weights are loaded when it is searched)."""
 
     folder: Path
     task: str
@@ -37,27 +37,21 @@ class SupernetFolder:
 
 
 def find_supernets(runs: str | os.PathLike[str]) -> list[SupernetFolder]:
-    """Every folder under ``runs`` (``runs`` itself included) holding ``supernet.json``. A manifest
-    that is not JSON is refused here, naming it; the full check comes with the search."""
+    """Every folder under ``runs`` (``runs`` itself included) holding ``supernet.json``, each
+    checked by ``read_manifest`` (format, version, the weight file's sha256) before any search:
+    a broken or truncated one is refused, naming it."""
     root = Path(runs)
     if not root.is_dir():
         raise InputError(f"--runs: expected a folder of run folders, got {str(root)!r} (not a folder).")
     found = []
     for path in sorted(root.rglob(MANIFEST)):
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise InputError(
-                f"{path}: expected a JSON manifest, got unreadable text ({e.__class__.__name__})."
-            ) from None
-        config = doc.get("config") if isinstance(doc, dict) else None
+        config = read_manifest(path.parent).get("config")
         if not isinstance(config, dict):
             raise InputError(
-                f"{path}: config: expected the run config the supernet was trained with, got none."
+                f"{path}: config: expected the run config the supernet was trained with, got {config!r}."
             )
-        found.append(
-            SupernetFolder(path.parent, task_label(config), str((config.get("space") or {}).get("name", "")))
-        )
+        space = str((config.get("space") or {}).get("name", ""))
+        found.append(SupernetFolder(path.parent, task_label(config), space))
     return found
 
 
@@ -105,29 +99,33 @@ def subnet_candidates(
         return optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
 
     study, _ = search_subnets(setup, in_memory, say)
+    where: dict[str, Any] = {
+        "study": str(supernet.folder),
+        "study_name": SUPERNET,
+        "task": supernet.task,
+        "space": supernet.space,
+        "searched_for": dev.name,
+        "repriced": False,  # priced by the device's own model in the search
+        "fidelity_epochs": int(loaded.manifest["epoch"]),
+        "source": SUPERNET,
+    }
     out = []
     for t in study.get_trials(deepcopy=False):
         record = TrialRecord.from_attrs(t.user_attrs)
-        if t.user_attrs.get(TrialKey.STATE) != State.COMPLETE or not t.values:
+        if record.state != State.COMPLETE or not t.values:
             continue
         size = record.size_bytes if record.size_bytes is not None else record.predicted_size_bytes
         memory = record.predicted_memory_bytes
+        latency = record.predicted_latency_ms if record.predicted_latency_ms is not None else t.values[1]
         out.append(
             Candidate(
                 arch=str(record.arch),
                 accuracy=float(t.values[0]),
-                latency_ms=float(record.predicted_latency_ms or t.values[1]),
+                latency_ms=float(latency),
                 size_bytes=float(size or 0.0),
                 memory_bytes=None if memory is None else float(memory),
-                study=str(supernet.folder),
-                study_name=SUPERNET,
                 trial=t.number,
-                task=supernet.task,
-                space=supernet.space,
-                searched_for=dev.name,
-                repriced=False,
-                fidelity_epochs=int(loaded.manifest["epoch"]),
-                source=SUPERNET,
+                **where,
             )
         )
     return out
