@@ -114,7 +114,7 @@ def subnet_candidates(
         record = TrialRecord.from_attrs(t.user_attrs)
         if record.state != State.COMPLETE or not t.values:
             continue
-        size = record.size_bytes if record.size_bytes is not None else record.predicted_size_bytes
+        size = record.size_bytes  # exact where it was converted near the size budget
         memory = record.predicted_memory_bytes
         latency = record.predicted_latency_ms if record.predicted_latency_ms is not None else t.values[1]
         out.append(

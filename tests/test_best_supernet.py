@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from search_spaces import InputError
 from tests.conftest import assert_one_line_error
 from tests.test_retrieve import OPTIONS, _config, build_table_runs
 
@@ -99,7 +100,7 @@ def test_best_on_a_predictor_and_the_task_filter(mixed: Path, tmp_path: Path) ->
     for c in answer.candidates:
         assert c.source == "supernet" and c.searched_for == "board-a-fit"
         assert c.latency_ms == pytest.approx(_table_latency(_table(mixed), c.arch), rel=1e-6)
-    with pytest.raises(Exception, match="--task: no study or supernet"):
+    with pytest.raises(InputError, match="--task: no study or supernet"):
         nas.best(mixed / "supernet", device=str(predictor), task="mnist5k", evaluations=1)
 
 
