@@ -88,13 +88,8 @@ def test_best_lists_supernet_subnets_beside_trained_trials(mixed: Path) -> None:
 def test_best_on_a_predictor_and_the_task_filter(mixed: Path, tmp_path: Path) -> None:
     """A predictor file as --device prices the subnets; --task keeps the supernet of that task."""
     import nas
-    from latency_models.table import LatencyTable
-    from nas.latency_model import predictor_from_table
 
-    space, shape = _space_and_shape()
-    predictor = tmp_path / "board-a-predictor.json"
-    table = LatencyTable.load(_table(mixed))
-    predictor_from_table(table, "mbconv", shape, OPTIONS, device="board-a-fit").save(predictor)
+    predictor = _save_predictor(mixed, tmp_path / "board-a-predictor.json")
     answer = nas.best(mixed / "supernet", device=str(predictor), task="digits", top=50, evaluations=2)
     assert answer.supernets == 1 and answer.studies == 0 and len(answer.candidates) == 2
     for c in answer.candidates:
@@ -128,12 +123,43 @@ def test_export_specializes_the_supernet_winner(mixed: Path, run_nas, tmp_path: 
     assert (out / "model.tflite").stat().st_size == report["best"]["size_bytes"] <= 60 * 1024
 
 
+def _save_predictor(mixed: Path, path: Path) -> Path:
+    """board-a's table as a predictor file (``nas latency fit``'s format) for the space."""
+    from latency_models.table import LatencyTable
+    from nas.latency_model import predictor_from_table
+
+    _, shape = _space_and_shape()
+    table = LatencyTable.load(_table(mixed))
+    predictor_from_table(table, "mbconv", shape, OPTIONS, device="board-a-fit").save(path)
+    return path
+
+
+@pytest.mark.slow  # a real specialization: verification, int8 export and measurement
+def test_specialize_with_a_predictor(mixed: Path, run_nas, tmp_path: Path) -> None:
+    predictor = _save_predictor(mixed, tmp_path / "board-a-predictor.json")
+    out = tmp_path / "run"
+    proc = run_nas(
+        "specialize", "--quiet", "--supernet", str(mixed / "supernet"), "--predictor", str(predictor),
+        "--max-latency-ms", "1", "--max-size-kb", "60", "--evaluations", "2", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["latency"]["predictor"] == str(predictor.resolve())
+    assert report["config"]["latency"]["device"] == "board-a-fit"
+    best = report["best"]
+    assert best["predicted_latency_ms"] == pytest.approx(
+        _table_latency(_table(mixed), best["arch"]), rel=1e-6
+    )
+    assert (out / "model.tflite").stat().st_size == best["size_bytes"] <= 60 * 1024
+
+
 def test_bad_supernet_input_is_one_line_and_writes_nothing(mixed: Path, run_nas, tmp_path: Path) -> None:
     from latency_models.table import LatencyTable
 
     table = _table(mixed)
     out = tmp_path / "out"
-    base = ("best", "--runs", str(mixed / "supernet"), "--evaluations", "1", "--export", str(out))
+    # --quiet: without it, --export prints progress lines on stderr
+    base = ("best", "--quiet", "--runs", str(mixed / "supernet"), "--evaluations", "1", "--export", str(out))
     # budgets no subnet meets, named with the smallest achievable
     proc = run_nas(*base, "--device", str(table), "--max-latency-ms", "1e-6", "--max-size-kb", "60")
     assert_one_line_error(proc, "--max-latency-ms", "smallest achievable")
@@ -152,7 +178,7 @@ def test_bad_supernet_input_is_one_line_and_writes_nothing(mixed: Path, run_nas,
     weights = next(broken.glob("weights-e*.npz"))
     weights.write_bytes(weights.read_bytes()[:1000])
     proc = run_nas(
-        "best", "--runs", str(broken.parent), "--device", str(table), "--max-size-kb", "60",
+        "best", "--quiet", "--runs", str(broken.parent), "--device", str(table), "--max-size-kb", "60",
         "--export", str(out),
     )  # fmt: skip
     assert_one_line_error(proc, str(weights), "truncated")
@@ -163,6 +189,7 @@ def test_specialize_predictor_flag_bad_input(mixed: Path, run_nas, tmp_path: Pat
     out = tmp_path / "run"
     argv = (
         "specialize",
+        "--quiet",
         "--supernet",
         str(mixed / "supernet"),
         "--max-latency-ms",
