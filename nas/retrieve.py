@@ -206,12 +206,12 @@ def best(
     top: int = 5,
     export: str | os.PathLike[str] | None = None,
     status: Callable[[str], None] | None = None,
-    evaluations: int = 60,
+    evaluations: int | None = None,
 ) -> Answer:
     """The ``top`` most accurate candidates under ``runs`` that meet the budgets on ``device``
     (``answer.candidates``, best first; ``answer.as_dict()`` is what ``nas best --json`` prints):
     trained trials of studies, and subnets of supernets (``evaluations`` searched per supernet,
-    as ``nas specialize`` does). With ``export``, also retrain, compress and export a trained
+    as ``nas specialize`` does, by default as many as it does). With ``export``, also retrain, compress and export a trained
     winner there like ``nas run``, or specialize a supernet winner there like ``nas specialize``.
 
     This is ``nas.best``."""
@@ -219,7 +219,9 @@ def best(
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InputError(f"--top: expected an int >= 1, got {top!r}.")
-    if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 1:
+    if evaluations is not None and (
+        isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 1
+    ):
         raise InputError(f"--evaluations: expected an int >= 1, got {evaluations!r}.")
     budgets = Budgets(max_latency_ms, max_size_kb, max_memory_kb)
     if export is not None:

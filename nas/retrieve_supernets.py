@@ -72,7 +72,7 @@ def subnet_candidates(
     supernet: SupernetFolder,
     dev: Device,
     budgets: Budgets,
-    evaluations: int,
+    evaluations: int | None = None,
     say: Callable[[str], None] = lambda s: None,
 ) -> list[Candidate]:
     """The subnets ``nas specialize`` would consider: ``evaluations`` of them searched under the
@@ -81,14 +81,14 @@ def subnet_candidates(
     import optuna
 
     from .retrieve import Candidate
-    from .specialize import prepare_search, search_subnets
+    from .specialize import DEFAULT_EVALUATIONS, prepare_search, search_subnets
     from .supernet import load_supernet
 
     loaded = load_supernet(supernet.folder, say)
     setup = prepare_search(
         loaded,
         _constraints(budgets),
-        evaluations=evaluations,
+        evaluations=DEFAULT_EVALUATIONS if evaluations is None else evaluations,
         say=say,
         device_flag="--device",
         **_device_flags(dev),
@@ -134,7 +134,7 @@ def subnet_candidates(
 def export_subnet(
     answer: Answer,
     out: str | os.PathLike[str],
-    evaluations: int,
+    evaluations: int | None,
     dev: Device,
     say: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
@@ -143,7 +143,7 @@ def export_subnet(
     the answer beside its report as ``retrieval.json``; returns the report."""
     from latency_models.table import write_atomic
 
-    from .specialize import specialize
+    from .specialize import DEFAULT_EVALUATIONS, specialize
 
     winner, budgets = answer.candidates[0], answer.budgets
     if budgets.max_latency_ms is None or budgets.max_size_kb is None:
@@ -157,7 +157,7 @@ def export_subnet(
         max_latency_ms=budgets.max_latency_ms,
         max_size_kb=budgets.max_size_kb,
         max_memory_kb=budgets.max_memory_kb,
-        evaluations=evaluations,
+        evaluations=DEFAULT_EVALUATIONS if evaluations is None else evaluations,
         say=say,
         **_device_flags(dev),
     )

@@ -27,7 +27,9 @@ def register(sub: Any) -> None:
         required=True,
         help="folder holding run folders (each with study.db) and/or supernet folders (supernet.json)",
     )
-    p.add_argument("--task", help="only studies of this task (e.g. mnist5k, digits, or an .npz's stem)")
+    p.add_argument(
+        "--task", help="only studies and supernets of this task (e.g. mnist5k, digits, or an .npz's stem)"
+    )
     p.add_argument(
         "--device",
         default="host",
@@ -45,9 +47,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--evaluations",
         type=str,
-        default="60",
         metavar="N",
-        help="subnets to evaluate per supernet under --runs (default 60)",
+        help="subnets to evaluate per supernet under --runs (default 60, as nas specialize)",
     )
     p.add_argument(
         "--export",
@@ -97,7 +98,7 @@ def _best(args: argparse.Namespace) -> int:
     except ValueError:
         raise InputError(f"--top: expected an int >= 1, got {args.top!r}.") from None
     try:
-        evaluations = int(args.evaluations)
+        evaluations = None if args.evaluations is None else int(args.evaluations)
     except ValueError:
         raise InputError(f"--evaluations: expected an int >= 1, got {args.evaluations!r}.") from None
     status = None
