@@ -1,8 +1,11 @@
-"""Retrieval: the most accurate trained models of past studies that meet budgets on a device.
+"""Retrieval: the most accurate trained models of past studies, and subnets of trained
+supernets, that meet budgets on a device.
 
 Studies are read straight from their SQLite files (read-only, no Optuna import), so answering
 over hundreds of trials takes well under a second. Candidates of a study run for another device
-are re-priced with the requested device's latency model, and the answer says so.
+are re-priced with the requested device's latency model, and the answer says so. A supernet's
+subnets are searched for the device (``nas.retrieve_supernets``), which takes an evaluation per
+subnet.
 """
 
 from __future__ import annotations
@@ -86,7 +89,10 @@ def parse_quantity(text: str, kind: str, where: str) -> float:
 # -- candidates and the answer --------------------------------------------------------------------
 @dataclass(frozen=True)
 class Candidate:
-    """A trained architecture priced on the requested device."""
+    """An architecture priced on the requested device: a trained trial of a study
+    (``source`` "trained"), or a subnet of a supernet (``source`` "supernet": ``accuracy`` is
+    its inherited, BN-recalibrated validation accuracy, ``study`` the supernet folder,
+    ``trial`` the evaluation's number and ``fidelity_epochs`` the supernet's epochs)."""
 
     arch: str
     accuracy: float  # validation accuracy at search fidelity (``fidelity_epochs``)
@@ -101,6 +107,7 @@ class Candidate:
     searched_for: str  # the device the study was searched for
     repriced: bool
     fidelity_epochs: int | None = None
+    source: str = "trained"
 
     def ratios(self, budgets: Budgets) -> dict[str, float]:
         """value / budget for every budget (> 1 breaks it; memory unknown counts as infinite)."""
@@ -138,6 +145,7 @@ class Answer:
     binding: Mapping[str, Any] | None = None
     closest: Candidate | None = None
     exported: Mapping[str, Any] | None = field(default=None, repr=False)
+    supernets: int = 0
 
     @property
     def found(self) -> bool:
@@ -153,6 +161,7 @@ class Answer:
             "task": self.task,
             "budgets": self.budgets.as_dict(),
             "studies": self.studies,
+            "supernets": self.supernets,
             "considered": self.considered,
             "candidates": [c.as_dict() for c in self.candidates],
             "notes": list(self.notes),
@@ -167,7 +176,7 @@ class Answer:
             return f"{len(self.candidates)} candidate(s) meet the budgets on {self.device}."
         if self.closest is None or self.binding is None:
             return (
-                f"no trained candidate found under {self.runs}"
+                f"no trained candidate or supernet found under {self.runs}"
                 + (f" for task {self.task}" if self.task else "")
                 + "."
             )
@@ -175,7 +184,7 @@ class Answer:
         unit = BUDGET_UNITS[b["budget"]]
         value = "unknown" if b["value"] is None else f"{b['value']:.4g} {unit}"
         return (
-            f"no trained candidate meets the budgets on {self.device}: the binding budget is "
+            f"no candidate meets the budgets on {self.device}: the binding budget is "
             f"{b['budget']} {b['limit']:g} ({b['exceeding']} of {self.considered} candidates exceed it); "
             f"closest: {c.arch} (study {c.study}, trial {c.trial}) at {value} "
             f"({_ratio_text(b['ratio'])} the budget), accuracy {c.accuracy:.4f}."
@@ -197,24 +206,41 @@ def best(
     top: int = 5,
     export: str | os.PathLike[str] | None = None,
     status: Callable[[str], None] | None = None,
+    evaluations: int | None = None,
 ) -> Answer:
-    """The ``top`` most accurate trained candidates under ``runs`` that meet the budgets on
-    ``device`` (``answer.candidates``, best first; ``answer.as_dict()`` is what ``nas best --json``
-    prints). With ``export``, also retrain, compress and export the winner there like ``nas run``.
+    """The ``top`` most accurate candidates under ``runs`` that meet the budgets on ``device``
+    (``answer.candidates``, best first; ``answer.as_dict()`` is what ``nas best --json`` prints):
+    trained trials of studies, and subnets of supernets (``evaluations`` searched per supernet,
+    as ``nas specialize`` does, by default as many as it does). With ``export``, also retrain, compress and export a trained
+    winner there like ``nas run``, or specialize a supernet winner there like ``nas specialize``.
 
     This is ``nas.best``."""
+    from .retrieve_supernets import SUPERNET, export_subnet, find_supernets, subnet_candidates
+
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InputError(f"--top: expected an int >= 1, got {top!r}.")
+    if evaluations is not None and (
+        isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 1
+    ):
+        raise InputError(f"--evaluations: expected an int >= 1, got {evaluations!r}.")
     budgets = Budgets(max_latency_ms, max_size_kb, max_memory_kb)
+    if export is not None:
+        _export_target(export)  # before any search: a supernet's takes minutes
+    say = status or (lambda s: None)
     unreadable: list[str] = []
-    studies = find_studies(runs, unreadable)
+    supernets = find_supernets(runs)
+    # A folder of supernets alone is an answer too; without any, find_studies says what is missing.
+    has_studies = not supernets or any(Path(runs).rglob("study.db"))
+    studies = find_studies(runs, unreadable) if has_studies else []
     if task is not None:
         matching = [s for s in studies if s.task == task]
-        if not matching:
+        if not matching and not any(n.task == task for n in supernets):
+            found = sorted({s.task for s in studies} | {n.task for n in supernets})
             raise InputError(
-                f"--task: no study under {runs} is for task {task!r}; tasks found: {sorted({s.task for s in studies})}."
+                f"--task: no study or supernet under {runs} is for task {task!r}; tasks found: {found}."
             )
         studies = matching
+        supernets = [n for n in supernets if n.task == task]
     dev = resolve_device(device, studies)
     pricers = _Pricers(dev, studies)
     notes: list[str] = [f"ignored {e}" for e in unreadable]
@@ -236,6 +262,10 @@ def best(
                 f"with {pricers.get(study).description}"
             )
         pool.extend(found)
+    for supernet in supernets:
+        found = subnet_candidates(supernet, dev, budgets, evaluations, say)
+        notes.append(f"searched {len(found)} subnet(s) of supernet {supernet.folder} with {dev.describe()}")
+        pool.extend(found)
     skips = [n for n in notes if n.startswith("skipped")]
     if not pool and skips:
         raise InputError(f"--device {device}: no latency model to price the studies with: {skips[0][8:]}.")
@@ -252,13 +282,17 @@ def best(
         considered=len(pool),
         studies=priced_studies,
         notes=tuple(notes),
+        supernets=len(supernets),
     )
     if not feasible and pool:
         answer = replace(answer, **_binding(pool, budgets))
     if export is not None:
         if not answer.found:
             raise FatalError(f"--export: nothing to export; {answer.summary()}")
-        report = export_best(answer, export, studies=studies, status=status)
+        if answer.candidates[0].source == SUPERNET:
+            report = export_subnet(answer, export, evaluations, dev, say)
+        else:
+            report = export_best(answer, export, studies=studies, status=status)
         answer = replace(answer, exported={"out": str(export), "best": report["best"]})
     return answer
 
@@ -327,6 +361,13 @@ def _binding(pool: Sequence[Candidate], budgets: Budgets) -> dict[str, Any]:
 
 
 # -- export ---------------------------------------------------------------------------------------
+def _export_target(out: str | os.PathLike[str]) -> Path:
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise InputError(f"--export: {target} exists and is not an empty folder; choose a new folder.")
+    return target
+
+
 def export_best(
     answer: Answer,
     out: str | os.PathLike[str],
@@ -355,9 +396,7 @@ def export_best(
     say = status or (lambda s: None)
     if not answer.found:
         raise FatalError(f"--export: nothing to export; {answer.summary()}")
-    target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise InputError(f"--export: {target} exists and is not an empty folder; choose a new folder.")
+    target = _export_target(out)
     winner = answer.candidates[0]
     studies = studies or find_studies(answer.runs)
     study = next((s for s in studies if str(s.folder) == winner.study and s.name == winner.study_name), None)

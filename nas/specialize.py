@@ -30,7 +30,14 @@ from .executors import Executor, JobResult, TrainJob, weights_path
 from .supernet import EvaluationCache, LoadedSupernet, evaluate_subnet, load_supernet
 from .trial_record import State, StudyKey, TrialKey
 
-__all__ = ["CachedEvaluations", "SubnetExecutor", "specialize"]
+__all__ = [
+    "CachedEvaluations",
+    "SubnetExecutor",
+    "SubnetSearch",
+    "prepare_search",
+    "search_subnets",
+    "specialize",
+]
 
 # Subnets evaluated per specialization when the caller does not say.
 DEFAULT_EVALUATIONS = 60
@@ -112,16 +119,29 @@ class CachedEvaluations(Executor):
         self.inner.shutdown()
 
 
-def _device_config(config: RunConfig, device: str | None, table: str | None) -> LatencyConfig:
-    """The supernet's latency settings for ``--device host`` or ``--table T``."""
-    if (device is None) == (table is None):
-        raise InputError(
-            f"--device/--table: expected exactly one of them, got device {device!r} and table {table!r}."
-        )
+def _device_config(
+    config: RunConfig, device: str | None, table: str | None, predictor: str | None = None
+) -> LatencyConfig:
+    """The supernet's latency settings for ``--device host``, ``--table T`` or ``--predictor P``."""
+    given = {"device": device, "table": table, "predictor": predictor}
+    if sum(v is not None for v in given.values()) != 1:
+        got = ", ".join(f"{k} {v!r}" for k, v in given.items())
+        raise InputError(f"--device/--table/--predictor: expected exactly one of them, got {got}.")
     if device is not None:
         if device != "host":
-            raise InputError(f"--device: expected 'host' (or a table with --table), got {device!r}.")
+            raise InputError(
+                f"--device: expected 'host' (or a file with --table or --predictor), got {device!r}."
+            )
         return replace(config.latency, device="host", table=None, predictor=None)
+    if predictor is not None:
+        from latency_models.predictor import load_predictor
+
+        path = Path(str(predictor)).resolve()
+        try:
+            loaded = load_predictor(path)
+        except InputError as e:
+            raise InputError(f"--predictor {predictor}: expected a latency predictor file; {e}") from None
+        return replace(config.latency, device=loaded.device or path.stem, table=None, predictor=str(path))
     from latency_models.table import LatencyTable
 
     path = Path(str(table)).resolve()
@@ -140,89 +160,184 @@ def _device_config(config: RunConfig, device: str | None, table: str | None) -> 
     )
 
 
+@dataclass(frozen=True)
+class SubnetSearch:
+    """A subnet search set up for a device and budgets (what ``nas specialize`` and ``nas best``
+    share): the supernet's config with the device's latency settings and the budgets, the
+    device's latency model, the screen with the resolved budgets and its latency guard."""
+
+    loaded: LoadedSupernet
+    config: RunConfig
+    model: Any  # nas.latency_model.LatencyModel
+    screen: Any  # nas.search.Screen, with the resolved budgets
+    budgets: Any  # nas.budgets.ResolvedBudgets
+    latency_guard: float
+
+    @property
+    def evaluations(self) -> int:
+        return int(self.config.search.trainings)
+
+    def budget_record(self) -> dict[str, Any]:
+        return {**self.budgets.as_dict(), "latency_guard": self.latency_guard}
+
+
+def prepare_search(
+    loaded: LoadedSupernet,
+    constraints: Constraints,
+    *,
+    device: str | None = "host",
+    table: str | None = None,
+    predictor: str | None = None,
+    evaluations: int = DEFAULT_EVALUATIONS,
+    say: Callable[[str], None] = lambda s: None,
+    device_flag: str | None = None,
+) -> SubnetSearch:
+    """The device's latency model and the budgets for searching ``loaded``'s subnets; refuses
+    (``InputError``, before anything is written) a device file that does not price every subnet
+    and budgets no subnet meets. ``device_flag`` names the file's flag in those errors (default
+    ``--table`` or ``--predictor``)."""
+    from latency_models.table import MissingEntryError
+
+    from .latency_model import build_latency_model
+    from .runner import prepare_budgets
+
+    if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 1:
+        raise InputError(f"--evaluations: expected an int >= 1, got {evaluations!r}.")
+    base = loaded.config
+    config = replace(
+        base,
+        latency=_device_config(base, device, table, predictor),
+        constraints=constraints,
+        search=replace(base.search, trainings=evaluations, fidelity=None),
+    )
+    data, space = loaded.data, loaded.net.space
+    flag = f"{device_flag or ('--table' if table is not None else '--predictor')} {table or predictor}"
+    try:
+        model = build_latency_model(config, space, data, say)
+        if predictor is not None:  # a predictor of this space name may still not know its options
+            model.predictor.predict([space.largest(), space.cheapest()])
+    except MissingEntryError as e:
+        raise InputError(f"{flag}: expected an entry for every block of the supernet's space; {e}") from None
+    except InputError as e:
+        if predictor is None:
+            raise
+        raise InputError(
+            f"{flag}: expected a predictor of the supernet's space ({space.name}); {e}"
+        ) from None
+    except (KeyError, ValueError, TypeError) as e:
+        if predictor is None:
+            raise
+        raise InputError(
+            f"{flag}: expected a predictor of the supernet's space ({space.name}), "
+            f"got one that cannot price it ({e.__class__.__name__}: {e})."
+        ) from None
+    try:
+        model, screen, budgets, latency_guard = prepare_budgets(config, space, data, model, None, say)
+    except InputError as e:  # the budgets are flags here, not config fields
+        message = str(e)
+        for name in ("max_latency_ms", "max_size_kb", "max_memory_kb"):
+            message = message.replace(f"constraints.{name}", "--" + name.replace("_", "-"))
+        raise InputError(message) from None
+    return SubnetSearch(loaded, config, model, screen, budgets, latency_guard)
+
+
+def search_subnets(
+    setup: SubnetSearch, open_study: Callable[[Any], Any], say: Callable[[str], None] = lambda s: None
+) -> tuple[Any, dict[str, tuple[float, Any]]]:
+    """Search ``setup``'s subnets with the config's strategy: ``open_study(sampler)`` gives the
+    Optuna study (a run folder's or one in memory); each candidate's value is its inherited,
+    BN-recalibrated validation accuracy. Returns the study and each evaluated subnet's
+    (accuracy, BN statistics)."""
+    from .search import SearchLoop
+    from .strategies import SearchContext, make_strategy
+    from .strategies.default import POOL_SCALE_OPTION
+
+    config, loaded, space = setup.config, setup.loaded, setup.loaded.net.space
+    limit = setup.budgets.constraints.max_latency_ms
+    context = SearchContext(
+        space=space,
+        seed=config.search.seed,
+        predict=setup.screen,
+        max_latency_ms=None if limit is None else limit * (1 - setup.latency_guard),
+        n_trials=setup.evaluations,
+        options={POOL_SCALE_OPTION: POOL_SCALE},
+    )
+    study = open_study(make_strategy(config.search.strategy, context))
+    study.set_user_attr(StudyKey.BUDGETS, setup.budget_record())
+    epochs = int(loaded.manifest["epoch"])
+    samples = config.supernet.calibration_samples
+    evaluator = SubnetExecutor(loaded, samples)
+    cache = EvaluationCache(loaded.folder, loaded.manifest, samples)
+    executor = CachedEvaluations(evaluator, cache)
+    say(
+        f"searching {setup.evaluations} subnets of supernet {loaded.folder} "
+        f"(inherited weights, strategy {config.search.strategy})"
+    )
+    # Each evaluation counts as the supernet's epochs, so the loop's budget is ``evaluations``.
+    SearchLoop(study, space, setup.screen, executor, setup.evaluations, config.search.seed, epochs).run()
+    if cache.hits:
+        say(f"{cache.hits} of the subnets had been evaluated by earlier specializations ({cache.path})")
+    return study, evaluator.evaluated, cache.hits
+
+
 def specialize(
     supernet: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
     max_latency_ms: float,
     max_size_kb: float,
+    max_memory_kb: float | None = None,
     device: str | None = "host",
     table: str | None = None,
+    predictor: str | None = None,
     finetune_epochs: int = 0,
     evaluations: int = DEFAULT_EVALUATIONS,
     say: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
-    """Search the supernet's subnets under the budgets on the device, ship the best one into
-    ``out`` and return the report (also ``out/report.json``)."""
+    """Search the supernet's subnets under the budgets on the device (``host``, a ``table`` or a
+    ``predictor`` file), ship the best one into ``out`` and return the report (also
+    ``out/report.json``)."""
     from .config import _positive
     from .guard import RunGuard
-    from .runner import NothingFitsError, _budget_text, _open_study, prepare_budgets, write_run_report
-    from .search import SearchLoop, budget_share
+    from .runner import NothingFitsError, _budget_text, _open_study, write_run_report
+    from .search import budget_share
     from .shipping import WEIGHTS_DIR, _verify_and_ship
-    from .strategies import SearchContext, make_strategy
-    from .strategies.default import POOL_SCALE_OPTION
 
     _positive(max_latency_ms, "--max-latency-ms", allow_none=False)
     _positive(max_size_kb, "--max-size-kb", allow_none=False)
-    for name, value, least in (("--finetune-epochs", finetune_epochs, 0), ("--evaluations", evaluations, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise InputError(f"{name}: expected an int >= {least}, got {value!r}.")
+    _positive(max_memory_kb, "--max-memory-kb", allow_none=True)
+    if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+        raise InputError(f"--finetune-epochs: expected an int >= 0, got {finetune_epochs!r}.")
     started = time.time()
     with RunGuard(out, resume=False) as guard:
         loaded = load_supernet(supernet, say)
-        base = loaded.config
-        config = replace(
-            base,
-            latency=_device_config(base, device, table),
-            constraints=Constraints(max_latency_ms=float(max_latency_ms), max_size_kb=float(max_size_kb)),
-            search=replace(base.search, trainings=evaluations, fidelity=None),
+        constraints = Constraints(
+            max_latency_ms=float(max_latency_ms),
+            max_size_kb=float(max_size_kb),
+            max_memory_kb=None if max_memory_kb is None else float(max_memory_kb),
         )
+        setup = prepare_search(
+            loaded,
+            constraints,
+            device=device,
+            table=table,
+            predictor=predictor,
+            evaluations=evaluations,
+            say=say,
+        )
+        config, model, screen, budgets = setup.config, setup.model, setup.screen, setup.budgets
         data, space = loaded.data, loaded.net.space
-        from latency_models.table import MissingEntryError
-
-        from .latency_model import build_latency_model
-
-        try:
-            model = build_latency_model(config, space, data, say)
-        except MissingEntryError as e:
-            raise InputError(
-                f"--table {table}: expected an entry for every block of the supernet's space; {e}"
-            ) from None
-        try:
-            model, screen, budgets, latency_guard = prepare_budgets(config, space, data, model, None, say)
-        except InputError as e:  # the budgets are flags here, not config fields
-            message = str(e).replace("constraints.max_latency_ms", "--max-latency-ms")
-            raise InputError(message.replace("constraints.max_size_kb", "--max-size-kb")) from None
         screening = budget_share(space, screen, seed=config.search.seed)
         out_dir = guard.make_folder()  # only now: bad input above leaves no folder behind
-        context = SearchContext(
-            space=space,
-            seed=config.search.seed,
-            predict=screen,
-            max_latency_ms=budgets.constraints.max_latency_ms * (1 - latency_guard),
-            n_trials=evaluations,
-            options={POOL_SCALE_OPTION: POOL_SCALE},
+        study, evaluated, cached = search_subnets(
+            setup, lambda sampler: _open_study(config, out_dir, None, False, sampler), say
         )
-        study = _open_study(config, out_dir, None, False, make_strategy(config.search.strategy, context))
-        study.set_user_attr(StudyKey.BUDGETS, {**budgets.as_dict(), "latency_guard": latency_guard})
-        epochs = int(loaded.manifest["epoch"])
-        samples = config.supernet.calibration_samples
-        evaluator = SubnetExecutor(loaded, samples)
-        cache = EvaluationCache(loaded.folder, loaded.manifest, samples)
-        executor = CachedEvaluations(evaluator, cache)
-        say(
-            f"searching {evaluations} subnets of supernet {supernet} (inherited weights, strategy {config.search.strategy})"
-        )
-        # Each evaluation counts as the supernet's epochs, so the loop's budget is ``evaluations``.
-        loop = SearchLoop(study, space, screen, executor, evaluations, config.search.seed, epochs)
-        loop.run()
         search_s = time.time() - started
-        if cache.hits:
-            say(f"{cache.hits} of the subnets had been evaluated by earlier specializations ({cache.path})")
-        _keep_weights(loaded, study, out_dir / WEIGHTS_DIR, epochs, evaluator.evaluated)
+        epochs = int(loaded.manifest["epoch"])
+        _keep_weights(loaded, study, out_dir / WEIGHTS_DIR, epochs, evaluated)
 
         def finish(arch: Hashable) -> dict[str, Any]:
-            return _finish(loaded, config, arch, finetune_epochs, out_dir, say, evaluator.evaluated)
+            return _finish(loaded, config, arch, finetune_epochs, out_dir, say, evaluated)
 
         shipped, verified, model = _verify_and_ship(
             config,
@@ -243,12 +358,12 @@ def specialize(
             "epoch": epochs,
             "weights_sha256": loaded.manifest["weights"]["sha256"],
             "evaluations": evaluations,
-            "evaluations_from_cache": cache.hits,
+            "evaluations_from_cache": cached,
             "finetune_epochs": finetune_epochs,
         }
         report = write_run_report(
             out_dir, config, study, space, screen, model, shipped, verified, screening,
-            {**budgets.as_dict(), "latency_guard": latency_guard},
+            setup.budget_record(),
             {"search_s": search_s, "total_s": time.time() - started},
             extra={"supernet": supernet_record},
         )  # fmt: skip

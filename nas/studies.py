@@ -18,7 +18,7 @@ from search_spaces.safeio import load_json
 
 from .trial_record import FORMAT_VERSION, REPORT_FORMAT, State, StudyKey, TrialKey, TrialRecord
 
-__all__ = ["FORMAT_VERSION", "Study", "find_studies"]
+__all__ = ["FORMAT_VERSION", "Study", "find_studies", "task_label"]
 
 # The study attributes retrieval reads (one query for all of them).
 _STUDY_KEYS = (StudyKey.CONFIG, StudyKey.FORMAT_VERSION, StudyKey.BUDGETS, StudyKey.VERIFIED)
@@ -41,8 +41,7 @@ class Study:
 
     @property
     def task(self) -> str:
-        data = str(self.config.get("task", {}).get("data", ""))
-        return Path(data).stem if data.endswith(".npz") else data
+        return task_label(self.config)
 
     @property
     def space(self) -> str:
@@ -59,6 +58,13 @@ class Study:
     @property
     def device(self) -> str:
         return str(self.latency.get("device", "host"))
+
+
+def task_label(config: Mapping[str, Any]) -> str:
+    """The task a run config names, as ``--task`` matches it: a built-in task's name, or an
+    ``.npz`` file's stem."""
+    data = str((config.get("task") or {}).get("data", ""))
+    return Path(data).stem if data.endswith(".npz") else data
 
 
 def _connect(path: Path) -> sqlite3.Connection:

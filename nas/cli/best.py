@@ -1,5 +1,6 @@
-"""``nas best --runs DIR``: the most accurate trained model of past studies that meets the budgets
-on a device; ``--export OUT`` retrains, compresses and exports it like ``nas run``."""
+"""``nas best --runs DIR``: the most accurate trained model of past studies, or subnet of a trained
+supernet, that meets the budgets on a device; ``--export OUT`` retrains, compresses and exports
+a trained winner like ``nas run``, or specializes a subnet winner like ``nas specialize``."""
 
 from __future__ import annotations
 
@@ -12,9 +13,23 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("best", help="the best model of past studies for a task, device and budgets")
-    p.add_argument("--runs", required=True, help="folder holding run folders (each with study.db)")
-    p.add_argument("--task", help="only studies of this task (e.g. mnist5k, digits, or an .npz's stem)")
+    p = sub.add_parser(
+        "best",
+        help="the best model of past studies or trained supernets for a task, device and budgets",
+        description="The most accurate candidates under --runs that meet the budgets on --device: the "
+        "trained trials of run folders (study.db), re-priced for the device, and the subnets of "
+        "supernet folders (supernet.json, from nas supernet train), searched for the device as nas "
+        "specialize does (--evaluations per supernet, inherited weights; no training). --export "
+        "retrains a trained winner, or specializes a subnet winner, into OUT.",
+    )
+    p.add_argument(
+        "--runs",
+        required=True,
+        help="folder holding run folders (each with study.db) and/or supernet folders (supernet.json)",
+    )
+    p.add_argument(
+        "--task", help="only studies and supernets of this task (e.g. mnist5k, digits, or an .npz's stem)"
+    )
     p.add_argument(
         "--device",
         default="host",
@@ -29,7 +44,18 @@ def register(sub: Any) -> None:
     p.add_argument("--max-memory", metavar="SIZE", help="memory budget with a unit (e.g. 256kb)")
     p.add_argument("--top", type=str, default="5", help="how many candidates to list (default 5)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
-    p.add_argument("--export", metavar="OUT", help="retrain, compress and export the winner into OUT")
+    p.add_argument(
+        "--evaluations",
+        type=str,
+        metavar="N",
+        help="subnets to evaluate per supernet under --runs (default 60, as nas specialize)",
+    )
+    p.add_argument(
+        "--export",
+        metavar="OUT",
+        help="retrain, compress and export the winner into OUT (a supernet's subnet: nas specialize into OUT, "
+        "which needs both a latency and a size budget)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines while exporting")
     p.set_defaults(func=_best)
 
@@ -71,6 +97,10 @@ def _best(args: argparse.Namespace) -> int:
         top = int(args.top)
     except ValueError:
         raise InputError(f"--top: expected an int >= 1, got {args.top!r}.") from None
+    try:
+        evaluations = None if args.evaluations is None else int(args.evaluations)
+    except ValueError:
+        raise InputError(f"--evaluations: expected an int >= 1, got {args.evaluations!r}.") from None
     status = None
     if args.export and not args.quiet:
         status = lambda s: print(f"[nas] {s}", file=sys.stderr, flush=True)  # noqa: E731
@@ -84,6 +114,7 @@ def _best(args: argparse.Namespace) -> int:
         top=top,
         export=args.export,
         status=status,
+        evaluations=evaluations,
     )
     if args.json:
         print(json.dumps(answer.as_dict(), indent=1, default=str))
@@ -111,9 +142,9 @@ def _table(answer: Any) -> str:
     budgets = ", ".join(f"{k} {v:g}" for k, v in answer.budgets.as_dict().items()) or "no budgets"
     head = (
         f"best on {answer.device} ({answer.device_model}); {budgets}; "
-        f"{answer.considered} trained candidates in {answer.studies} studies"
+        f"{answer.considered} candidates in {answer.studies} studies and {answer.supernets} supernets"
     )
-    rows = [("#", "accuracy", "latency ms", "size KB", "memory KB", "arch", "study (trial)")]
+    rows = [("#", "accuracy", "latency ms", "size KB", "memory KB", "source", "arch", "study (trial)")]
     for i, c in enumerate(answer.candidates, 1):
         rows.append(
             (
@@ -122,6 +153,7 @@ def _table(answer: Any) -> str:
                 f"{c.latency_ms:.4f}" + ("*" if c.repriced else ""),
                 f"{c.size_bytes / 1024:.1f}",
                 "-" if c.memory_bytes is None else f"{c.memory_bytes / 1024:.1f}",
+                "supernet subnet" if c.source == "supernet" else "trained trial",
                 c.arch,
                 f"{c.study} ({c.trial})",
             )
@@ -137,5 +169,10 @@ def _table(answer: Any) -> str:
     if any(c.repriced for c in answer.candidates):
         lines.append(
             "* re-priced with this device's latency model (the study was searched for another device)"
+        )
+    if any(c.source == "supernet" for c in answer.candidates):
+        lines.append(
+            "a supernet subnet's accuracy is its inherited validation accuracy (BN-recalibrated, not trained); "
+            "--export specializes it"
         )
     return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""``nas specialize --supernet DIR --max-latency-ms X --max-size-kb Y --out RUN``: a device's
-model picked from a trained supernet (``nas.specialize``), shipped like a ``nas run`` winner."""
+"""``nas specialize --supernet DIR [--device host | --table T | --predictor P] --max-latency-ms X
+--max-size-kb Y --out RUN``: a device's model picked from a trained supernet
+(``nas.specialize``), shipped like a ``nas run`` winner."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("specialize", help="pick, export and measure a device's model from a trained supernet")
     p.add_argument("--supernet", required=True, help="a folder `nas supernet train` wrote")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--device", help="host: this machine, profiled (the default without --table)")
+    where.add_argument(
+        "--device", help="host: this machine, profiled (the default without --table or --predictor)"
+    )
     where.add_argument("--table", help="a device's latency table (nas latency profile/import)")
+    where.add_argument("--predictor", help="a device's latency predictor file (nas latency fit)")
     p.add_argument("--max-latency-ms", type=float, required=True, metavar="MS", help="latency budget in ms")
     p.add_argument(
         "--max-size-kb", type=float, required=True, metavar="KB", help="size budget of model.tflite in KB"
@@ -46,8 +50,9 @@ def _specialize(args: argparse.Namespace) -> int:
             args.out,
             max_latency_ms=args.max_latency_ms,
             max_size_kb=args.max_size_kb,
-            device=None if args.table else (args.device or "host"),
+            device=None if args.table or args.predictor else (args.device or "host"),
             table=args.table,
+            predictor=args.predictor,
             finetune_epochs=args.finetune_epochs,
             evaluations=args.evaluations,
             say=say,
