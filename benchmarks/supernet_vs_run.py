@@ -4,7 +4,7 @@ searches with the same budgets, for several seeds, end to end through the real C
 Devices (mnist5k, the quickstart space; each a `nas run` config written into ``--work``):
 
 * ``int8``: this machine's LiteRT int8 table (examples/quickstart.yaml as it is);
-* ``fp32``: this machine's LiteRT fp32 table, shipped as an fp32 file (``export.pipeline: []``),
+* ``fp32``: this machine's LiteRT fp32 table, shipped as an fp32 file (``export.pipeline: [strip:keep]``: no quantization),
   size budget 4x the int8 one (4 bytes a weight instead of 1);
 * ``slow``: a device 3x slower than this machine: the host's int8 table with every block's latency
   multiplied by 3 (`nas run` prices with it, cannot time the device and ships by prediction).
@@ -126,7 +126,7 @@ def config_for(work: Path, device: str, seed: int) -> Path:
     doc["search"]["seed"] = seed
     if device == "fp32":
         doc["latency"]["dtype"] = "fp32"
-        doc["export"]["pipeline"] = []
+        doc["export"]["pipeline"] = ["strip:keep"]
         doc["constraints"]["max_size_kb"] = doc["constraints"]["max_size_kb"] * FP32_SIZE_FACTOR
     elif device == "slow":
         doc["latency"] = {"table": str(slow_table(work))}
@@ -184,6 +184,12 @@ def main() -> int:
             return state[key]
         print(f"{key}: {' '.join(cmd[1:])}", flush=True)
         record = run(cmd, work / "logs" / f"{key}.log")
+        # What the run said about its own costs (the size model's re-fit, cached evaluations).
+        record["notes"] = [
+            line.strip()
+            for line in (work / "logs" / f"{key}.log").read_text().splitlines()
+            if "size model re-fitted" in line or "evaluated by earlier specializations" in line
+        ]
         if device is not None:
             record.update(shipped(folder, device))
         state[key] = record
@@ -199,7 +205,7 @@ def main() -> int:
             folder = work / "runs" / f"{device}_seed{seed}"
             runs[device] = step(
                 f"run_{device}_seed{seed}",
-                [NAS, "run", str(config), "--out", str(folder), "--quiet"],
+                [NAS, "run", str(config), "--out", str(folder)],
                 folder,
                 device,
             )
@@ -218,7 +224,7 @@ def main() -> int:
                 f"specialize_{device}_seed{seed}",
                 [NAS, "specialize", "--supernet", str(supernet), "--config", str(config_for(work, device, seed)),
                  "--max-latency-ms", repr(budget["budget_ms"]), "--max-size-kb", repr(budget["budget_kb"]),
-                 "--finetune-epochs", str(args.finetune_epochs), "--out", str(folder), "--quiet"],
+                 "--finetune-epochs", str(args.finetune_epochs), "--out", str(folder)],
                 folder,
                 device,
             )  # fmt: skip
@@ -230,7 +236,7 @@ def main() -> int:
             f"specialize_extra_seed{seed}",
             [NAS, "specialize", "--supernet", str(supernet), "--config", str(config_for(work, "int8", seed)),
              "--max-latency-ms", repr(budget["budget_ms"] * 1.2), "--max-size-kb", repr(budget["budget_kb"]),
-             "--out", str(folder), "--quiet"],
+             "--out", str(folder)],
             folder,
             "int8",
         )  # fmt: skip

@@ -191,11 +191,14 @@ def prepare_search(
     evaluations: int = DEFAULT_EVALUATIONS,
     say: Callable[[str], None] = lambda s: None,
     device_flag: str | None = None,
+    run_config: RunConfig | None = None,
 ) -> SubnetSearch:
     """The device's latency model and the budgets for searching ``loaded``'s subnets; refuses
     (``InputError``, before anything is written) a device file that does not price every subnet
     and budgets no subnet meets. ``device_flag`` names the file's flag in those errors (default
-    ``--table`` or ``--predictor``)."""
+    ``--table`` or ``--predictor``). ``run_config``: a ``nas run`` config of the supernet's space
+    and task (``--config``) whose device, strategy, training and export settings replace those
+    the supernet was trained with; its latency section is the device when no device is named."""
     from latency_models.table import MissingEntryError
 
     from .latency_model import build_latency_model
@@ -203,10 +206,13 @@ def prepare_search(
 
     if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 1:
         raise InputError(f"--evaluations: expected an int >= 1, got {evaluations!r}.")
-    base = loaded.config
+    base = loaded.config if run_config is None else _with_run_config(loaded, run_config)
+    named = device is not None or table is not None or predictor is not None
     config = replace(
         base,
-        latency=_device_config(base, device, table, predictor),
+        latency=_device_config(base, device, table, predictor)
+        if named or run_config is None
+        else base.latency,
         constraints=constraints,
         search=replace(base.search, trainings=evaluations, fidelity=None),
     )
@@ -239,6 +245,31 @@ def prepare_search(
             message = message.replace(f"constraints.{name}", "--" + name.replace("_", "-"))
         raise InputError(message) from None
     return SubnetSearch(loaded, config, model, screen, budgets, latency_guard)
+
+
+def _with_run_config(loaded: LoadedSupernet, run_config: RunConfig) -> RunConfig:
+    """``run_config`` with the supernet's own ``supernet`` section, after checking that it names
+    the supernet's space and task (the same data)."""
+    from .data import load_task
+    from .supernet import _check_same
+
+    _check_same(loaded.manifest, run_config, load_task(run_config.task), "--config")
+    return replace(run_config, supernet=loaded.config.supernet)
+
+
+def budgets_with_flags(constraints: Constraints, **flags: float | None) -> Constraints:
+    """``constraints`` with each budget given as a flag (``max_latency_ms=...``) set absolute,
+    replacing that quantity's relative forms; the others as they were."""
+    from .config import relative_key
+
+    changes: dict[str, float | None] = {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        changes[name] = float(value)
+        for form in ("quantile", "times_smallest"):
+            changes[relative_key(name, form)] = None
+    return replace(constraints, **changes)
 
 
 def search_subnets(
@@ -284,8 +315,8 @@ def specialize(
     supernet: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    max_latency_ms: float,
-    max_size_kb: float,
+    max_latency_ms: float | None = None,
+    max_size_kb: float | None = None,
     max_memory_kb: float | None = None,
     device: str | None = "host",
     table: str | None = None,
@@ -293,28 +324,33 @@ def specialize(
     finetune_epochs: int = 0,
     evaluations: int = DEFAULT_EVALUATIONS,
     say: Callable[[str], None] = lambda s: None,
+    config: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Search the supernet's subnets under the budgets on the device (``host``, a ``table`` or a
     ``predictor`` file), ship the best one into ``out`` and return the report (also
-    ``out/report.json``)."""
-    from .config import _positive
+    ``out/report.json``). ``config``: a ``nas run`` config file of the supernet's space and task
+    whose device (when none is named), budgets (those not given), strategy, training and export
+    settings are used instead of the supernet's own."""
+    from .config import _positive, load_config
     from .guard import RunGuard
     from .runner import NothingFitsError, _budget_text, _open_study, write_run_report
     from .search import budget_share
     from .shipping import WEIGHTS_DIR, _verify_and_ship
 
-    _positive(max_latency_ms, "--max-latency-ms", allow_none=False)
-    _positive(max_size_kb, "--max-size-kb", allow_none=False)
+    _positive(max_latency_ms, "--max-latency-ms", allow_none=True)
+    _positive(max_size_kb, "--max-size-kb", allow_none=True)
     _positive(max_memory_kb, "--max-memory-kb", allow_none=True)
     if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
         raise InputError(f"--finetune-epochs: expected an int >= 0, got {finetune_epochs!r}.")
     started = time.time()
     with RunGuard(out, resume=False) as guard:
+        run_config = None if config is None else load_config(config)
         loaded = load_supernet(supernet, say)
-        constraints = Constraints(
-            max_latency_ms=float(max_latency_ms),
-            max_size_kb=float(max_size_kb),
-            max_memory_kb=None if max_memory_kb is None else float(max_memory_kb),
+        constraints = budgets_with_flags(
+            (run_config or loaded.config).constraints,
+            max_latency_ms=max_latency_ms,
+            max_size_kb=max_size_kb,
+            max_memory_kb=max_memory_kb,
         )
         setup = prepare_search(
             loaded,
@@ -324,6 +360,7 @@ def specialize(
             predictor=predictor,
             evaluations=evaluations,
             say=say,
+            run_config=run_config,
         )
         config, model, screen, budgets = setup.config, setup.model, setup.screen, setup.budgets
         data, space = loaded.data, loaded.net.space

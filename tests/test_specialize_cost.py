@@ -145,3 +145,51 @@ def test_the_sharpened_margin_covers_real_sizes_it_was_not_fitted_on(tmp_path: P
     for arch, size in zip(archs[30:], sizes[30:], strict=True):
         error = abs(sharp.size.predict(space.size_terms(arch, data.shape)) - size) / size
         assert error <= sharp.verify_margin, (str(arch), error, sharp.verify_margin)
+
+
+def _cli(args: list[str]) -> int:
+    from nas.cli import main
+
+    return main(args)
+
+
+def test_a_config_of_another_task_is_refused_naming_config(loaded, tmp_path, capsys) -> None:
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc["task"] = {"data": "digits", "seed": 0}
+    other = tmp_path / "digits.yaml"
+    other.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "run"
+    code = _cli(
+        ["specialize", "--supernet", str(loaded.folder), "--config", str(other), "--out", str(out), "--quiet"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert (
+        code == 2
+        and len(err.splitlines()) == 1
+        and err.startswith("nas: error: --config: expected a supernet of task")
+    )
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_specialize_with_a_run_config_ships_that_configs_device_and_export(loaded, tmp_path) -> None:
+    """--config with an fp32 device and no quantization: the subnet ships as an fp32 file priced
+    on the fp32 host table, with the config's relative latency budget resolved on it."""
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc["latency"]["dtype"] = "fp32"
+    doc["export"]["pipeline"] = ["strip:keep"]
+    config = tmp_path / "fp32.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "run"
+    code = _cli(
+        ["specialize", "--supernet", str(loaded.folder), "--config", str(config), "--max-size-kb", "400",
+         "--evaluations", "4", "--out", str(out), "--quiet"]
+    )  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert code == 0 and report["best"]["format"] == "tflite-fp32"
+    assert report["config"]["latency"]["dtype"] == "fp32" and report["config"]["export"]["pipeline"] == ["strip:keep"]
+    assert (
+        report["budgets"]["how"]["max_latency_ms"].startswith("0.25 quantile")
+        or "quantile" in report["budgets"]["how"]["max_latency_ms"]
+    )
+    assert report["budgets"]["resolved"]["max_size_kb"] == 400.0

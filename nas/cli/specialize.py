@@ -1,5 +1,5 @@
 """``nas specialize --supernet DIR [--device host | --table T | --predictor P] --max-latency-ms X
---max-size-kb Y --out RUN``: a device's model picked from a trained supernet
+--max-size-kb Y [--config CONFIG] --out RUN``: a device's model picked from a trained supernet
 (``nas.specialize``), shipped like a ``nas run`` winner."""
 
 from __future__ import annotations
@@ -20,9 +20,19 @@ def register(sub: Any) -> None:
     )
     where.add_argument("--table", help="a device's latency table (nas latency profile/import)")
     where.add_argument("--predictor", help="a device's latency predictor file (nas latency fit)")
-    p.add_argument("--max-latency-ms", type=float, required=True, metavar="MS", help="latency budget in ms")
     p.add_argument(
-        "--max-size-kb", type=float, required=True, metavar="KB", help="size budget of model.tflite in KB"
+        "--config",
+        help="a `nas run` config of the supernet's space and task: its device (unless one is named "
+        "here), budgets (those not given here), strategy, training and export settings",
+    )
+    p.add_argument(
+        "--max-latency-ms", type=float, metavar="MS", help="latency budget in ms (default: the config's)"
+    )
+    p.add_argument(
+        "--max-size-kb",
+        type=float,
+        metavar="KB",
+        help="size budget of model.tflite in KB (default: the config's)",
     )
     p.add_argument(
         "--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune the chosen subnet (default 0)"
@@ -50,12 +60,13 @@ def _specialize(args: argparse.Namespace) -> int:
             args.out,
             max_latency_ms=args.max_latency_ms,
             max_size_kb=args.max_size_kb,
-            device=None if args.table or args.predictor else (args.device or "host"),
+            device=args.device or (None if args.table or args.predictor or args.config else "host"),
             table=args.table,
             predictor=args.predictor,
             finetune_epochs=args.finetune_epochs,
             evaluations=args.evaluations,
             say=say,
+            config=args.config,
         )
     best = report["best"]
     measured = best.get("measured_latency_ms")
