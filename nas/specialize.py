@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +29,10 @@ from .executors import Executor, JobResult, TrainJob, weights_path
 from .supernet import LoadedSupernet, evaluate_subnet, load_supernet
 from .trial_record import State, StudyKey, TrialKey
 
-__all__ = ["SubnetExecutor", "specialize"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .distributed import ExecutorChoice
+
+__all__ = ["SubnetExecutor", "specialize", "subnet_executor"]
 
 # Subnets evaluated per specialization when the caller does not say.
 DEFAULT_EVALUATIONS = 60
@@ -38,38 +40,60 @@ DEFAULT_EVALUATIONS = 60
 
 @dataclass
 class SubnetExecutor(Executor):
-    """Evaluates subnets in this process instead of training them: the inherited weights after
-    the subnet's own BN calibration, accuracy on the validation split. ``evaluated`` keeps each
-    evaluated subnet's (accuracy, BN statistics) (a few KB) for its extraction later."""
+    """Subnet evaluations on any executor that runs a supernet ``WorkerSetup`` (in this
+    process, local worker processes, Ray): jobs pass through, and ``evaluated`` keeps each
+    evaluated subnet's (accuracy, BN statistics) from its result (a few KB) for its extraction
+    later, so the winner is not evaluated again."""
 
-    loaded: LoadedSupernet
-    samples: int
-    capacity: int = 1
+    inner: Executor
     evaluated: dict[str, tuple[float, Any]] = field(default_factory=dict)
-    _done: list[JobResult] = field(default_factory=list)
+
+    @property  # type: ignore[override]
+    def capacity(self) -> int:
+        return self.inner.capacity
 
     def submit(self, job: TrainJob) -> None:
-        started = time.time()
-        net, data = self.loaded.net, self.loaded.data
-        self.evaluated[job.arch] = evaluate_subnet(net, net.space.parse(job.arch), data, self.samples)
-        accuracy = self.evaluated[job.arch][0]
-        self._done.append(
-            JobResult(
-                job.trial_number,
-                job.arch,
-                True,
-                accuracy=accuracy,
-                epochs=job.epochs,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                queued_s=max(0.0, started - job.submitted_at),
-                run_s=time.time() - started,
-            )
-        )
+        self.inner.submit(job)
 
     def poll(self, timeout: float | None = None) -> list[JobResult]:
-        done, self._done = self._done, []
+        done = self.inner.poll(timeout)
+        for result in done:
+            if result.ok and result.accuracy is not None and result.payload is not None:
+                self.evaluated[result.arch] = (result.accuracy, result.payload)
         return done
+
+    def in_flight(self) -> int:
+        return self.inner.in_flight()
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+
+def subnet_executor(
+    loaded: LoadedSupernet,
+    choice: ExecutorChoice | None = None,
+    status: Callable[[str], None] | None = None,
+) -> SubnetExecutor:
+    """Where ``loaded``'s subnets are evaluated: in this process with its already loaded
+    supernet (``choice`` None), or on ``nas run``'s executors (local worker processes or a Ray
+    cluster), each worker process loading the supernet once for all its jobs."""
+    from .executors import InlineExecutor, WorkerSetup
+    from .runner import _task_dict, _train_dict
+
+    config = loaded.config
+    setup = WorkerSetup(
+        config.space.name,
+        dict(config.space.options),
+        _task_dict(config),
+        _train_dict(config),
+        supernet=str(Path(loaded.folder).resolve()),
+        supernet_sha256=str(loaded.manifest["weights"]["sha256"]),
+        calibration_samples=config.supernet.calibration_samples,
+    )
+    if choice is None:
+        return SubnetExecutor(InlineExecutor(setup, loaded))
+    # Workers load the supernet themselves (Ray's object store carries nothing).
+    return SubnetExecutor(choice.factory(status)(setup, None))
 
 
 def _device_config(config: RunConfig, device: str | None, table: str | None) -> LatencyConfig:
@@ -111,9 +135,11 @@ def specialize(
     finetune_epochs: int = 0,
     evaluations: int = DEFAULT_EVALUATIONS,
     say: Callable[[str], None] = lambda s: None,
+    execution: ExecutorChoice | None = None,
 ) -> dict[str, Any]:
     """Search the supernet's subnets under the budgets on the device, ship the best one into
-    ``out`` and return the report (also ``out/report.json``)."""
+    ``out`` and return the report (also ``out/report.json``). Subnets are evaluated in this
+    process, or with ``execution`` on local worker processes or a Ray cluster."""
     from .config import _positive
     from .guard import RunGuard
     from .runner import NothingFitsError, _budget_text, _open_study, prepare_budgets, write_run_report
@@ -164,9 +190,10 @@ def specialize(
         study = _open_study(config, out_dir, None, False, make_strategy(config.search.strategy, context))
         study.set_user_attr(StudyKey.BUDGETS, {**budgets.as_dict(), "latency_guard": latency_guard})
         epochs = int(loaded.manifest["epoch"])
-        executor = SubnetExecutor(loaded, config.supernet.calibration_samples)
+        executor = subnet_executor(loaded, execution, say)
         say(
-            f"searching {evaluations} subnets of supernet {supernet} (inherited weights, strategy {config.search.strategy})"
+            f"searching {evaluations} subnets of supernet {supernet} (inherited weights, strategy "
+            f"{config.search.strategy}, {_where(execution, executor.capacity)})"
         )
         # Each evaluation counts as the supernet's epochs, so the loop's budget is ``evaluations``.
         loop = SearchLoop(study, space, screen, executor, evaluations, config.search.seed, epochs)
@@ -210,6 +237,14 @@ def specialize(
                 f"report in {out_dir / 'report.json'}"
             )
         return report
+
+
+def _where(execution: ExecutorChoice | None, capacity: int) -> str:
+    if execution is None:
+        return "evaluated in this process"
+    if execution.ray_address is not None:
+        return f"evaluated on the Ray cluster at {execution.ray_address}"
+    return f"evaluated by {capacity} worker processes"
 
 
 def _keep_weights(
