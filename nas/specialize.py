@@ -277,8 +277,8 @@ def _keep_weights(
 def _evaluation(
     loaded: LoadedSupernet, arch: Hashable, evaluated: dict[str, tuple[float, Any]]
 ) -> tuple[float, Any]:
-    """``arch``'s (inherited accuracy, BN statistics): the search's evaluation, or one made now
-    (and kept) for a subnet the search did not evaluate in this process. Calibration is
+    """``arch``'s (inherited accuracy, BN statistics): the search's evaluation (wherever it ran),
+    or one made now (and kept) for a subnet the search did not evaluate. Calibration is
     deterministic (the first ``calibration_samples`` training samples), so both are the same."""
     key = str(arch)
     if key not in evaluated:
