@@ -2,8 +2,9 @@
 
 Each worker is a fresh (spawned) Python process that imports TensorFlow and loads the task's
 data (or the supernet whose subnets it evaluates) once, then runs the jobs the driver sends it
-through its own pipe, so the driver always knows which trial each process holds. A worker that dies mid-trial is replaced; its trial is
-retried once on another worker, and if that one is lost too the trial fails with both reasons.
+through its own pipe, so the driver always knows which trial each process holds. A worker that
+dies mid-trial is replaced; its trial is retried once on another worker, and if that one is lost
+too the trial fails with both reasons.
 """
 
 from __future__ import annotations
