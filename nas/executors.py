@@ -1,6 +1,8 @@
 """Where trainings run. The driver hands ``TrainJob``s to an ``Executor`` and collects
 ``JobResult``s as they finish; the inline executor trains in this process, others (local worker
-processes, a Ray cluster) plug in with the same three methods.
+processes, a Ray cluster) plug in with the same three methods. A setup naming a supernet makes
+every job an evaluation of a subnet with inherited weights instead of a training
+(``nas specialize``), on the same executors.
 """
 
 from __future__ import annotations
@@ -9,12 +11,21 @@ import os
 import socket
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from search_spaces import TrialFailedError
 
-__all__ = ["Executor", "InlineExecutor", "JobResult", "TrainJob", "WorkerSetup", "run_job", "weights_path"]
+__all__ = [
+    "Executor",
+    "InlineExecutor",
+    "JobResult",
+    "TrainJob",
+    "WorkerSetup",
+    "run_job",
+    "weights_path",
+    "worker_data",
+]
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,12 @@ class WorkerSetup:
     # Where each trained network's weights are kept for verification to reuse (None: nowhere). A
     # worker that cannot write there (another machine) skips it; verification then retrains.
     weights_dir: str | None = None
+    # A supernet folder: jobs evaluate its subnets (BN calibration on the first
+    # ``calibration_samples`` training samples, then validation accuracy) instead of training.
+    # The weights' sha256 makes a worker refuse a folder retrained since the driver read it.
+    supernet: str | None = None
+    supernet_sha256: str = ""
+    calibration_samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,9 +71,13 @@ class JobResult:
     pid: int = 0
     queued_s: float = 0.0
     run_s: float = 0.0
+    # What the driver keeps beside the study but never stores in it: an evaluated subnet's BN
+    # statistics ({layer: (mean, variance)} numpy arrays, a few KB) for its extraction later.
+    payload: Any = field(default=None, repr=False, compare=False)
 
     def as_attrs(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("trial_number", "arch", "ok")}
+        skip = ("trial_number", "arch", "ok", "payload")
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
 _WORKER_CACHE: dict[str, Any] = {}
@@ -79,22 +100,58 @@ def _keep_weights(model: Any, folder: str, trial_number: int, epochs: int) -> No
         pass
 
 
+def worker_data(setup: WorkerSetup) -> Any:
+    """What a process loads once and passes to each of its jobs: the task's data, or for a
+    supernet setup the loaded supernet (TensorFlow, weights, traced functions), kept for the
+    process's later jobs."""
+    from .data import TaskSpec, load_task
+
+    if setup.supernet is None:
+        return load_task(TaskSpec(**setup.task))
+    from .supernet import load_supernet
+
+    key = f"supernet:{setup.supernet}"
+    loaded = _WORKER_CACHE.get(key)
+    if loaded is None:
+        loaded = load_supernet(setup.supernet)
+        _WORKER_CACHE[key] = loaded
+    sha = loaded.manifest["weights"]["sha256"]
+    if setup.supernet_sha256 and sha != setup.supernet_sha256:
+        raise TrialFailedError(
+            f"supernet {setup.supernet}: expected weights sha256 {setup.supernet_sha256} (as the driver "
+            f"read them), got {sha}: the folder changed during the run."
+        )
+    return loaded
+
+
+def _evaluate(setup: WorkerSetup, job: TrainJob, loaded: Any) -> JobResult:
+    """One subnet's inherited validation accuracy, and its BN statistics as the payload."""
+    from .supernet import evaluate_subnet
+
+    net = loaded.net
+    accuracy, stats = evaluate_subnet(net, net.space.parse(job.arch), loaded.data, setup.calibration_samples)
+    return JobResult(job.trial_number, job.arch, True, accuracy=accuracy, epochs=job.epochs, payload=stats)
+
+
 def run_job(setup: WorkerSetup, job: TrainJob, data: Any = None) -> JobResult:
-    """Train one candidate. Runs in any process; the task's data is loaded once per process
-    (or passed in, e.g. from Ray's object store)."""
+    """Train one candidate (or evaluate one subnet, for a supernet setup). Runs in any process;
+    ``data`` is ``worker_data(setup)``, loaded once per process or passed in (e.g. from Ray's
+    object store)."""
     from search_spaces import get_space
 
     from .config import TrainConfig
-    from .data import TaskSpec, load_task
     from .train import train_candidate
 
     started = time.time()
     queued = max(0.0, started - job.submitted_at)
     where = {"host": socket.gethostname(), "pid": os.getpid()}
     try:
-        space = get_space(setup.space, setup.space_options)
         if data is None:
-            data = load_task(TaskSpec(**setup.task))
+            data = worker_data(setup)
+        if setup.supernet is not None:
+            evaluated = _evaluate(setup, job, data)
+            return replace(evaluated, queued_s=queued, run_s=time.time() - started, **where)
+        space = get_space(setup.space, setup.space_options)
         arch = space.parse(job.arch)
         result, model = train_candidate(
             space, arch, data, TrainConfig(**setup.training), job.seed, job.epochs

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +29,9 @@ from .executors import Executor, JobResult, TrainJob, weights_path
 from .supernet import EvaluationCache, LoadedSupernet, evaluate_subnet, load_supernet
 from .trial_record import State, StudyKey, TrialKey
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .distributed import ExecutorChoice
+
 __all__ = [
     "CachedEvaluations",
     "SubnetExecutor",
@@ -37,6 +39,7 @@ __all__ = [
     "prepare_search",
     "search_subnets",
     "specialize",
+    "subnet_executor",
 ]
 
 # Subnets evaluated per specialization when the caller does not say.
@@ -48,38 +51,60 @@ POOL_SCALE = 0.25
 
 @dataclass
 class SubnetExecutor(Executor):
-    """Evaluates subnets in this process instead of training them: the inherited weights after
-    the subnet's own BN calibration, accuracy on the validation split. ``evaluated`` keeps each
-    evaluated subnet's (accuracy, BN statistics) (a few KB) for its extraction later."""
+    """Subnet evaluations on any executor that runs a supernet ``WorkerSetup`` (in this
+    process, local worker processes, Ray): jobs pass through, and ``evaluated`` keeps each
+    evaluated subnet's (accuracy, BN statistics) from its result (a few KB) for its extraction
+    later, so the winner is not evaluated again."""
 
-    loaded: LoadedSupernet
-    samples: int
-    capacity: int = 1
+    inner: Executor
     evaluated: dict[str, tuple[float, Any]] = field(default_factory=dict)
-    _done: list[JobResult] = field(default_factory=list)
+
+    @property  # type: ignore[override]
+    def capacity(self) -> int:
+        return self.inner.capacity
 
     def submit(self, job: TrainJob) -> None:
-        started = time.time()
-        net, data = self.loaded.net, self.loaded.data
-        self.evaluated[job.arch] = evaluate_subnet(net, net.space.parse(job.arch), data, self.samples)
-        accuracy = self.evaluated[job.arch][0]
-        self._done.append(
-            JobResult(
-                job.trial_number,
-                job.arch,
-                True,
-                accuracy=accuracy,
-                epochs=job.epochs,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                queued_s=max(0.0, started - job.submitted_at),
-                run_s=time.time() - started,
-            )
-        )
+        self.inner.submit(job)
 
     def poll(self, timeout: float | None = None) -> list[JobResult]:
-        done, self._done = self._done, []
+        done = self.inner.poll(timeout)
+        for result in done:
+            if result.ok and result.accuracy is not None and result.payload is not None:
+                self.evaluated[result.arch] = (result.accuracy, result.payload)
         return done
+
+    def in_flight(self) -> int:
+        return self.inner.in_flight()
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+
+def subnet_executor(
+    loaded: LoadedSupernet,
+    choice: ExecutorChoice | None = None,
+    status: Callable[[str], None] | None = None,
+) -> SubnetExecutor:
+    """Where ``loaded``'s subnets are evaluated: in this process with its already loaded
+    supernet (``choice`` None), or on ``nas run``'s executors (local worker processes or a Ray
+    cluster), each worker process loading the supernet once for all its jobs."""
+    from .executors import InlineExecutor, WorkerSetup
+    from .runner import _task_dict, _train_dict
+
+    config = loaded.config
+    setup = WorkerSetup(
+        config.space.name,
+        dict(config.space.options),
+        _task_dict(config),
+        _train_dict(config),
+        supernet=str(Path(loaded.folder).resolve()),
+        supernet_sha256=str(loaded.manifest["weights"]["sha256"]),
+        calibration_samples=config.supernet.calibration_samples,
+    )
+    if choice is None:
+        return SubnetExecutor(InlineExecutor(setup, loaded))
+    # Workers load the supernet themselves (Ray's object store carries nothing).
+    return SubnetExecutor(choice.factory(status)(setup, None))
 
 
 @dataclass
@@ -273,12 +298,16 @@ def budgets_with_flags(constraints: Constraints, **flags: float | None) -> Const
 
 
 def search_subnets(
-    setup: SubnetSearch, open_study: Callable[[Any], Any], say: Callable[[str], None] = lambda s: None
-) -> tuple[Any, dict[str, tuple[float, Any]]]:
+    setup: SubnetSearch,
+    open_study: Callable[[Any], Any],
+    say: Callable[[str], None] = lambda s: None,
+    execution: ExecutorChoice | None = None,
+) -> tuple[Any, dict[str, tuple[float, Any]], int]:
     """Search ``setup``'s subnets with the config's strategy: ``open_study(sampler)`` gives the
     Optuna study (a run folder's or one in memory); each candidate's value is its inherited,
-    BN-recalibrated validation accuracy. Returns the study and each evaluated subnet's
-    (accuracy, BN statistics)."""
+    BN-recalibrated validation accuracy, kept in the supernet folder for later searches
+    (``EvaluationCache``). Returns the study, each subnet evaluated here (accuracy, BN
+    statistics) and how many answers came from the folder's earlier evaluations."""
     from .search import SearchLoop
     from .strategies import SearchContext, make_strategy
     from .strategies.default import POOL_SCALE_OPTION
@@ -297,12 +326,12 @@ def search_subnets(
     study.set_user_attr(StudyKey.BUDGETS, setup.budget_record())
     epochs = int(loaded.manifest["epoch"])
     samples = config.supernet.calibration_samples
-    evaluator = SubnetExecutor(loaded, samples)
+    evaluator = subnet_executor(loaded, execution, say)
     cache = EvaluationCache(loaded.folder, loaded.manifest, samples)
     executor = CachedEvaluations(evaluator, cache)
     say(
-        f"searching {setup.evaluations} subnets of supernet {loaded.folder} "
-        f"(inherited weights, strategy {config.search.strategy})"
+        f"searching {setup.evaluations} subnets of supernet {loaded.folder} (inherited weights, "
+        f"strategy {config.search.strategy}, {_where(execution, executor.capacity)})"
     )
     # Each evaluation counts as the supernet's epochs, so the loop's budget is ``evaluations``.
     SearchLoop(study, space, setup.screen, executor, setup.evaluations, config.search.seed, epochs).run()
@@ -325,12 +354,14 @@ def specialize(
     evaluations: int = DEFAULT_EVALUATIONS,
     say: Callable[[str], None] = lambda s: None,
     config: str | os.PathLike[str] | None = None,
+    execution: ExecutorChoice | None = None,
 ) -> dict[str, Any]:
     """Search the supernet's subnets under the budgets on the device (``host``, a ``table`` or a
     ``predictor`` file), ship the best one into ``out`` and return the report (also
     ``out/report.json``). ``config``: a ``nas run`` config file of the supernet's space and task
     whose device (when none is named), budgets (those not given), strategy, training and export
-    settings are used instead of the supernet's own."""
+    settings are used instead of the supernet's own. Subnets are evaluated in this process, or
+    with ``execution`` on local worker processes or a Ray cluster."""
     from .config import _positive, load_config
     from .guard import RunGuard
     from .runner import NothingFitsError, _budget_text, _open_study, write_run_report
@@ -367,7 +398,7 @@ def specialize(
         screening = budget_share(space, screen, seed=config.search.seed)
         out_dir = guard.make_folder()  # only now: bad input above leaves no folder behind
         study, evaluated, cached = search_subnets(
-            setup, lambda sampler: _open_study(config, out_dir, None, False, sampler), say
+            setup, lambda sampler: _open_study(config, out_dir, None, False, sampler), say, execution
         )
         search_s = time.time() - started
         epochs = int(loaded.manifest["epoch"])
@@ -412,6 +443,14 @@ def specialize(
         return report
 
 
+def _where(execution: ExecutorChoice | None, capacity: int) -> str:
+    if execution is None:
+        return "evaluated in this process"
+    if execution.ray_address is not None:
+        return f"evaluated on the Ray cluster at {execution.ray_address}"
+    return f"evaluated by {capacity} worker processes"
+
+
 def _keep_weights(
     loaded: LoadedSupernet, study: Any, folder: Path, epochs: int, evaluated: dict[str, tuple[float, Any]]
 ) -> None:
@@ -442,8 +481,8 @@ def _keep_weights(
 def _evaluation(
     loaded: LoadedSupernet, arch: Hashable, evaluated: dict[str, tuple[float, Any]]
 ) -> tuple[float, Any]:
-    """``arch``'s (inherited accuracy, BN statistics): the search's evaluation, or one made now
-    (and kept) for a subnet the search did not evaluate in this process. Calibration is
+    """``arch``'s (inherited accuracy, BN statistics): the search's evaluation (wherever it ran),
+    or one made now (and kept) for a subnet the search did not evaluate. Calibration is
     deterministic (the first ``calibration_samples`` training samples), so both are the same."""
     key = str(arch)
     if key not in evaluated:

@@ -40,6 +40,18 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--evaluations", type=int, default=60, metavar="N", help="subnets to evaluate (default 60)"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="evaluate subnets in N local worker processes (default: in this process); "
+        "with --ray-address, a cap on the cluster's slots",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="evaluate subnets on the Ray cluster whose head is at HOST:PORT (see `ray start --head`)",
+    )
     p.add_argument("--out", required=True, help="run folder (report.json, model.tflite, study.db)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_specialize)
@@ -54,6 +66,17 @@ def _specialize(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
+    execution = None
+    if args.workers is not None or args.ray_address:
+        from nas.distributed import ExecutorChoice
+
+        execution = ExecutorChoice(
+            workers=args.workers,
+            ray_address=args.ray_address,
+            verbose=bool(getattr(args, "verbose", False)),
+            resume_hint="nas specialize does not resume; rerun it with a new --out",
+        )
+        execution.connect()
     with stop_on_signals():
         report = specialize(
             args.supernet,
@@ -67,6 +90,7 @@ def _specialize(args: argparse.Namespace) -> int:
             evaluations=args.evaluations,
             say=say,
             config=args.config,
+            execution=execution,
         )
     best = report["best"]
     measured = best.get("measured_latency_ms")

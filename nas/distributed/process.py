@@ -1,9 +1,10 @@
 """Trials in local worker processes: ``nas run CONFIG --workers N`` (default: one per core).
 
 Each worker is a fresh (spawned) Python process that imports TensorFlow and loads the task's
-data once, then trains the jobs the driver sends it through its own pipe, so the driver always
-knows which trial each process holds. A worker that dies mid-trial is replaced; its trial is
-retried once on another worker, and if that one is lost too the trial fails with both reasons.
+data (or the supernet whose subnets it evaluates) once, then runs the jobs the driver sends it
+through its own pipe, so the driver always knows which trial each process holds. A worker that
+dies mid-trial is replaced; its trial is retried once on another worker, and if that one is lost
+too the trial fails with both reasons.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from search_spaces import FatalError, InputError
 
-from ..executors import Executor, JobResult, TrainJob, WorkerSetup
+from ..executors import Executor, JobResult, TrainJob, WorkerSetup, worker_data
 from ._worker import Attempt, describe_exit, limit_threads, safe_run_job, set_title
 
 __all__ = ["ProcessExecutor", "default_workers"]
@@ -66,11 +67,9 @@ def _worker_main(setup: WorkerSetup, conn: Connection, threads: int, parent: int
     limit_threads(threads)
     from search_spaces.backend import keras
 
-    from ..data import TaskSpec, load_task
-
     keras()
     limit_threads(threads)
-    data = load_task(TaskSpec(**setup.task))
+    data = worker_data(setup)  # the task's data, or the supernet whose subnets it evaluates
     try:
         conn.send(("ready", os.getpid()))
         while True:

@@ -127,7 +127,9 @@ def check_fits(address: str, cpus_per_trial: int, gpus_per_trial: float) -> None
 
 
 def ray_trial(setup: WorkerSetup, job: TrainJob, data: Any, threads: int) -> JobResult:
-    """One trial inside a Ray worker process (``data`` arrives from the node's object store)."""
+    """One trial inside a Ray worker process (``data`` arrives from the node's object store; for
+    a supernet setup it is None, and each Ray worker process loads the supernet once and keeps
+    it for the later tasks Ray gives that process)."""
     limit_threads(threads)
     return safe_run_job(setup, job, data)
 
