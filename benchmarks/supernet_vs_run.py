@@ -46,26 +46,6 @@ DEVICES = ("int8", "fp32", "slow")
 SLOW_FACTOR = 3.0
 FP32_SIZE_FACTOR = 4.0
 
-REMEASURE = """
-import sys, time
-import numpy as np
-from ai_edge_litert.interpreter import Interpreter
-it = Interpreter(model_path=sys.argv[1], num_threads=1)
-it.allocate_tensors()
-inp = it.get_input_details()[0]
-it.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
-for _ in range(50):
-    it.invoke()
-medians = []
-for _ in range(3):
-    times = []
-    end = time.perf_counter() + 1.0
-    while time.perf_counter() < end:
-        t = time.perf_counter(); it.invoke(); times.append(time.perf_counter() - t)
-    medians.append(sorted(times)[len(times) // 2] * 1000)
-print(sorted(medians)[1])
-"""
-
 
 def run(cmd: list[str], log: Path) -> dict[str, Any]:
     """Run ``cmd``; its wall time and the CPU time of it and its children."""
@@ -82,6 +62,9 @@ def run(cmd: list[str], log: Path) -> dict[str, Any]:
 
 
 def remeasure(model: Path) -> float:
+    """The file timed in a fresh process as benchmarks/quickstart.py re-measures a shipped one."""
+    from quickstart import REMEASURE  # benchmarks/ is this script's folder, first on sys.path
+
     out = subprocess.run(
         [sys.executable, "-c", REMEASURE, str(model)], capture_output=True, text=True, check=True
     )
