@@ -100,7 +100,8 @@ def test_bad_folders_exit_2_in_one_line_and_change_nothing(trained, tmp_path, ca
     nb201 = tmp_path / "nb201.yaml"
     nb201.write_text("task: {data: mnist5k}\nspace: {name: nb201}\n")
     err = _fails(["supernet", "train", str(nb201), "--out", str(tmp_path / "new")], capsys)
-    assert "space.name: expected 'mbconv'" in err and not (tmp_path / "new").exists()
+    assert "space.name: expected a space with a supernet ['mbconv', 'ofa-mbv3'], got 'nb201'" in err
+    assert not (tmp_path / "new").exists()
     assert _snapshot(out) == before
     # A changed byte (same size), then a truncated file: the sha256 in the manifest catches both.
     weights = out / "weights-e0001.npz"
