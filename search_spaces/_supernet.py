@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -157,16 +157,30 @@ class ElasticSupernet(ABC):
     training=True)`` inside their own ``tf.function`` and update ``trainable`` (a list of
     ``tf.Variable``); ``get_weights``/``set_weights`` move every weight as named numpy arrays.
 
-    A subclass sets ``space``, ``task``, ``image_shape`` and ``slots``, calls
-    ``_make_variables`` with its stem's and head's shapes, and implements ``encode``,
-    ``subnet_weights`` (the standalone layers' names and weights) and ``_network`` (its stem and
-    head around ``_body``).
+    A subclass names its ``space_class`` and ``arch_class``, calls ``super().__init__`` (which
+    checks and keeps the space and task), sets ``image_shape`` and ``slots``, calls
+    ``_make_variables`` with its stem's and head's shapes, and implements ``encode`` (after
+    ``_checked(arch)``), ``subnet_weights`` (the standalone layers' names and weights) and
+    ``_network`` (its stem and head around ``_Context.body``).
     """
 
-    space: Any
-    task: TaskShape
+    space_class: ClassVar[type]
+    arch_class: ClassVar[type]
     image_shape: tuple[int, int, int]
     slots: tuple[Slot, ...]
+
+    def __init__(self, space: Any, task: TaskShape) -> None:
+        name = self.space_class.name
+        if not isinstance(space, self.space_class):
+            raise InputError(f"supernet: expected an {name} space, got {getattr(space, 'name', space)!r}.")
+        self.space, self.task = space, task
+
+    def _checked(self, arch: Any) -> Any:
+        """``arch`` if it is an architecture of this supernet's space, else ``InputError``."""
+        if not isinstance(arch, self.arch_class):
+            raise InputError(f"supernet: expected an {self.space_class.name} architecture, got {arch!r}.")
+        self.space.validate(arch)
+        return arch
 
     def _make_variables(
         self, shapes: Mapping[str, tuple[int, ...]], bn_widths: Mapping[str, int], seed: int

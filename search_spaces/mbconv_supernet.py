@@ -21,7 +21,6 @@ import numpy as np
 
 from ._base import TaskShape
 from ._supernet import BN_EPSILON, ElasticSupernet, Slot, Stats, _Context
-from .errors import InputError
 from .mbconv import MbconvArch, MbconvSpace, MbconvStage
 from .mbconv import _se_width as se_width
 
@@ -32,10 +31,11 @@ class MbconvSupernet(ElasticSupernet):
     """The weights of ``space``'s largest network for ``task``, shared by every subnet (the call
     sequence is ``ElasticSupernet``'s)."""
 
+    space_class = MbconvSpace
+    arch_class = MbconvArch
+
     def __init__(self, space: MbconvSpace, task: TaskShape, seed: int = 0) -> None:
-        if not isinstance(space, MbconvSpace):
-            raise InputError(f"supernet: expected an mbconv space, got {getattr(space, 'name', space)!r}.")
-        self.space, self.task = space, task
+        super().__init__(space, task)
         self.image_shape = space._image_shape(task)
         e_max, k_max = max(space.expands), max(space.kernels)
         slots, in_max = [], space.stem_width
@@ -79,9 +79,7 @@ class MbconvSupernet(ElasticSupernet):
         """The masks and gates that make the largest network compute ``arch`` (fixed shapes)."""
         from .backend import tf
 
-        if not isinstance(arch, MbconvArch):
-            raise InputError(f"supernet: expected an mbconv architecture, got {arch!r}.")
-        self.space.validate(arch)
+        arch = self._checked(arch)
         enc: dict[str, np.ndarray] = {}
         in_c = self.space.stem_width
         for s in self.slots:

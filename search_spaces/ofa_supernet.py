@@ -18,7 +18,6 @@ import numpy as np
 
 from ._base import TaskShape
 from ._supernet import ElasticSupernet, Slot, Stats, _Context
-from .errors import InputError
 from .ofa_mbv3 import ACTS, SE, STRIDES, OfaMbv3Arch, OfaMbv3Space, make_divisible
 
 __all__ = ["OfaMbv3Supernet"]
@@ -34,13 +33,15 @@ def _se_width(mid: int) -> int:
 
 
 class OfaMbv3Supernet(ElasticSupernet):
-    """The weights of ``space``'s largest network for ``task``, shared by every subnet (the call
-    sequence is ``ElasticSupernet``'s)."""
+    """Once-for-All's MobileNetV3 at its largest depth, kernel and expansion for ``task``: the
+    weights every architecture of ``space`` shares. Slot ``first`` is the fixed first block,
+    ``s{i}b{j}`` layer ``j`` of stage ``i`` (``ElasticSupernet`` has the call sequence)."""
+
+    space_class = OfaMbv3Space
+    arch_class = OfaMbv3Arch
 
     def __init__(self, space: OfaMbv3Space, task: TaskShape, seed: int = 0) -> None:
-        if not isinstance(space, OfaMbv3Space):
-            raise InputError(f"supernet: expected an ofa-mbv3 space, got {getattr(space, 'name', space)!r}.")
-        self.space, self.task = space, task
+        super().__init__(space, task)
         size, channels = space._image(task)
         self.image_shape = (size, size, channels)
         w = space.widths
@@ -96,9 +97,7 @@ class OfaMbv3Supernet(ElasticSupernet):
         """The masks and gates that make the largest network compute ``arch`` (fixed shapes)."""
         from .backend import tf
 
-        if not isinstance(arch, OfaMbv3Arch):
-            raise InputError(f"supernet: expected an ofa-mbv3 architecture, got {arch!r}.")
-        self.space.validate(arch)
+        arch = self._checked(arch)
         enc: dict[str, np.ndarray] = {}
         for s, layer in self._layers(arch):
             kernel, mid = (layer.kernel, _mid(s.in_max, layer.expand)) if layer else (s.kernel_max, s.mid_max)

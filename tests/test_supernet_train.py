@@ -19,13 +19,18 @@ from nas.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_config(folder: Path, name: str = "sn.yaml", data: str = "mnist5k", epochs: int = 1) -> Path:
-    """The quickstart config with both activations and a short supernet training."""
+def write_config(
+    folder: Path, name: str = "sn.yaml", data: str = "mnist5k", epochs: int = 1, space: dict | None = None
+) -> Path:
+    """The quickstart config with both activations (or ``space`` instead of its space) and a
+    short supernet training."""
     import yaml
 
     doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     doc["task"]["data"] = data
     doc["space"]["options"]["acts"] = ["relu6", "hswish"]
+    if space is not None:
+        doc["space"] = space
     doc["supernet"] = {"epochs": epochs, "max_train_samples": 320, "calibration_samples": 400}
     path = folder / name
     path.write_text(yaml.safe_dump(doc))
