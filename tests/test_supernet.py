@@ -175,3 +175,19 @@ def test_ofa_subnets_differ_and_bad_input_is_refused() -> None:
         OfaMbv3Supernet(get_space("mbconv"), TaskShape((32, 32, 3), 10))
     with pytest.raises(InputError, match="R >= 32"):
         OfaMbv3Supernet(space, TaskShape((28, 28, 1), 10))
+
+
+def test_every_registered_supernet_is_its_spaces_and_others_are_refused() -> None:
+    """``SUPERNETS`` names each space's supernet class; a space without one is one line naming
+    those that have one."""
+    from search_spaces import SUPERNETS, supernet_class
+
+    for name in SUPERNETS:
+        cls = supernet_class(name)
+        assert cls.space_class.name == name
+        for method in ("encode", "calibrate", "predict", "extract", "logits", "subnet_weights"):
+            assert callable(getattr(cls, method)), (name, method)
+    with pytest.raises(
+        InputError, match=r"space.name: expected a space with a supernet \['mbconv', 'ofa-mbv3'\]"
+    ):
+        supernet_class("nb201")
