@@ -130,8 +130,8 @@ def test_bad_input_is_refused_in_one_line(space, supernet) -> None:
     ("options", "shape"),
     [
         # The whole space (width 1.2, every depth, kernel and expansion) at the smallest
-        # resolution the space takes, one channel.
-        ({}, (32, 32, 1)),
+        # resolution the space takes, one channel (39 s on the shared machine: slow).
+        pytest.param({}, (32, 32, 1), marks=pytest.mark.slow),
         # Narrowed options at width 1.0 and a resolution whose feature maps have odd sizes
         # (40, 20, 10, 5, 3, 2: stride-2 kernel crops with both of TensorFlow's paddings).
         ({"width_mult": 1.0, "depths": [3, 4], "kernels": [3, 5], "expands": [4, 6]}, (40, 40, 3)),
