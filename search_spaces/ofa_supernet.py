@@ -46,7 +46,23 @@ class OfaMbv3Supernet(ElasticSupernet):
         self.image_shape = (size, size, channels)
         w = space.widths
         # The fixed first block: a 3x3 depthwise layer without expansion, with its residual.
-        slots = [Slot("first", -1, 0, 1, w[0], w[0], w[1], 0, 3, False, False, "relu", False)]
+        slots = [
+            Slot(
+                name="first",
+                stage=-1,
+                index=0,
+                stride=1,
+                in_max=w[0],
+                mid_max=w[0],
+                out_max=w[1],
+                r_max=0,
+                kernel_max=3,
+                has_expand=False,
+                has_se=False,
+                act="relu",
+                gated=False,
+            )
+        ]
         for i in range(5):
             for j in range(max(space.depths)):
                 in_c = (w[1] if i == 0 else w[1 + i]) if j == 0 else w[2 + i]
