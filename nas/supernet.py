@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import InputError, get_space
+from search_spaces import InputError, get_space, supernet_class
 
 from .config import RunConfig, parse_config
 from .data import TaskData, load_task
@@ -92,12 +92,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _space(config: RunConfig) -> Any:
-    if config.space.name != "mbconv":
-        raise InputError(
-            f"space.name: expected 'mbconv' (the space with a supernet), got {config.space.name!r}."
-        )
-    return get_space(config.space.name, config.space.options)
+def _space(config: RunConfig) -> tuple[Any, type[Any]]:
+    """The config's space and its supernet class (a space without one is refused)."""
+    cls = supernet_class(config.space.name)
+    return get_space(config.space.name, config.space.options), cls
 
 
 def _task_doc(config: RunConfig, data: TaskData) -> dict[str, Any]:
@@ -200,14 +198,13 @@ def load_supernet(
 ) -> LoadedSupernet:
     """Read a checkpoint folder: the manifest, the config and task it was trained on (the data
     must still have its fingerprint), and the supernet with its weights."""
-    from search_spaces.mbconv_supernet import MbconvSupernet
-
     folder = Path(folder)
     doc = read_manifest(folder)
     config = parse_config(doc.get("config"), f"{folder / MANIFEST}: config")
     data = load_task(config.task)
     _check_same(doc, config, data, str(folder / MANIFEST))
-    net = MbconvSupernet(_space(config), data.shape, seed=config.search.seed)
+    space, supernet = _space(config)
+    net = supernet(space, data.shape, seed=config.search.seed)
     arrays = _read_weights(folder / doc["weights"]["file"])
     net.set_weights({k: v for k, v in arrays.items() if not k.startswith(_OPTIMIZER)}, str(folder))
     say(f"supernet {folder}: epoch {doc['epoch']}, {len(net.shapes)} weight tensors")
@@ -281,14 +278,13 @@ def train_supernet(
     """Train (or with ``resume`` continue) the supernet of ``config``'s space in ``out`` up to
     ``epochs`` (default ``supernet.epochs``); returns the final manifest."""
     from search_spaces.backend import keras, set_seed, tf
-    from search_spaces.mbconv_supernet import MbconvSupernet
 
     folder = Path(out)
     sc = config.supernet
     total = sc.epochs if epochs is None else epochs
     if isinstance(total, bool) or not isinstance(total, int) or total < 1:
         raise InputError(f"--epochs: expected an int >= 1, got {total!r}.")
-    space = _space(config)
+    space, supernet = _space(config)
     data = load_task(config.task)
     previous = None
     if (folder / MANIFEST).exists():
@@ -300,7 +296,7 @@ def train_supernet(
         raise InputError(f"--out: expected a folder, got the file {str(folder)!r}.")
     seed = config.search.seed
     set_seed(seed)
-    net = MbconvSupernet(space, data.shape, seed=seed)
+    net = supernet(space, data.shape, seed=seed)
     x, y = data.inputs(data.x_train), data.y_train
     if sc.max_train_samples and len(x) > sc.max_train_samples:
         x, y = x[: sc.max_train_samples], y[: sc.max_train_samples]

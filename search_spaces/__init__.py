@@ -16,12 +16,14 @@ __all__ = [
     "InputError",
     "NasError",
     "SPACES",
+    "SUPERNETS",
     "SearchSpace",
     "SizeTerms",
     "TaskShape",
     "TrialFailedError",
     "get_space",
     "space_class",
+    "supernet_class",
 ]
 
 # name -> "module:Class"; modules are imported only when their space is asked for.
@@ -32,6 +34,12 @@ SPACES: dict[str, str] = {
     "fbnet": "search_spaces.fbnet:FbnetSpace",
     "dsconv": "search_spaces.dsconv:DsconvSpace",
     "keras-tuner": "search_spaces.keras_tuner:KerasTunerSpace",
+}
+
+# space name -> "module:Class" of its elastic weight-sharing supernet (``nas supernet train``).
+SUPERNETS: dict[str, str] = {
+    "mbconv": "search_spaces.mbconv_supernet:MbconvSupernet",
+    "ofa-mbv3": "search_spaces.ofa_supernet:OfaMbv3Supernet",
 }
 
 
@@ -60,3 +68,11 @@ def get_space(name: str, options: Mapping[str, Any] | None = None) -> SearchSpac
             f"space {name}: expected options of the documented types, got {brief(options)} "
             f"({e.__class__.__name__}: {str(e)[:80]})."
         ) from None
+
+
+def supernet_class(name: str, where: str = "space.name") -> type[Any]:
+    """The supernet class of the space called ``name``: ``cls(space, task, seed=...)`` holds the
+    weights every subnet of ``space`` shares (``search_spaces._supernet.ElasticSupernet``)."""
+    if name not in SUPERNETS:
+        raise InputError(f"{where}: expected a space with a supernet {sorted(SUPERNETS)}, got {name!r}.")
+    return load_registered(SUPERNETS, name, "supernet", "supernets")

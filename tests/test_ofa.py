@@ -146,3 +146,14 @@ def test_ofa_space_builds_and_block_models_match_blocks():
     for block in space.blocks(arch, task)[:3]:
         out = space.block_model(block).output_shape
         assert out[-1] == block.out_c
+
+
+def test_size_terms_count_what_the_built_model_holds() -> None:
+    """The closed form equals ``SearchSpace.size_terms``'s count on the built model (both widths,
+    the smallest and the largest network and a random one, one and three channels)."""
+    from search_spaces import SearchSpace
+
+    for options, task in (({}, TaskShape((32, 32, 1), 10)), ({"width_mult": 1.0}, TaskShape((64, 64, 3), 7))):
+        space = get_space("ofa-mbv3", options)
+        for arch in (space.cheapest(), space.largest(), space.random(random.Random(4))):
+            assert space.size_terms(arch, task) == SearchSpace.size_terms(space, arch, task), arch

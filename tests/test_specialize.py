@@ -11,6 +11,7 @@ import yaml
 
 from nas.cli import main
 from tests.test_budgets import QUICKSTART, quickstart_screen
+from tests.test_supernet_train import write_config
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +124,42 @@ def test_specialize_ships_a_fine_tuned_subnet_chosen_by_inherited_accuracy(setup
     accuracy, _ = evaluate_subnet(loaded.net, space.parse(best["arch"]), loaded.data, 400)
     assert best["val_accuracy_search"] == pytest.approx(accuracy, abs=1e-6)
     assert 0.0 <= best["accuracy"] <= 1.0 and best["accuracy_split"].startswith("test")
+
+
+# A narrowed ofa-mbv3 space at width 1.0: every elastic decision kept (depth, kernel, expansion)
+# with two values each, so the host profile has 46 blocks to measure.
+OFA_SPACE = {
+    "name": "ofa-mbv3",
+    "options": {"width_mult": 1.0, "depths": [2, 3], "kernels": [3, 5], "expands": [3, 4]},
+}
+
+
+@pytest.mark.slow
+def test_an_ofa_mbv3_supernet_trains_and_specializes_on_the_host(tmp_path, capsys) -> None:
+    import numpy as np
+
+    from nas.data import load_task
+    from search_spaces import get_space
+
+    # mnist padded to 32x32, the smallest resolution the ofa-mbv3 space takes.
+    digits = load_task("mnist5k")
+    x = np.pad(digits.x_train[:600], ((0, 0), (2, 2), (2, 2), (0, 0)))
+    np.savez(tmp_path / "mnist32.npz", x=x, y=digits.y_train[:600])
+    config = write_config(tmp_path, "ofa.yaml", data=str(tmp_path / "mnist32.npz"), space=OFA_SPACE)
+    assert main(["supernet", "train", str(config), "--out", str(tmp_path / "supernet"), "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "supernet" / "supernet.json").read_text())
+    assert manifest["space"]["name"] == "ofa-mbv3" and manifest["task"]["input_shape"] == [32, 32, 1]
+    out = tmp_path / "run"
+    code = main(
+        [
+            "specialize", "--quiet", "--supernet", str(tmp_path / "supernet"), "--device", "host",
+            "--max-latency-ms", "1000", "--max-size-kb", "8000", "--evaluations", "3", "--out", str(out),
+        ]
+    )  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["supernet"]["evaluations"] == 3 and report["counts"]["complete"] == 3
+    assert (out / "model.tflite").stat().st_size == report["best"]["size_bytes"]
+    get_space("ofa-mbv3", OFA_SPACE["options"]).parse(report["best"]["arch"])
+    print(f"ofa-mbv3 supernet: epoch 1 {manifest['history'][0]}; specialized {report['best']['arch']}")

@@ -30,13 +30,13 @@ def loaded(tmp_path_factory):
 
 def test_a_subnet_evaluated_once_is_answered_from_the_supernet_folder_after(loaded) -> None:
     from nas.executors import TrainJob
-    from nas.specialize import CachedEvaluations, SubnetExecutor
+    from nas.specialize import CachedEvaluations, subnet_executor
     from nas.supernet import EVALUATIONS, EvaluationCache
 
     samples = loaded.config.supernet.calibration_samples
     arch = str(loaded.net.space.random(random.Random(3)))
     first = CachedEvaluations(
-        SubnetExecutor(loaded, samples), EvaluationCache(loaded.folder, loaded.manifest, samples)
+        subnet_executor(loaded), EvaluationCache(loaded.folder, loaded.manifest, samples)
     )
     first.submit(TrainJob(0, arch, 0, 1))
     (result,) = first.poll()
@@ -46,7 +46,7 @@ def test_a_subnet_evaluated_once_is_answered_from_the_supernet_folder_after(load
 
     # a later specialization: answered from the file, nothing evaluated
     cache = EvaluationCache(loaded.folder, loaded.manifest, samples)
-    again = CachedEvaluations(SubnetExecutor(loaded, samples), cache)
+    again = CachedEvaluations(subnet_executor(loaded), cache)
     again.submit(TrainJob(5, arch, 0, 1))
     (hit,) = again.poll()
     assert (hit.trial_number, hit.accuracy, hit.host) == (5, result.accuracy, "cache")
@@ -187,7 +187,9 @@ def test_specialize_with_a_run_config_ships_that_configs_device_and_export(loade
     )  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert code == 0 and report["best"]["format"] == "tflite-fp32"
-    assert report["config"]["latency"]["dtype"] == "fp32" and report["config"]["export"]["pipeline"] == ["strip:keep"]
+    assert report["config"]["latency"]["dtype"] == "fp32" and report["config"]["export"]["pipeline"] == [
+        "strip:keep"
+    ]
     assert (
         report["budgets"]["how"]["max_latency_ms"].startswith("0.25 quantile")
         or "quantile" in report["budgets"]["how"]["max_latency_ms"]

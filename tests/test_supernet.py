@@ -1,6 +1,6 @@
-"""The elastic mbconv supernet (``search_spaces.mbconv_supernet``): every subnet extracted as a
-standalone ``MbconvSpace.build`` model computes what the supernet computes with that subnet
-active, and one traced function serves every subnet."""
+"""The elastic supernets (``search_spaces.mbconv_supernet``, ``search_spaces.ofa_supernet``):
+every subnet extracted as a standalone ``space.build`` model computes what the supernet computes
+with that subnet active, and one traced function serves every subnet."""
 
 from __future__ import annotations
 
@@ -35,9 +35,12 @@ def space():
 def supernet(space):
     from search_spaces.mbconv_supernet import MbconvSupernet
 
-    net = MbconvSupernet(space, TASK, seed=3)
-    # Weights as a training leaves them (BN scales and shifts, biases away from 1 and 0), so a
-    # wrongly sliced or misplaced parameter shows.
+    return perturbed(MbconvSupernet(space, TASK, seed=3))
+
+
+def perturbed(net):
+    """``net`` with weights as a training leaves them (BN scales and shifts, biases away from 1
+    and 0), so a wrongly sliced or misplaced parameter shows."""
     rng = np.random.default_rng(0)
     weights = net.get_weights()
     for name, value in weights.items():
@@ -45,6 +48,28 @@ def supernet(space):
             weights[name] = value + rng.normal(0.0, 0.3, value.shape).astype(np.float32)
     net.set_weights(weights)
     return net
+
+
+def assert_extracted_subnets_match(space, net, calibration, x, random_subnets: int = 5) -> None:
+    """The smallest, the largest and random subnets: the extracted standalone model's
+    probabilities equal the supernet's within ``TOLERANCE``, and the supernet traced its
+    inference and calibration functions once each for all of them."""
+    rng = random.Random(0)
+    archs = [space.cheapest(), space.largest(), *(space.random(rng) for _ in range(random_subnets))]
+    assert len({str(a) for a in archs}) == len(archs)
+    worst = 0.0
+    for arch in archs:
+        enc = net.encode(arch)
+        stats = net.calibrate(enc, calibration)
+        inside = net.predict(x, enc, stats)
+        model = net.extract(arch, stats)
+        alone = model.predict(x, batch_size=200, verbose=0)
+        worst = max(worst, float(np.abs(inside - alone).max()))
+        assert np.abs(inside - alone).max() < TOLERANCE, arch
+        assert np.array_equal(inside.argmax(1), alone.argmax(1)), arch
+    print(f"{space.name} {net.image_shape}: {len(archs)} subnets, largest difference {worst:.2e}")
+    # One trace of the inference and one of the calibration function for every subnet.
+    assert net.tracing_count() == 2
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +81,7 @@ def images():
 
 
 def test_every_extracted_subnet_matches_the_supernet(space, supernet, images) -> None:
-    calibration, x = images
-    rng = random.Random(0)
-    archs = [space.cheapest(), space.largest(), *(space.random(rng) for _ in range(5))]
-    assert len({str(a) for a in archs}) == len(archs)
-    for arch in archs:
-        enc = supernet.encode(arch)
-        stats = supernet.calibrate(enc, calibration)
-        inside = supernet.predict(x, enc, stats)
-        model = supernet.extract(arch, stats)
-        alone = model.predict(x, batch_size=200, verbose=0)
-        assert np.abs(inside - alone).max() < TOLERANCE, arch
-        assert np.array_equal(inside.argmax(1), alone.argmax(1)), arch
-    # One trace of the inference and one of the calibration function for all seven subnets.
-    assert supernet.tracing_count() == 2
+    assert_extracted_subnets_match(space, supernet, *images)
 
 
 def test_subnets_differ_and_share_weights(space, supernet, images) -> None:
@@ -112,3 +124,70 @@ def test_bad_input_is_refused_in_one_line(space, supernet) -> None:
 
     with pytest.raises(InputError, match="expected an mbconv space"):
         MbconvSupernet(get_space("nb201"), TASK)
+
+
+@pytest.mark.parametrize(
+    ("options", "shape"),
+    [
+        # The whole space (width 1.2, every depth, kernel and expansion) at the smallest
+        # resolution the space takes, one channel (39 s on the shared machine: slow).
+        pytest.param({}, (32, 32, 1), marks=pytest.mark.slow),
+        # Narrowed options at width 1.0 and a resolution whose feature maps have odd sizes
+        # (40, 20, 10, 5, 3, 2: stride-2 kernel crops with both of TensorFlow's paddings).
+        ({"width_mult": 1.0, "depths": [3, 4], "kernels": [3, 5], "expands": [4, 6]}, (40, 40, 3)),
+    ],
+)
+def test_every_extracted_ofa_subnet_matches_the_supernet(options, shape) -> None:
+    from search_spaces.ofa_supernet import OfaMbv3Supernet
+
+    space, task = get_space("ofa-mbv3", options), TaskShape(shape, 10)
+    net = perturbed(OfaMbv3Supernet(space, task, seed=5))
+    rng = np.random.default_rng(1)
+    calibration = rng.normal(0.5, 0.5, (400, *shape)).astype(np.float32)
+    x = rng.normal(0.5, 0.5, (200, *shape)).astype(np.float32)
+    assert_extracted_subnets_match(space, net, calibration, x)
+
+
+def test_ofa_subnets_differ_and_bad_input_is_refused() -> None:
+    """Each elastic decision (depth, kernel, expansion) reaches the computation; an arch or a
+    space of another kind is refused in one line."""
+    from search_spaces.ofa_supernet import OfaMbv3Supernet
+
+    space = get_space("ofa-mbv3", {"width_mult": 1.0})
+    net = perturbed(OfaMbv3Supernet(space, TaskShape((32, 32, 3), 10), seed=2))
+    x = np.random.default_rng(3).normal(0.5, 0.5, (200, 32, 32, 3)).astype(np.float32)
+    base = "k5e4_k5e4+k5e4_k5e4+k5e4_k5e4_k5e4+k5e4_k5e4+k5e4_k5e4"
+    outputs = {}
+    for text in (
+        base,
+        base.replace("+k5e4_k5e4_k5e4+", "+k5e4_k5e4+"),
+        "k3" + base[2:],
+        base[:-2] + "e6",
+    ):
+        enc = net.encode(space.parse(text))
+        outputs[text] = net.predict(x, enc, net.calibrate(enc, x))
+    first = outputs.pop(base)
+    for text, out in outputs.items():
+        assert np.abs(out - first).max() > 1e-3, text
+    with pytest.raises(InputError, match="expected an ofa-mbv3 architecture"):
+        net.encode(space.parse(base).stages)
+    with pytest.raises(InputError, match="expected an ofa-mbv3 space"):
+        OfaMbv3Supernet(get_space("mbconv"), TaskShape((32, 32, 3), 10))
+    with pytest.raises(InputError, match="R >= 32"):
+        OfaMbv3Supernet(space, TaskShape((28, 28, 1), 10))
+
+
+def test_every_registered_supernet_is_its_spaces_and_others_are_refused() -> None:
+    """``SUPERNETS`` names each space's supernet class; a space without one is one line naming
+    those that have one."""
+    from search_spaces import SUPERNETS, supernet_class
+
+    for name in SUPERNETS:
+        cls = supernet_class(name)
+        assert cls.space_class.name == name
+        for method in ("encode", "calibrate", "predict", "extract", "logits", "subnet_weights"):
+            assert callable(getattr(cls, method)), (name, method)
+    with pytest.raises(
+        InputError, match=r"space.name: expected a space with a supernet \['mbconv', 'ofa-mbv3'\]"
+    ):
+        supernet_class("nb201")

@@ -19,13 +19,18 @@ from nas.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_config(folder: Path, name: str = "sn.yaml", data: str = "mnist5k", epochs: int = 1) -> Path:
-    """The quickstart config with both activations and a short supernet training."""
+def write_config(
+    folder: Path, name: str = "sn.yaml", data: str = "mnist5k", epochs: int = 1, space: dict | None = None
+) -> Path:
+    """The quickstart config with both activations (or ``space`` instead of its space) and a
+    short supernet training."""
     import yaml
 
     doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     doc["task"]["data"] = data
     doc["space"]["options"]["acts"] = ["relu6", "hswish"]
+    if space is not None:
+        doc["space"] = space
     doc["supernet"] = {"epochs": epochs, "max_train_samples": 320, "calibration_samples": 400}
     path = folder / name
     path.write_text(yaml.safe_dump(doc))
@@ -100,7 +105,8 @@ def test_bad_folders_exit_2_in_one_line_and_change_nothing(trained, tmp_path, ca
     nb201 = tmp_path / "nb201.yaml"
     nb201.write_text("task: {data: mnist5k}\nspace: {name: nb201}\n")
     err = _fails(["supernet", "train", str(nb201), "--out", str(tmp_path / "new")], capsys)
-    assert "space.name: expected 'mbconv'" in err and not (tmp_path / "new").exists()
+    assert "space.name: expected a space with a supernet ['mbconv', 'ofa-mbv3'], got 'nb201'" in err
+    assert not (tmp_path / "new").exists()
     assert _snapshot(out) == before
     # A changed byte (same size), then a truncated file: the sha256 in the manifest catches both.
     weights = out / "weights-e0001.npz"
