@@ -262,11 +262,19 @@ def best(
                 f"with {pricers.get(study).description}"
             )
         pool.extend(found)
+    refused: list[InputError] = []
     for supernet in supernets:
-        found = subnet_candidates(supernet, dev, budgets, evaluations, say)
+        try:
+            found = subnet_candidates(supernet, dev, budgets, evaluations, say)
+        except InputError as e:  # budgets no subnet meets, a table missing one of its blocks
+            refused.append(e)
+            notes.append(f"skipped supernet {supernet.folder}: {e}")
+            continue
         notes.append(f"searched {len(found)} subnet(s) of supernet {supernet.folder} with {dev.describe()}")
         pool.extend(found)
-    skips = [n for n in notes if n.startswith("skipped")]
+    if not pool and refused:  # nothing else answers: the supernet's reason is the answer
+        raise refused[0]
+    skips = [n for n in notes if n.startswith("skipped ") and not n.startswith("skipped supernet")]
     if not pool and skips:
         raise InputError(f"--device {device}: no latency model to price the studies with: {skips[0][8:]}.")
     feasible = [c for c in pool if all(r <= 1.0 for r in c.ratios(budgets).values())]

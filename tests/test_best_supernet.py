@@ -212,3 +212,32 @@ def test_specialize_predictor_flag_bad_input(mixed: Path, run_nas, tmp_path: Pat
     proc = run_nas(*argv, "--predictor", str(nb201), "--table", str(_table(mixed)), "--out", str(out))
     assert_one_line_error(proc, "--table", "--predictor")
     assert not out.exists()
+
+
+def test_a_supernet_that_cannot_answer_is_skipped_beside_trained_candidates(
+    mixed: Path, tmp_path: Path
+) -> None:
+    """A table lacking a block only the supernet's space uses (no trial of the run does): the
+    trained answer, with a note naming the supernet and the missing block, instead of an error."""
+    import optuna
+
+    import nas
+    from latency_models.table import LatencyTable
+
+    space, shape = _space_and_shape()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    used = set()
+    for name in optuna.get_all_study_names(f"sqlite:///{mixed / 'board-a' / 'study.db'}"):
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{mixed / 'board-a' / 'study.db'}")
+        for t in study.get_trials(deepcopy=False):
+            if "arch" in t.user_attrs:
+                used.update(space.blocks(space.parse(t.user_attrs["arch"]), shape))
+    full = LatencyTable.load(_table(mixed))
+    unused = sorted(b for b in full.entries if b not in used)
+    assert unused, "every block of the table is used by a trial"
+    partial = tmp_path / "partial.json"
+    LatencyTable(full.meta, {b: e for b, e in full.entries.items() if b != unused[0]}).save(partial)
+    answer = nas.best(mixed, device=str(partial), max_size_kb=60, evaluations=2)
+    notes = [n for n in answer.notes if n.startswith("skipped supernet")]
+    assert answer.found and all(c.source != "supernet" for c in answer.candidates)
+    assert len(notes) == 1 and "expected an entry for every block" in notes[0] and unused[0].key in notes[0]
