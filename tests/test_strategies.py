@@ -261,3 +261,36 @@ def test_path_features_see_the_function_a_cell_computes() -> None:
     assert all(sum(f) == 2 for f in feats)  # two input-output paths each
     assert len({tuple(f) for f in feats}) == 3
     assert path_features(get_space("fbnet"), get_space("fbnet").random(__import__("random").Random(0))) == []
+
+
+def test_default_with_a_small_sampled_pool_keeps_each_pools_features_apart() -> None:
+    """A large space's pool is sampled anew for each proposal; with a quarter of it (as
+    ``nas specialize`` asks) a new pool often gets a freed one's ``id()``, and features cached
+    by that id belonged to another pool (IndexError at the 20th-odd proposal, before the fix)."""
+    import hashlib
+
+    from nas.strategies.default import POOL_SCALE_OPTION
+    from tests.test_budgets import quickstart_screen
+
+    space, screen, _ = quickstart_screen()
+    budget = float(np.quantile([p.latency_ms for p in screen([space.random(__import__("random").Random(i)) for i in range(500)])], 0.3))  # fmt: skip
+    screen = Screen(space, screen.task, screen.latency, screen.size, Constraints(max_latency_ms=budget))
+    context = SearchContext(
+        space=space,
+        seed=0,
+        predict=screen,
+        max_latency_ms=budget,
+        n_trials=60,
+        options={POOL_SCALE_OPTION: 0.25},
+    )
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=make_strategy("default", context)
+    )
+    queried: list[str] = []
+
+    def accuracy(arch: str) -> float:
+        return 0.8 + int(hashlib.sha256(arch.encode()).hexdigest()[:6], 16) / 16**6 / 10
+
+    loop = SearchLoop(study, space, screen, lookup_executor(accuracy, queried), trainings=60, max_asks=400)
+    loop.run()
+    assert len(queried) == 60 and loop.stats.infeasible == 0

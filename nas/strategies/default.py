@@ -94,7 +94,7 @@ class DefaultSampler(ChoiceSampler):
         self._pred_cache: dict[Hashable, Prediction | None] = {}
         self._canon_cache: dict[Hashable, str] = {}
         self._parsed: dict[tuple[int, int], tuple[Hashable | None, str | None]] = {}
-        self._full_key: tuple[int, float | None] | None = None
+        self._full_key: tuple[_Pool, float | None] | None = None
         self._full = np.zeros((0, 0))
         self._feat_cache: dict[Hashable, np.ndarray] = {}
         self._static: _Pool | None = None
@@ -322,10 +322,12 @@ class DefaultSampler(ChoiceSampler):
 
     def _full_features(self, pool: _Pool, level: float | None) -> np.ndarray:
         """Features of the whole pool (kept while the pool and the target latency stay)."""
-        key = (id(pool), level)
-        if self._full_key != key:
+        # The pool itself is kept, not its id(): a sampled pool is made anew for each proposal,
+        # and CPython gives a new object the id of a freed one, so an id could match the features
+        # of another pool (a crash, or silently wrong features when their sizes are equal).
+        if self._full_key is None or self._full_key[0] is not pool or self._full_key[1] != level:
             self._full = self._features(pool, np.arange(len(pool.archs)), level)
-            self._full_key = key
+            self._full_key = (pool, level)
         return self._full
 
     def _features_of(self, arch: Hashable, pool: _Pool, level: float | None, full: np.ndarray) -> np.ndarray:
