@@ -81,10 +81,27 @@ def host_int8_table(work: Path) -> Path:
     return found[-1]
 
 
+def host_calibration(work: Path, host: Any) -> list[dict[str, Any]]:
+    """The whole-model timings of the calibration networks the int8 run measured on this machine
+    (nas run keeps them in its cache beside the host table)."""
+    from nas.calibration import _calibration_path
+    from nas.config import load_config
+    from search_spaces import TaskShape, get_space
+
+    config = load_config(config_for(work, "int8", 0))
+    space = get_space(config.space.name, config.space.options)
+
+    class HostPredictor:
+        table = host
+
+    path, _ = _calibration_path(config, space, TaskShape((28, 28, 1), 10), HostPredictor)
+    return list(json.loads(path.read_text())["models"])
+
+
 def slow_table(work: Path) -> Path:
     from dataclasses import replace
 
-    from latency_models.table import Entry, LatencyTable
+    from latency_models.table import CALIBRATION_KEY, INVOKE_KEY, Entry, LatencyTable
 
     path = work / "slow_x3.json"
     if not path.exists():
@@ -93,9 +110,20 @@ def slow_table(work: Path) -> Path:
             b: Entry(e.mean_ms * SLOW_FACTOR, e.std_ms * SLOW_FACTOR, e.count, e.memory_bytes)
             for b, e in host.entries.items()
         }
+        # A device's table as `nas latency import --kit` writes it: its blocks, its per-invoke
+        # overhead and the whole-model timings of the calibration networks (here this machine's,
+        # x3) on which nas run fits the whole-model correction; not this machine's fingerprint.
+        extra = {k: v for k, v in host.meta.extra.items() if k not in ("machine", "fingerprint")}
+        extra[INVOKE_KEY] = extra.get(INVOKE_KEY, 0.0) * SLOW_FACTOR
+        extra[CALIBRATION_KEY] = [
+            {**r, "latency_ms": r["latency_ms"] * SLOW_FACTOR, "spread_ms": r["spread_ms"] * SLOW_FACTOR}
+            for r in host_calibration(work, host)
+        ]
+        extra.update(input_shape=[28, 28, 1], num_classes=10)
         meta = replace(
             host.meta,
             device="slow-x3",
+            extra=extra,
             source=f"the host's LiteRT int8 table with every latency x{SLOW_FACTOR:g} (benchmarks/supernet_vs_run.py)",
         )
         LatencyTable(meta, entries).save(path)
