@@ -140,7 +140,7 @@ def config_for(work: Path, device: str, seed: int) -> Path:
         doc["export"]["pipeline"] = ["strip:keep"]
         doc["constraints"]["max_size_kb"] = doc["constraints"]["max_size_kb"] * FP32_SIZE_FACTOR
     elif device == "slow":
-        doc["latency"] = {"table": str(slow_table(work))}
+        doc["latency"] = {"device": "slow-x3", "table": str(slow_table(work))}
     path = work / "configs" / f"{device}_seed{seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -179,6 +179,14 @@ class LatencyConfig:
             )
         _positive(self.threads, "latency.threads", allow_none=False, integer=True)
         _count(self.calibration_models, "latency.calibration_models")
+        if self.device == "host" and (self.table or self.predictor):
+            # Profiling this machine would ignore the file without a word (a user who gave a
+            # table without its device got this machine's latencies instead of the device's).
+            name, file = ("table", self.table) if self.table else ("predictor", self.predictor)
+            raise InputError(
+                f"latency.device: expected the name of the device latency.{name} {file!r} is for "
+                "(device 'host' profiles this machine and would ignore it), got 'host'."
+            )
         if self.device != "host" and not (self.table or self.predictor):
             raise InputError(
                 f"latency: device {self.device!r} needs a latency model: set latency.table or latency.predictor "

@@ -32,6 +32,10 @@ def write(tmp_path: Path, text: str) -> Path:
         ("space:\n  name: resnet\n", ["unknown space 'resnet'", "valid spaces"]),
         ("space:\n  name: mbconv\n  options:\n    kernels: [4]\n", ["kernels"]),
         ("latency:\n  device: pixel\n", ["latency", "needs a latency model"]),
+        (
+            "latency:\n  table: pi4.json\n",
+            ["latency.device: expected the name of the device", "pi4.json", "'host'"],
+        ),
         ("training:\n  epochs: 0\n", ["training.epochs: expected an int > 0"]),
         ("search:\n  fidelity:\n    eta: 1\n", ["search.fidelity.eta: expected an int >= 2", "got 1"]),
         (
