@@ -196,6 +196,13 @@ class LatencyConfig:
             raise InputError(f"latency.dtype: expected one of ['int8', 'fp32', 'fp16'], got {self.dtype!r}.")
 
 
+def file_device(name: str | None, path: str | os.PathLike[str]) -> str:
+    """The device name for ``latency.device`` of a table or predictor file: the one it records,
+    unless that is empty or ``host`` (this machine's profile saved as a table prices a device
+    by its file, not by profiling): then the file's stem."""
+    return name if name and name != "host" else Path(path).stem
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 3

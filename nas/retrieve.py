@@ -394,7 +394,7 @@ def export_best(
     from latency_models.table import write_atomic
     from search_spaces import TaskShape, get_space
 
-    from .config import Constraints, LatencyConfig, parse_config
+    from .config import Constraints, LatencyConfig, file_device, parse_config
     from .data import load_task
     from .latency_model import LatencyModel
     from .report import write_report
@@ -417,7 +417,7 @@ def export_best(
         latency = config.latency if study.device == "host" else LatencyConfig(device="host")
     else:
         latency = LatencyConfig(
-            device=dev.name,
+            device=file_device(dev.name, dev.path),
             runtime=config.latency.runtime,
             dtype=config.latency.dtype,
             threads=config.latency.threads,

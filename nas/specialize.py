@@ -24,7 +24,7 @@ import numpy as np
 
 from search_spaces import InputError
 
-from .config import Constraints, LatencyConfig, RunConfig
+from .config import Constraints, LatencyConfig, RunConfig, file_device
 from .executors import Executor, JobResult, TrainJob, weights_path
 from .supernet import EvaluationCache, LoadedSupernet, evaluate_subnet, load_supernet
 from .trial_record import State, StudyKey, TrialKey
@@ -166,7 +166,9 @@ def _device_config(
             loaded = load_predictor(path)
         except InputError as e:
             raise InputError(f"--predictor {predictor}: expected a latency predictor file; {e}") from None
-        return replace(config.latency, device=loaded.device or path.stem, table=None, predictor=str(path))
+        return replace(
+            config.latency, device=file_device(loaded.device, path), table=None, predictor=str(path)
+        )
     from latency_models.table import LatencyTable
 
     path = Path(str(table)).resolve()
@@ -175,7 +177,7 @@ def _device_config(
     meta = LatencyTable.load(path).meta
     return replace(
         config.latency,
-        device=meta.device,
+        device=file_device(meta.device, path),
         table=str(path),
         predictor=None,
         runtime=meta.runtime if meta.runtime != "unknown" else config.latency.runtime,
