@@ -147,6 +147,24 @@ def config_for(work: Path, device: str, seed: int) -> Path:
     return path
 
 
+def phases(folder: Path) -> dict[str, Any]:
+    """Where a run's time went, from its own report and study: wall seconds until the search
+    ended (latency model, budgets and the search), in all, and for a specialization the wall
+    seconds of its subnet evaluations (each trial's ``run_s``) and how many came from the cache."""
+    import optuna
+
+    report = json.loads((folder / "report.json").read_text())
+    out = {"search_s": report["timings"]["search_s"], "total_s": report["timings"]["total_s"]}
+    if "supernet" in report:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        url = f"sqlite:///{folder / 'study.db'}"
+        (name,) = optuna.get_all_study_names(url)
+        trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+        out["evaluations_s"] = sum(float(t.user_attrs.get("run_s") or 0.0) for t in trials)
+        out["evaluations_from_cache"] = report["supernet"].get("evaluations_from_cache", 0)
+    return out
+
+
 def shipped(folder: Path, device: str) -> dict[str, Any]:
     """What a run folder shipped: test accuracy, budgets, and the file re-timed here."""
     report = json.loads((folder / "report.json").read_text())
@@ -175,6 +193,9 @@ def main() -> int:
     parser.add_argument("--supernet-epochs", type=int, default=8)
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "supernet_vs_run"))
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the results from --work's finished steps"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from latency_models.profile import machine_fingerprint
@@ -209,6 +230,13 @@ def main() -> int:
         return record
 
     (work / "logs").mkdir(exist_ok=True)
+    for key, record in state.items():  # each finished run's phases, from its folder
+        folder = _folder(work, key)
+        if "total_s" not in record and folder is not None and (folder / "report.json").exists():
+            record.update(phases(folder))
+    if args.report_only:
+        save()
+        return 0
     for seed in seeds:
         runs = {}
         for device in DEVICES:
@@ -253,6 +281,15 @@ def main() -> int:
         )  # fmt: skip
     save()
     return 0
+
+
+def _folder(work: Path, key: str) -> Path | None:
+    kind, rest = key.split("_", 1)
+    if kind == "run":
+        return work / "runs" / rest
+    if kind == "specialize":
+        return work / "specialized" / rest
+    return None
 
 
 def write_results(
@@ -333,6 +370,20 @@ def write_results(
         "",
         "Per step (CPU s / wall s): "
         + "; ".join(f"{k} {v['cpu_s']:.0f}/{v['wall_s']:.0f}" for k, v in sorted(state.items())),
+        "",
+        "Where the wall time went, from each run's report (search = latency model, budgets and the search; "
+        "the rest = verification, final training or fine-tune, export; evaluations = the subnets' own "
+        "evaluation time within the search):",
+        "",
+        "| step | wall s | CPU s | search s | after the search s | evaluations s (from cache) |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {k} | {v['wall_s']:.0f} | {v['cpu_s']:.0f} | {v['search_s']:.0f} | {v['total_s'] - v['search_s']:.0f} | "
+            + (f"{v['evaluations_s']:.0f} ({v['evaluations_from_cache']})" if "evaluations_s" in v else "")
+            + " |"
+            for k, v in sorted(state.items())
+            if "total_s" in v
+        ),
         "",
         "One more specialization (int8 host, latency budget x1.2, no fine-tune): "
         + ", ".join(
