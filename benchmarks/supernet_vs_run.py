@@ -326,7 +326,9 @@ def write_results(
     }
     result = {
         "benchmark": "supernet vs nas run (issue 20 quality and cost floors)",
-        "command": " ".join(["python", "benchmarks/supernet_vs_run.py", *sys.argv[1:]]),
+        "command": " ".join(
+            ["python", "benchmarks/supernet_vs_run.py", *(a for a in sys.argv[1:] if a != "--report-only")]
+        ),
         "machine": machine,
         "load_before": load,
         "supernet_epochs": args.supernet_epochs,
@@ -345,7 +347,8 @@ def write_results(
     md = [
         "# Supernet vs `nas run` (issue 20: quality and cost)",
         "",
-        f"`{result['command']}` on {machine.get('cpu', 'this machine')}, load average before {load:.2f}. "
+        f"`{result['command']}` on {machine.get('cpu', 'this machine')} (load average {load:.2f} when these results "
+        "were written; the steps ran one after another, some beside a niced test run). "
         f"Supernet {args.supernet_epochs} epochs; specializations fine-tuned {args.finetune_epochs} epochs. "
         "Test accuracy of each shipped model.tflite; re-measured = that file timed again in a fresh process "
         f"(LiteRT, 1 thread; the slow device: this machine's time x{SLOW_FACTOR:g}).",
