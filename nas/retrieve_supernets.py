@@ -77,7 +77,8 @@ def subnet_candidates(
 ) -> list[Candidate]:
     """The subnets ``nas specialize`` would consider: ``evaluations`` of them searched under the
     budgets on ``dev`` (inherited, BN-recalibrated validation accuracy; the device's latency and
-    size screening), in a study kept in memory: nothing is written."""
+    size screening), in a study kept in memory; only the supernet folder's
+    ``evaluations.json`` (``nas.supernet.EvaluationCache``) gains the subnets evaluated."""
     import optuna
 
     from .retrieve import Candidate
